@@ -1,0 +1,160 @@
+"""The error envelope: every non-2xx response the gateway itself produces.
+
+Each gateway error is a small exception that carries its HTTP status, envelope type and the
+``provider`` that failed, so turning any of them into a response is one function.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import ClassVar
+
+from twisted.internet.defer import CancelledError
+from twisted.internet.error import ConnectError
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseNeverReceived
+from twisted.web.iweb import IRequest
+
+AISTACK = "aistack"
+QWEN3_TTS = "qwen3-tts"
+
+#: Shown when the upstream cannot be reached at all: the usual cause is a stack that is not up.
+COMPOSE_HINT = (
+    "start the Qwen3-TTS stack with `docker compose up -d` "
+    "(vLLM-Omni serving Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice)"
+)
+
+
+class GatewayError(Exception):
+    """A failure the gateway answers itself, with the contract's JSON envelope."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "internal_error"
+    provider: ClassVar[str] = AISTACK
+
+    def __init__(
+        self, message: str, headers: Sequence[tuple[bytes, bytes]] = ()
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = tuple(headers)
+
+    def envelope(self) -> bytes:
+        """The JSON body, in OpenAI's error shape plus ``provider``."""
+        return json.dumps(
+            {
+                "error": {
+                    "message": self.message,
+                    "type": self.type,
+                    "param": None,
+                    "code": self.type,
+                    "provider": self.provider,
+                }
+            }
+        ).encode("utf-8")
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request"
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    type = "method_not_allowed"
+
+
+class RequestTooLarge(GatewayError):
+    status = 413
+    type = "request_too_large"
+
+
+class GPUBusy(GatewayError):
+    status = 503
+    type = "gpu_busy"
+
+
+class UpstreamUnavailable(GatewayError):
+    status = 503
+    type = "upstream_unavailable"
+    provider = QWEN3_TTS
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    type = "upstream_timeout"
+    provider = QWEN3_TTS
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    type = "upstream_error"
+    provider = QWEN3_TTS
+
+
+def describe(exc: BaseException) -> str:
+    """``"<ExceptionType>: <message>"``, looking inside Twisted's wrapper exceptions.
+
+    ``ResponseNeverReceived`` and its kin hold a list of failures whose ``str`` is a repr of
+    the list; a client deserves the reasons themselves.
+    """
+    reasons = getattr(exc, "reasons", None)
+    if isinstance(reasons, list) and reasons:
+        inner = "; ".join(
+            describe(r.value) if isinstance(r, Failure) else repr(r) for r in reasons
+        )
+        return f"{type(exc).__name__}: {inner}"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _is_connect_failure(failure: Failure) -> bool:
+    if failure.check(ConnectError):
+        return True
+    # A pooled connection can be refused only when a new one is made; but the Agent wraps
+    # some connect-time failures in ResponseNeverReceived. Look one level in.
+    if failure.check(ResponseNeverReceived):
+        reasons = getattr(failure.value, "reasons", [])
+        return any(isinstance(r, Failure) and r.check(ConnectError) for r in reasons)
+    return False
+
+
+def error_for_upstream_failure(
+    failure: Failure, *, timed_out: bool, retry_after: int
+) -> GatewayError:
+    """Map a failed upstream call (before response headers) to the envelope for the client."""
+    if timed_out:
+        return UpstreamTimeout("the Qwen3-TTS upstream did not answer in time")
+    if _is_connect_failure(failure):
+        return UpstreamUnavailable(
+            f"cannot reach the Qwen3-TTS upstream ({describe(failure.value)}); {COMPOSE_HINT}",
+            headers=[(b"Retry-After", b"%d" % retry_after)],
+        )
+    if failure.check(CancelledError):
+        return UpstreamError("CancelledError: the upstream call was cancelled")
+    return UpstreamError(describe(failure.value))
+
+
+def apply_error(request: IRequest, error: GatewayError) -> bytes:
+    """Set ``error``'s status and headers on ``request``; return the envelope body to write."""
+    body = error.envelope()
+    request.setResponseCode(error.status)
+    headers = request.responseHeaders
+    headers.setRawHeaders(b"Content-Type", [b"application/json"])
+    headers.setRawHeaders(b"Content-Length", [b"%d" % len(body)])
+    headers.setRawHeaders(b"Cache-Control", [b"no-store"])
+    for name, value in error.headers:
+        headers.setRawHeaders(name, [value])
+    return body
+
+
+def write_error(request: IRequest, error: GatewayError) -> None:
+    """Answer ``request`` with ``error``'s envelope and finish it."""
+    request.write(apply_error(request, error))
+    request.finish()

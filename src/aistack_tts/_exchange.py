@@ -1,0 +1,178 @@
+"""One proxied call, from slot taken to slot released, on every path exactly once.
+
+States: ``connecting`` (request sent, no response headers yet) → ``streaming`` (headers sent to
+the client, body flowing) → ``done``. Every way out — completed, upstream error before or
+after headers, client gone before or after headers, stall — goes through L{_Exchange._finish},
+which is the only place that releases the slot.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import PotentialDataLoss, ResponseDone
+from twisted.web.iweb import IRequest, IResponse
+
+from ._accesslog import log_request
+from ._bridge import StreamBridge
+from ._errors import GatewayError, error_for_upstream_failure, write_error
+from ._headers import client_response_headers, upstream_request_headers
+from ._slot import SlotHold
+from ._upstream import Watchdog, body_producer, upstream_url
+
+if TYPE_CHECKING:
+    from ._proxy import TTSProxy
+
+#: Retry-After for a 503 upstream_unavailable: the stack is down, not busy.
+RETRY_UNAVAILABLE_S = 5
+
+_log = Logger()
+
+
+class _Exchange:
+    def __init__(self, proxy: TTSProxy, request: IRequest, hold: SlotHold) -> None:
+        self._proxy = proxy
+        self._request = request
+        self._hold = hold
+        self._started = proxy.clock.seconds()
+        self._state = "connecting"
+        self._client_gone = False
+        self._timed_out = False
+        self._status: int | None = None
+        self._bridge: StreamBridge | None = None
+        self._watchdog = Watchdog(proxy.clock, proxy.idle_timeout, self._stalled)
+        # What the router waits on. Fired only once the request is finished; on the abort
+        # paths it stays pending and the router cancels it when the connection drops.
+        self.done: Deferred[None] = Deferred(lambda _: self._client_lost())
+        self._call: Deferred[IResponse] | None = None
+
+    def start(self) -> Deferred[None]:
+        """Send the request upstream; the returned Deferred fires when the client has its answer."""
+        request = self._request
+        request.notifyFinish().addErrback(lambda _: self._client_lost())
+        self._watchdog.touch("upstream")
+        call = self._proxy.agent.request(
+            request.method,
+            upstream_url(self._proxy.upstream_base, request.uri),
+            upstream_request_headers(request.requestHeaders),
+            body_producer(request.content, self._proxy.cooperator),
+        )
+        self._call = call
+        call.addCallbacks(self._got_response, self._call_failed)
+        call.addErrback(self._unexpected)
+        return self.done
+
+    # Before headers.
+
+    def _got_response(self, response: IResponse) -> None:
+        self._watchdog.touch("upstream")
+        self._state = "streaming"
+        self._status = response.code
+        request = self._request
+        request.setResponseCode(response.code, response.phrase)
+        client_response_headers(response.headers, request.responseHeaders)
+        self._bridge = StreamBridge(
+            request, self._watchdog, self._body_ended, self._client_lost
+        )
+        response.deliverBody(self._bridge)
+
+    def _call_failed(self, failure: Failure) -> None:
+        self._watchdog.stop()
+        if self._client_gone:
+            # We cancelled the call ourselves because the client left.
+            self._finish("client_abort")
+            return
+        error = error_for_upstream_failure(
+            failure, timed_out=self._timed_out, retry_after=RETRY_UNAVAILABLE_S
+        )
+        self._answer_with(error)
+
+    # After headers.
+
+    def _body_ended(self, reason: Failure) -> None:
+        if self._state == "done":
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self._request.unregisterProducer()
+            self._request.finish()
+            self._finish("ok")
+        else:
+            # Truth after headers: a truncated body must never end like a whole one.
+            _log.info(
+                "upstream failed mid-body for {path}: {why}",
+                path=self._request.uri.decode("latin-1"),
+                why=reason.getErrorMessage(),
+            )
+            self._abort_client()
+            self._finish("upstream_error_mid_body", fired=False)
+
+    # Either side.
+
+    def _client_lost(self) -> None:
+        if self._client_gone or self._state == "done":
+            return
+        self._client_gone = True
+        if self._state == "connecting":
+            assert self._call is not None
+            # The Agent aborts the connection (or the connect attempt); _call_failed finishes.
+            self._call.cancel()
+        else:
+            assert self._bridge is not None
+            self._bridge.stop_upstream()
+            self._finish("client_abort", fired=False)
+
+    def _stalled(self, kind: str) -> None:
+        self._timed_out = True
+        if self._state == "connecting":
+            assert self._call is not None
+            self._call.cancel()  # _call_failed answers 504
+        elif self._state == "streaming":
+            assert self._bridge is not None
+            self._bridge.stop_upstream()
+            self._abort_client()
+            self._finish(f"{kind}_stalled", fired=False)
+
+    def _unexpected(self, failure: Failure) -> None:
+        _log.failure("proxying {path} failed", failure, path=self._request.uri.decode("latin-1"))
+        if self._state == "done":
+            return
+        if self._state == "connecting" and not self._client_gone:
+            self._answer_with(GatewayError("the gateway failed; see its log"))
+            return
+        if self._bridge is not None:
+            self._bridge.stop_upstream()
+        self._abort_client()
+        self._finish("internal_error", fired=False)
+
+    # The ways out.
+
+    def _answer_with(self, error: GatewayError) -> None:
+        self._status = error.status
+        write_error(self._request, error)
+        self._finish(error.type)
+
+    def _abort_client(self) -> None:
+        if not self._client_gone:
+            self._client_gone = True
+            self._request.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def _finish(self, outcome: str, *, fired: bool = True) -> None:
+        """The only exit: release the slot, log, and let the router go (unless aborted)."""
+        if self._state == "done":
+            return
+        self._state = "done"
+        self._watchdog.stop()
+        self._hold.release()
+        log_request(
+            self._request,
+            status=self._status,
+            outcome=outcome,
+            slot="held",
+            bytes_out=self._bridge.bytes_out if self._bridge else 0,
+            duration=self._proxy.clock.seconds() - self._started,
+        )
+        if fired and not self.done.called:
+            self.done.callback(None)

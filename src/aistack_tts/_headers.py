@@ -1,0 +1,64 @@
+"""Header hygiene, both ways: what a transparent proxy must not pass on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from twisted.web.http_headers import Headers
+
+#: RFC 9110 section 7.6.1 plus the de-facto ones; compared lower-case.
+HOP_BY_HOP: frozenset[bytes] = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+
+#: Request headers the gateway sets itself: the Agent writes Host (naming the upstream) and
+#: Content-Length (from the body producer); Expect was already answered to the client by
+#: twisted.web, and the body is spooled, so repeating it upstream would only stall the call.
+REQUEST_OWN: frozenset[bytes] = frozenset({b"host", b"content-length", b"expect"})
+
+
+def connection_tokens(headers: Headers) -> frozenset[bytes]:
+    """The header names listed in ``Connection`` (hop-by-hop by declaration), lower-case."""
+    return frozenset(
+        token.strip().lower()
+        for value in headers.getRawHeaders(b"connection", [])
+        for token in value.split(b",")
+        if token.strip()
+    )
+
+
+def end_to_end(headers: Headers, drop: Iterable[bytes] = ()) -> Headers:
+    """A copy of ``headers`` without hop-by-hop headers, those named in ``Connection`` and ``drop``.
+
+    Values of one header keep their order.
+    """
+    skip = HOP_BY_HOP | connection_tokens(headers) | frozenset(drop)
+    out = Headers()
+    for name, values in headers.getAllRawHeaders():
+        if name.lower() not in skip:
+            out.setRawHeaders(name, list(values))
+    return out
+
+
+def upstream_request_headers(headers: Headers) -> Headers:
+    """The client's request headers as they go upstream."""
+    return end_to_end(headers, REQUEST_OWN)
+
+
+def client_response_headers(headers: Headers, into: Headers) -> None:
+    """Copy the upstream's end-to-end response headers into the client response's ``into``.
+
+    Upstream values replace what twisted.web put there by default (Server, Date).
+    """
+    for name, values in end_to_end(headers).getAllRawHeaders():
+        into.setRawHeaders(name, list(values))

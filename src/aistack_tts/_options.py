@@ -1,0 +1,94 @@
+"""``twist aistack-tts`` options: command line, then environment, then defaults."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from twisted.python import usage
+
+from ._config import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_LISTEN,
+    DEFAULT_MAX_BODY,
+    DEFAULT_SLOTS,
+    DEFAULT_UPSTREAM,
+    DEFAULT_WS_IDLE_TIMEOUT,
+    ConfigError,
+    GatewayConfig,
+)
+
+#: option name -> (environment variable, GatewayConfig field, parser, default, help)
+_SETTINGS: list[tuple[str, str, str, Callable[[str], Any], object, str]] = [
+    ("upstream", "AISTACK_TTS_UPSTREAM", "upstream", str, DEFAULT_UPSTREAM,
+     "Base URL of the Qwen3-TTS (vLLM-Omni) server"),
+    ("connect-timeout", "AISTACK_TTS_CONNECT_TIMEOUT", "connect_timeout", float,
+     DEFAULT_CONNECT_TIMEOUT, "Seconds to wait for the upstream TCP connection"),
+    ("idle-timeout", "AISTACK_TTS_IDLE_TIMEOUT", "idle_timeout", float, DEFAULT_IDLE_TIMEOUT,
+     "Seconds without an upstream byte (or a client read) before the call is given up"),
+    ("max-body", "AISTACK_TTS_MAX_BODY", "max_body", int, DEFAULT_MAX_BODY,
+     "Largest request body in bytes; larger ones get 413 before they are stored"),
+    ("slots", "AISTACK_TTS_SLOTS", "slots", int, DEFAULT_SLOTS,
+     "Capacity of the GPU slot (concurrent upstream calls)"),
+    ("ws-idle-timeout", "AISTACK_TTS_WS_IDLE_TIMEOUT", "ws_idle_timeout", float,
+     DEFAULT_WS_IDLE_TIMEOUT, "Seconds an idle WebSocket session may hold the slot"),
+]
+_LISTEN_ENV = "AISTACK_TTS_LISTEN"
+
+
+class Options(usage.Options):
+    """Options for ``twist aistack-tts``; C{self.config} is the validated L{GatewayConfig}."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Transparent streaming gateway for /v1/audio/* in front of a Qwen3-TTS server, "
+        "guarding one GPU slot. Every option can also come from the environment variable "
+        "named in its help."
+    )
+    optFlags = [["demo", None, "Start the built-in demo upstream in-process and use it"]]
+    optParameters = [
+        [name, None, None, f"{help_} [env {env}; default {default}]"]
+        for name, env, _field, _parse, default, help_ in _SETTINGS
+    ]
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self._environ = os.environ if environ is None else environ
+        self["listen"] = []
+        self.config = GatewayConfig()
+
+    def opt_listen(self, description: str) -> None:
+        """Endpoint to serve on (repeatable) [env AISTACK_TTS_LISTEN, space-separated; default tcp:8000:interface=127.0.0.1]"""  # noqa: E501
+        self["listen"].append(description)
+
+    def postOptions(self) -> None:
+        """Build and check the config; a bad value ends the program with one line."""
+        try:
+            self.config = self.build_config()
+        except ConfigError as e:
+            # twist would print the whole usage text after a UsageError; one line is clearer.
+            sys.stderr.write(f"aistack-tts: error: {e}\n")
+            raise SystemExit(64) from None
+
+    def build_config(self) -> GatewayConfig:
+        """Command line over environment over defaults; raises L{ConfigError}."""
+        values: dict[str, Any] = {}
+        for name, env, field_, parse, _default, _help in _SETTINGS:
+            raw = self[name]
+            source = f"--{name}"
+            if raw is None and self._environ.get(env, "").strip():
+                raw, source = self._environ[env].strip(), env
+            if raw is None:
+                continue
+            try:
+                values[field_] = parse(raw)
+            except ValueError:
+                raise ConfigError(f"{source}: {raw!r} is not a valid {parse.__name__}") from None
+        listen = self["listen"] or self._environ.get(_LISTEN_ENV, "").split()
+        if listen:
+            values["listen"] = tuple(listen)
+        values["demo"] = bool(self["demo"])
+        return GatewayConfig(**values)

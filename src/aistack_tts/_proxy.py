@@ -1,0 +1,133 @@
+"""``TTSProxy``: the embeddable gateway (slot, upstream agent, limits) and its resource."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.client import HTTPConnectionPool
+from twisted.web.iweb import IAgent, IRequest
+from twisted.web.resource import IResource
+
+from ._config import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_BODY,
+    DEFAULT_SLOTS,
+    DEFAULT_UPSTREAM,
+    GatewayConfig,
+)
+from ._errors import GPUBusy, MethodNotAllowed, RequestTooLarge
+from ._exchange import _Exchange
+from ._site import GatewaySite
+from ._slot import GPUSlot
+from ._upstream import make_agent, make_cooperator
+
+#: The methods the contract proxies; everything else is a 405.
+ALLOWED_METHODS = (b"GET", b"POST", b"DELETE")
+ALLOW_HEADER = (b"Allow", b", ".join(ALLOWED_METHODS))
+
+
+class TTSProxy:
+    """A transparent, slot-guarded proxy for ``/v1/audio/*`` to one Qwen3-TTS upstream.
+
+    ``slot`` is the semaphore that says "the GPU is doing inference"; pass the one your own
+    GPU work holds so TTS answers 503 while it runs (a new one of ``slots`` tokens otherwise).
+    ``reactor`` and ``agent`` are injectable; by default the global reactor and an ``Agent``
+    with a persistent pool and ``connect_timeout`` are used.
+    """
+
+    def __init__(
+        self,
+        upstream: str = DEFAULT_UPSTREAM,
+        *,
+        slot: DeferredSemaphore | None = None,
+        slots: int = DEFAULT_SLOTS,
+        reactor: Any = None,
+        agent: IAgent | None = None,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        max_body: int = DEFAULT_MAX_BODY,
+    ) -> None:
+        config = GatewayConfig(
+            upstream=upstream,
+            connect_timeout=connect_timeout,
+            idle_timeout=idle_timeout,
+            max_body=max_body,
+            slots=slots if slot is None else max(1, slot.limit),
+        )
+        if reactor is None:
+            from twisted.internet import reactor as _global_reactor
+
+            reactor = _global_reactor
+        self.clock: IReactorTime = reactor
+        self.upstream_base = config.upstream_base
+        self.idle_timeout = config.idle_timeout
+        self.max_body = config.max_body
+        self.slot = GPUSlot(slot if slot is not None else DeferredSemaphore(slots), reactor)
+        self._pool: HTTPConnectionPool | None = None
+        if agent is None:
+            agent, self._pool = make_agent(
+                reactor, connect_timeout=config.connect_timeout, max_connections=config.slots
+            )
+        self.agent: IAgent = agent
+        self.cooperator = make_cooperator(reactor)
+
+    @classmethod
+    def from_config(cls, config: GatewayConfig, **kwargs: Any) -> TTSProxy:
+        """Build from a validated L{GatewayConfig} (what the ``twist`` plugin does)."""
+        return cls(
+            config.upstream,
+            slots=config.slots,
+            connect_timeout=config.connect_timeout,
+            idle_timeout=config.idle_timeout,
+            max_body=config.max_body,
+            **kwargs,
+        )
+
+    def resource(self) -> IResource:
+        """The ``IResource`` serving ``/v1/audio/*`` (and envelopes elsewhere) at a site root."""
+        from ._app import build_resource
+
+        return build_resource(self)
+
+    def site(self) -> GatewaySite:
+        """A ``Site`` for L{resource} that enforces the body limit while the body arrives."""
+        return GatewaySite(self.resource(), max_body=self.max_body, reactor=self.clock)
+
+    def close(self) -> Deferred[None]:
+        """Close idle pooled upstream connections (call on shutdown)."""
+        if self._pool is None:
+            return succeed(None)
+        return self._pool.closeCachedConnections()
+
+    def forward(self, request: IRequest) -> Deferred[None]:
+        """Proxy one request, holding the GPU slot for the whole upstream call.
+
+        Raises a L{GatewayError} when the gateway answers itself (405, 413, 503 busy).
+        """
+        if request.method not in ALLOWED_METHODS:
+            raise MethodNotAllowed(
+                f"method {request.method.decode('latin-1')} is not allowed here",
+                headers=[ALLOW_HEADER],
+            )
+        # The request factory refuses large bodies on arrival; this catches the same when the
+        # resource is mounted in someone else's Site, before anything goes upstream.
+        content = request.content
+        if content is not None:
+            content.seek(0, 2)
+            size = content.tell()
+            content.seek(0, 0)
+            if size > self.max_body:
+                raise RequestTooLarge(
+                    f"the request body ({size} bytes) is over the limit: "
+                    f"at most {self.max_body} bytes are accepted"
+                )
+        hold = self.slot.try_take()
+        if hold is None:
+            raise GPUBusy(
+                "the GPU is busy with another inference; retry after the time in Retry-After",
+                headers=self.slot.retry_after().headers(),
+            )
+        return _Exchange(self, request, hold).start()

@@ -1,0 +1,106 @@
+"""The GPU slot: a non-blocking take of a shared ``DeferredSemaphore``, and when to retry."""
+
+from __future__ import annotations
+
+import math
+
+from attrs import define, field
+from twisted.internet.defer import DeferredSemaphore
+from twisted.internet.interfaces import IReactorTime
+
+#: Weight of the newest call in the moving average of call durations.
+_ALPHA = 0.3
+_MIN_S, _MAX_S = 1, 60
+#: A retry sooner than this would only spin: a TTS call never ends that fast.
+_MIN_MS = 100
+
+
+@define(frozen=True)
+class RetryAfter:
+    """When a refused client should come back: ``Retry-After`` and ``retry-after-ms``."""
+
+    seconds: int
+    milliseconds: int
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The two response headers."""
+        return [
+            (b"Retry-After", b"%d" % self.seconds),
+            (b"retry-after-ms", b"%d" % self.milliseconds),
+        ]
+
+
+def estimate_retry_after(average: float | None, elapsed: float | None) -> RetryAfter:
+    """Expected wait until the slot frees, clamped to the contract's range.
+
+    ``average`` is the moving average of recent call durations (``None``: no history yet);
+    ``elapsed`` how long the longest-running current holder we know of has held it.
+    """
+    if average is None:
+        remaining = 1.0
+    else:
+        remaining = average - (elapsed or 0.0)
+    remaining = min(max(remaining, _MIN_MS / 1000), float(_MAX_S))
+    seconds = min(max(math.ceil(remaining), _MIN_S), _MAX_S)
+    return RetryAfter(seconds=seconds, milliseconds=round(remaining * 1000))
+
+
+@define
+class SlotHold:
+    """One taken token; L{release} gives it back exactly once, however often it is called."""
+
+    _slot: GPUSlot
+    started: float
+    released: bool = False
+
+    def release(self) -> None:
+        """Give the token back (idempotent) and feed the call's duration to the estimate."""
+        if self.released:
+            return
+        self.released = True
+        self._slot._released(self)
+
+
+@define
+class GPUSlot:
+    """Wraps the (possibly shared) semaphore that says "the GPU is doing inference".
+
+    Nobody waits in line: L{try_take} either takes a token at once or says no.
+    """
+
+    semaphore: DeferredSemaphore
+    clock: IReactorTime
+    _average: float | None = None
+    _holds: list[SlotHold] = field(factory=list)
+
+    def try_take(self) -> SlotHold | None:
+        """Take a token if one is free right now; ``None`` when the GPU is busy."""
+        if self.semaphore.tokens <= 0:
+            return None
+        taken = self.semaphore.acquire()
+        # With a free token DeferredSemaphore.acquire fires synchronously.
+        assert taken.called, "DeferredSemaphore.acquire did not fire with a free token"
+        hold = SlotHold(self, started=self.clock.seconds())
+        self._holds.append(hold)
+        return hold
+
+    def retry_after(self) -> RetryAfter:
+        """The estimate to send with a 503 ``gpu_busy``."""
+        now = self.clock.seconds()
+        elapsed = max((now - h.started for h in self._holds), default=None)
+        return estimate_retry_after(self._average, elapsed)
+
+    @property
+    def in_use(self) -> int:
+        """Tokens held by anyone (this gateway or a workload sharing the semaphore)."""
+        return self.semaphore.limit - self.semaphore.tokens
+
+    def _released(self, hold: SlotHold) -> None:
+        self._holds.remove(hold)
+        duration = self.clock.seconds() - hold.started
+        self._average = (
+            duration
+            if self._average is None
+            else _ALPHA * duration + (1 - _ALPHA) * self._average
+        )
+        self.semaphore.release()

@@ -1,0 +1,101 @@
+"""The upstream call: a transparent HTTP client on Twisted's ``Agent`` and a persistent pool.
+
+Why not ``treq.HTTPClient.request``: it wraps every agent in a ``CookieAgent`` (would replay
+one client's ``Set-Cookie`` on another client's request), a ``ContentDecoderAgent`` (adds
+``Accept-Encoding: gzip`` and un-gzips bodies), a ``RedirectAgent`` (follows 3xx the client
+should see) and, unless told otherwise, a ``_BufferedResponse``; it also re-serialises the URL
+through hyperlink (an empty ``?`` vanishes). A transparent proxy wants none of that, so it
+calls the ``Agent`` treq itself is built on, directly, with the same pool treq would use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import IO
+
+from attrs import define, field
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import Cooperator
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
+from twisted.web.client import _HTTP11ClientFactory as _PoolFactory
+from twisted.web.iweb import IAgent, IBodyProducer
+
+#: How long an idle pooled connection is kept. Below uvicorn's (vLLM's server) 5 s keep-alive,
+#: so the gateway drops a connection before the upstream does and a POST is never sent on a
+#: socket the upstream is closing (the Agent retries only idempotent, body-less requests).
+POOL_IDLE_SECONDS = 4.0
+
+
+class _QuietFactory(_PoolFactory):
+    # Otherwise every new upstream connection logs "Starting factory ...".
+    noisy = False
+
+
+class _QuietPool(HTTPConnectionPool):
+    _factory = _QuietFactory
+
+
+def make_agent(
+    reactor: object, *, connect_timeout: float, max_connections: int
+) -> tuple[IAgent, HTTPConnectionPool]:
+    """An ``Agent`` with a persistent connection pool and a connect timeout."""
+    pool = _QuietPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = max(2, max_connections)
+    pool.cachedConnectionTimeout = POOL_IDLE_SECONDS
+    agent = Agent(reactor, connectTimeout=connect_timeout, pool=pool)
+    return agent, pool
+
+
+def upstream_url(base: bytes, target: bytes) -> bytes:
+    """The upstream URL for a raw request-target: the base, then path and query byte-exact."""
+    return base + target
+
+
+def body_producer(content: IO[bytes] | None, cooperator: Cooperator) -> IBodyProducer | None:
+    """Stream the spooled request body (memory or temp file) upstream; ``None`` when empty.
+
+    ``FileBodyProducer`` reads it in slices and learns its length by seeking, so the upstream
+    gets a ``Content-Length`` and the body is never read whole into one bytes object.
+    """
+    if content is None:
+        return None
+    content.seek(0, 2)
+    size = content.tell()
+    content.seek(0, 0)
+    if size == 0:
+        return None
+    return FileBodyProducer(content, cooperator=cooperator)
+
+
+def make_cooperator(reactor: IReactorTime) -> Cooperator:
+    """A cooperator on the injected reactor (the default one uses the global reactor)."""
+    return Cooperator(scheduler=lambda work: reactor.callLater(0, work))
+
+
+@define
+class Watchdog:
+    """Fires ``on_stall(kind)`` when nothing has happened for ``timeout`` seconds.
+
+    ``kind`` says who went quiet: ``"upstream"`` (no byte from it) or ``"client"`` (it stopped
+    reading while the gateway waited to write).
+    """
+
+    clock: IReactorTime
+    timeout: float
+    on_stall: Callable[[str], None]
+    _call: IDelayedCall | None = field(default=None, init=False)
+
+    def touch(self, kind: str = "upstream") -> None:
+        """Something happened: start counting again, blaming ``kind`` if it runs out."""
+        self.stop()
+        self._call = self.clock.callLater(self.timeout, self._fire, kind)
+
+    def stop(self) -> None:
+        """Disarm."""
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _fire(self, kind: str) -> None:
+        self._call = None
+        self.on_stall(kind)
