@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from twisted.internet.defer import CancelledError
-from twisted.internet.error import ConnectError
+from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseNeverReceived
 from twisted.web.iweb import IRequest
@@ -114,14 +114,18 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+#: "Cannot reach it at all" (DNSLookupError is not a ConnectError subclass).
+_UNREACHABLE = (ConnectError, DNSLookupError)
+
+
 def _is_connect_failure(failure: Failure) -> bool:
-    if failure.check(ConnectError):
+    if failure.check(*_UNREACHABLE):
         return True
     # A pooled connection can be refused only when a new one is made; but the Agent wraps
     # some connect-time failures in ResponseNeverReceived. Look one level in.
     if failure.check(ResponseNeverReceived):
         reasons = getattr(failure.value, "reasons", [])
-        return any(isinstance(r, Failure) and r.check(ConnectError) for r in reasons)
+        return any(isinstance(r, Failure) and r.check(*_UNREACHABLE) for r in reasons)
     return False
 
 

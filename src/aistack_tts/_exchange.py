@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 #: Retry-After for a 503 upstream_unavailable: the stack is down, not busy.
 RETRY_UNAVAILABLE_S = 5
 
+#: Statuses that never have a body, so never a Content-Length (RFC 9110 section 8.6).
+_NO_BODY_STATUS = frozenset({204, 304})
+
 _log = Logger()
 
 
@@ -74,6 +77,9 @@ class _Exchange:
         request = self._request
         request.setResponseCode(response.code, response.phrase)
         client_response_headers(response.headers, request.responseHeaders)
+        # The Agent moves Content-Length out of response.headers into response.length.
+        if isinstance(response.length, int) and response.code not in _NO_BODY_STATUS:
+            request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % response.length])
         self._bridge = StreamBridge(
             request, self._watchdog, self._body_ended, self._client_lost
         )

@@ -12,7 +12,6 @@ from twisted.python import usage
 from ._config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_LISTEN,
     DEFAULT_MAX_BODY,
     DEFAULT_SLOTS,
     DEFAULT_UPSTREAM,

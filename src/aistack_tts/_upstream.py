@@ -14,11 +14,16 @@ from collections.abc import Callable
 from typing import IO
 
 from attrs import define, field
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import Cooperator
+from twisted.web._newclient import HTTP11ClientProtocol
+from twisted.web._newclient import Request as _AgentRequest
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
 from twisted.web.client import _HTTP11ClientFactory as _PoolFactory
-from twisted.web.iweb import IAgent, IBodyProducer
+from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+
+from ._headers import connection_tokens
 
 #: How long an idle pooled connection is kept. Below uvicorn's (vLLM's server) 5 s keep-alive,
 #: so the gateway drops a connection before the upstream does and a POST is never sent on a
@@ -26,9 +31,33 @@ from twisted.web.iweb import IAgent, IBodyProducer
 POOL_IDLE_SECONDS = 4.0
 
 
+class _HygienicProtocol(HTTP11ClientProtocol):
+    """Drops the response headers that the upstream's ``Connection`` header names.
+
+    The Agent keeps ``Connection`` itself out of ``response.headers`` (it is in the parser's
+    ``connHeaders``), so past this point nobody could tell which headers it declared
+    hop-by-hop (RFC 9110 section 7.6.1).
+    """
+
+    def request(self, request: _AgentRequest) -> Deferred[IResponse]:
+        d = super().request(request)
+        parser = self._parser
+
+        def strip(response: IResponse) -> IResponse:
+            if parser is not None:
+                for name in connection_tokens(parser.connHeaders):
+                    response.headers.removeHeader(name)
+            return response
+
+        return d.addCallback(strip)
+
+
 class _QuietFactory(_PoolFactory):
     # Otherwise every new upstream connection logs "Starting factory ...".
     noisy = False
+
+    def buildProtocol(self, addr: object) -> HTTP11ClientProtocol:
+        return _HygienicProtocol(self._quiescentCallback)
 
 
 class _QuietPool(HTTPConnectionPool):

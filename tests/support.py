@@ -1,0 +1,195 @@
+"""In-memory harness: a gateway site driven over StringTransport, its real Agent over MemoryReactor.
+
+Nothing here touches a socket or sleeps: time is the MemoryReactorClock's, the client is a
+StringTransport the test writes request bytes into, and each upstream connection the gateway's
+real ``Agent`` opens is handed to a StringTransport whose response bytes the test writes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import DeferredSemaphore
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IProtocol
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import LogEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
+
+from aistack_tts import TTSProxy
+
+UPSTREAM = "http://127.0.0.1:8091"
+
+
+class Peer:
+    """One side of a connection: the protocol and the StringTransport it writes to."""
+
+    def __init__(self, protocol: IProtocol, transport: StringTransport) -> None:
+        self.protocol = protocol
+        self.transport = transport
+
+    def send(self, data: bytes) -> None:
+        self.protocol.dataReceived(data)
+
+    def received(self) -> bytes:
+        return self.transport.value()
+
+    def lose(self, reason: type[Exception] = ConnectionLost) -> None:
+        """The network connection drops (as a real transport reports it)."""
+        producer = self.transport.producer
+        if producer is not None:
+            # A TCP transport stops its registered producer before telling the protocol.
+            producer.stopProducing()
+        self.protocol.connectionLost(Failure(reason()))
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.transport.disconnecting)
+
+    @property
+    def aborted(self) -> bool:
+        return bool(getattr(self.transport, "disconnected", False))
+
+
+class Harness:
+    """A gateway with its slot, site, fake clock and upstream connections."""
+
+    def __init__(self, **proxy_kwargs: Any) -> None:
+        self.reactor = MemoryReactorClock()
+        self.slot = proxy_kwargs.pop("slot", None) or DeferredSemaphore(1)
+        self.proxy = TTSProxy(UPSTREAM, reactor=self.reactor, slot=self.slot, **proxy_kwargs)
+        self.site = self.proxy.site()
+        self._upstreams: list[Peer] = []
+
+    def client(self) -> Peer:
+        """A new client connection to the gateway."""
+        protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+        assert protocol is not None
+        transport = StringTransport(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 8000),
+            peerAddress=IPv4Address("TCP", "127.0.0.1", 50000),
+        )
+        protocol.makeConnection(transport)
+        return Peer(protocol, transport)
+
+    def request(self, raw: bytes) -> Peer:
+        """Open a client connection and send ``raw`` on it."""
+        client = self.client()
+        client.send(raw)
+        return client
+
+    @property
+    def connection_attempts(self) -> int:
+        return len(self.reactor.tcpClients)
+
+    def upstream(self, index: int = -1) -> Peer:
+        """Complete the gateway's (index-th) upstream connection attempt."""
+        if index < 0:
+            index += len(self.reactor.tcpClients)
+        while len(self._upstreams) <= index:
+            host, port, factory, _timeout, _bind = self.reactor.tcpClients[len(self._upstreams)]
+            assert (host, port) == ("127.0.0.1", 8091)
+            protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+            transport = StringTransport(peerAddress=IPv4Address("TCP", host, port))
+            protocol.makeConnection(transport)
+            self._upstreams.append(Peer(protocol, transport))
+        # Let the request body producer (a cooperator on this clock) run.
+        self.reactor.advance(0)
+        return self._upstreams[index]
+
+    def refuse(self, index: int = -1, reason: Exception | None = None) -> None:
+        """Make the gateway's upstream connection attempt fail."""
+        from twisted.internet.error import ConnectionRefusedError
+
+        _host, _port, factory, _timeout, _bind = self.reactor.tcpClients[index]
+        factory.clientConnectionFailed(None, Failure(reason or ConnectionRefusedError()))
+        # HostnameEndpoint reports the failure when its attempt loop next runs (every 0.3 s).
+        self.reactor.advance(0.3)
+
+    @property
+    def tokens(self) -> int:
+        return int(self.slot.tokens)
+
+
+def upstream_request(peer: Peer) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]:
+    """Parse what the gateway wrote upstream: request line, header list, body."""
+    head, _, body = peer.received().partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    headers = []
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers.append((name.strip().lower(), value.strip()))
+    return lines[0], headers, body
+
+
+def parse_response(raw: bytes) -> tuple[int, dict[bytes, list[bytes]], bytes]:
+    """Status, headers (lower-case names) and raw (possibly chunked) body of a response."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split(b" ")[1])
+    headers: dict[bytes, list[bytes]] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers.setdefault(name.strip().lower(), []).append(value.strip())
+    return status, headers, body
+
+
+def envelope(raw: bytes) -> dict[str, Any]:
+    """The ``error`` object of a gateway envelope response."""
+    _status, headers, body = parse_response(raw)
+    assert headers[b"content-type"] == [b"application/json"]
+    error = json.loads(body)["error"]
+    assert isinstance(error, dict)
+    assert set(error) == {"message", "type", "param", "code", "provider"}
+    return error
+
+
+def dechunk(body: bytes) -> tuple[bytes, bool]:
+    """Decode a chunked body; also say whether it ended with the terminating chunk."""
+    out = b""
+    while body:
+        size_line, _, rest = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return out, True
+        out += rest[:size]
+        body = rest[size + 2 :]
+    return out, False
+
+
+class LogCapture:
+    """Collects log events while active (used as a context manager)."""
+
+    def __init__(self) -> None:
+        self.events: list[LogEvent] = []
+
+    def __enter__(self) -> LogCapture:
+        globalLogPublisher.addObserver(self.events.append)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        globalLogPublisher.removeObserver(self.events.append)
+
+    def access(self) -> list[LogEvent]:
+        return [e for e in self.events if e.get("log_namespace") == "aistack_tts.access"]
+
+    def failures(self) -> list[LogEvent]:
+        return [e for e in self.events if "log_failure" in e or e.get("isError")]
+
+
+__all__ = [
+    "UPSTREAM",
+    "ConnectionDone",
+    "ConnectionLost",
+    "HTTPChannel",
+    "Harness",
+    "LogCapture",
+    "Peer",
+    "dechunk",
+    "envelope",
+    "parse_response",
+    "upstream_request",
+]
