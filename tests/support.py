@@ -8,14 +8,14 @@ real ``Agent`` opens is handed to a StringTransport whose response bytes the tes
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import DeferredSemaphore
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IProtocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import LogEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
@@ -35,7 +35,8 @@ class Peer:
         self.protocol.dataReceived(data)
 
     def received(self) -> bytes:
-        return self.transport.value()
+        data: bytes = self.transport.value()
+        return data
 
     def lose(self, reason: type[Exception] = ConnectionLost) -> None:
         """The network connection drops (as a real transport reports it)."""
@@ -66,7 +67,7 @@ class Harness:
 
     def client(self) -> Peer:
         """A new client connection to the gateway."""
-        protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+        protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))  # type: ignore[no-untyped-call]
         assert protocol is not None
         transport = StringTransport(
             hostAddress=IPv4Address("TCP", "127.0.0.1", 8000),
@@ -93,6 +94,7 @@ class Harness:
             host, port, factory, _timeout, _bind = self.reactor.tcpClients[len(self._upstreams)]
             assert (host, port) == ("127.0.0.1", 8091)
             protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
+            assert protocol is not None
             transport = StringTransport(peerAddress=IPv4Address("TCP", host, port))
             protocol.makeConnection(transport)
             self._upstreams.append(Peer(protocol, transport))
@@ -105,7 +107,8 @@ class Harness:
         from twisted.internet.error import ConnectionRefusedError
 
         _host, _port, factory, _timeout, _bind = self.reactor.tcpClients[index]
-        factory.clientConnectionFailed(None, Failure(reason or ConnectionRefusedError()))
+        connector: Any = None
+        factory.clientConnectionFailed(connector, Failure(reason or ConnectionRefusedError()))
         # HostnameEndpoint reports the failure when its attempt loop next runs (every 0.3 s).
         self.reactor.advance(0.3)
 
@@ -165,13 +168,14 @@ class LogCapture:
 
     def __init__(self) -> None:
         self.events: list[LogEvent] = []
+        self._observer = cast(ILogObserver, self.events.append)
 
     def __enter__(self) -> LogCapture:
-        globalLogPublisher.addObserver(self.events.append)
+        globalLogPublisher.addObserver(self._observer)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        globalLogPublisher.removeObserver(self.events.append)
+        globalLogPublisher.removeObserver(self._observer)
 
     def access(self) -> list[LogEvent]:
         return [e for e in self.events if e.get("log_namespace") == "aistack_tts.access"]

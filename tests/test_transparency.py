@@ -37,7 +37,9 @@ def test_path_and_query_are_byte_exact(target: bytes) -> None:
 
 def test_empty_query_delimiter_is_the_one_byte_not_kept() -> None:
     """Known limit: Twisted's Agent writes ``/x?`` (empty query) as ``/x``; same resource."""
-    _h, (line, _headers, _body), _ = roundtrip(b"GET /v1/audio/voices? HTTP/1.1\r\nHost: gw\r\n\r\n")
+    _h, (line, _headers, _body), _ = roundtrip(
+        b"GET /v1/audio/voices? HTTP/1.1\r\nHost: gw\r\n\r\n"
+    )
     assert line == b"GET /v1/audio/voices HTTP/1.1"
 
 
@@ -116,7 +118,10 @@ def test_no_accept_encoding_is_added() -> None:
 
 def test_redirect_is_returned_not_followed() -> None:
     """An upstream 3xx goes to the client as it is; the gateway makes no second request."""
-    response = b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /v1/audio/elsewhere\r\nContent-Length: 0\r\n\r\n"
+    response = (
+        b"HTTP/1.1 307 Temporary Redirect\r\nLocation: /v1/audio/elsewhere\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
     h, _sent, raw = roundtrip(b"GET /v1/audio/voices HTTP/1.1\r\nHost: gw\r\n\r\n", response)
     status, headers, _ = parse_response(raw)
     assert (status, headers[b"location"]) == (307, [b"/v1/audio/elsewhere"])
@@ -171,7 +176,7 @@ def test_large_multipart_upload_arrives_byte_exact() -> None:
     boundary = b"b0undary"
     payload = bytes(range(256)) * (3 * 4096)  # 3 MiB
     body = (
-        b"--%s\r\nContent-Disposition: form-data; name=\"audio_sample\"; filename=\"a.wav\"\r\n"
+        b'--%s\r\nContent-Disposition: form-data; name="audio_sample"; filename="a.wav"\r\n'
         b"Content-Type: audio/wav\r\n\r\n%s\r\n--%s--\r\n" % (boundary, payload, boundary)
     )
     h = Harness()
@@ -216,4 +221,5 @@ def test_envelope_is_openai_shape() -> None:
     h.slot.acquire()
     error = envelope(h.request(b"GET /v1/audio/voices HTTP/1.1\r\nHost: gw\r\n\r\n").received())
     assert error["param"] is None
-    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["message"], str)
+    assert error["message"]

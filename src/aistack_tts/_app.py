@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException
@@ -56,7 +57,7 @@ class _Routes:
         self._proxy = proxy
 
     @app.route("/v1/audio/<rest:subpath>", methods=["GET", "POST", "DELETE"])
-    def audio(self, request: IRequest, subpath: str) -> Deferred[None]:
+    def audio(self, request: Request, subpath: str) -> Deferred[None]:
         # ``subpath`` is decoded; the raw request.uri is what is forwarded.
         return self._proxy.forward(request)
 
@@ -103,10 +104,10 @@ class _Guard(Resource):
     isLeaf = True
 
     def __init__(self, routes: IResource) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._routes = routes
 
-    def render(self, request: IRequest) -> Any:
+    def render(self, request: Request) -> Any:
         try:
             check_target(request.uri)
         except InvalidRequest as error:

@@ -9,11 +9,12 @@ the gateway's memory) holds what the client has not read yet.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 from zope.interface import implementer
 
 from ._upstream import Watchdog
@@ -25,7 +26,7 @@ class StreamBridge(Protocol):
 
     def __init__(
         self,
-        request: IRequest,
+        request: Request,
         watchdog: Watchdog,
         on_end: Callable[[Failure], None],
         on_client_gone: Callable[[], None],
@@ -37,8 +38,15 @@ class StreamBridge(Protocol):
         self.bytes_out = 0
         self.paused = False
         self.ended = False
+        # The upstream body's transport (a TransportProxyProducer): what backpressure pauses.
+        self._upstream: IPushProducer | None = None
 
     # IProtocol, from the upstream response.
+
+    def makeConnection(self, transport: Any) -> None:
+        """Keep the upstream transport as the producer to pause, resume and stop."""
+        self._upstream = transport
+        super().makeConnection(transport)  # type: ignore[no-untyped-call]
 
     def connectionMade(self) -> None:
         """The body starts: let the client's backpressure reach the upstream transport."""
@@ -65,15 +73,15 @@ class StreamBridge(Protocol):
         self.paused = True
         # While we wait on the client, the clock runs against the client.
         self._watchdog.touch("client")
-        if self.transport is not None:
-            self.transport.pauseProducing()
+        if self._upstream is not None:
+            self._upstream.pauseProducing()
 
     def resumeProducing(self) -> None:
         """The client drained its buffer: read from the upstream again."""
         self.paused = False
         self._watchdog.touch("upstream")
-        if self.transport is not None:
-            self.transport.resumeProducing()
+        if self._upstream is not None:
+            self._upstream.resumeProducing()
 
     def stopProducing(self) -> None:
         """The client connection is going away (twisted.web calls this just before)."""
@@ -82,6 +90,6 @@ class StreamBridge(Protocol):
     def stop_upstream(self) -> None:
         """Close the upstream connection, so the container stops generating."""
         self._watchdog.stop()
-        if self.transport is not None and not self.ended:
+        if self._upstream is not None and not self.ended:
             # TransportProxyProducer.stopProducing closes the underlying TCP connection.
-            self.transport.stopProducing()
+            self._upstream.stopProducing()

@@ -35,9 +35,7 @@ def parse_upstream(url: str) -> bytes:
             f"upstream URL {url!r} must look like http://HOST:PORT (http or https, with a host)"
         )
     if parts.query or parts.fragment or parts.username or parts.password:
-        raise ConfigError(
-            f"upstream URL {url!r} must not carry a query, fragment or credentials"
-        )
+        raise ConfigError(f"upstream URL {url!r} must not carry a query, fragment or credentials")
     if port == 0:
         raise ConfigError(f"upstream URL {url!r} has port 0")
     try:

@@ -33,9 +33,7 @@ class GatewayError(Exception):
     type: ClassVar[str] = "internal_error"
     provider: ClassVar[str] = AISTACK
 
-    def __init__(
-        self, message: str, headers: Sequence[tuple[bytes, bytes]] = ()
-    ) -> None:
+    def __init__(self, message: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
         super().__init__(message)
         self.message = message
         self.headers = tuple(headers)
@@ -98,17 +96,17 @@ class UpstreamError(GatewayError):
     provider = QWEN3_TTS
 
 
-def describe(exc: BaseException) -> str:
+def describe(exc: BaseException | None) -> str:
     """``"<ExceptionType>: <message>"``, looking inside Twisted's wrapper exceptions.
 
     ``ResponseNeverReceived`` and its kin hold a list of failures whose ``str`` is a repr of
     the list; a client deserves the reasons themselves.
     """
+    if exc is None:
+        return "UnknownError"
     reasons = getattr(exc, "reasons", None)
     if isinstance(reasons, list) and reasons:
-        inner = "; ".join(
-            describe(r.value) if isinstance(r, Failure) else repr(r) for r in reasons
-        )
+        inner = "; ".join(describe(r.value) if isinstance(r, Failure) else repr(r) for r in reasons)
         return f"{type(exc).__name__}: {inner}"
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -8,13 +8,15 @@ which is the only place that releases the slot.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import PotentialDataLoss, ResponseDone
-from twisted.web.iweb import IRequest, IResponse
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import IResponse
+from twisted.web.server import Request
 
 from ._accesslog import log_request
 from ._bridge import StreamBridge
@@ -36,7 +38,7 @@ _log = Logger()
 
 
 class _Exchange:
-    def __init__(self, proxy: TTSProxy, request: IRequest, hold: SlotHold) -> None:
+    def __init__(self, proxy: TTSProxy, request: Request, hold: SlotHold) -> None:
         self._proxy = proxy
         self._request = request
         self._hold = hold
@@ -80,9 +82,7 @@ class _Exchange:
         # The Agent moves Content-Length out of response.headers into response.length.
         if isinstance(response.length, int) and response.code not in _NO_BODY_STATUS:
             request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % response.length])
-        self._bridge = StreamBridge(
-            request, self._watchdog, self._body_ended, self._client_lost
-        )
+        self._bridge = StreamBridge(request, self._watchdog, self._body_ended, self._client_lost)
         response.deliverBody(self._bridge)
 
     def _call_failed(self, failure: Failure) -> None:
@@ -163,7 +163,9 @@ class _Exchange:
     def _abort_client(self) -> None:
         if not self._client_gone:
             self._client_gone = True
-            self._request.transport.abortConnection()  # type: ignore[attr-defined]
+            transport: Any = self._request.transport
+            if transport is not None:
+                transport.abortConnection()
 
     def _finish(self, outcome: str, *, fired: bool = True) -> None:
         """The only exit: release the slot, log, and let the router go (unless aborted)."""

@@ -22,18 +22,54 @@ from ._config import (
 
 #: option name -> (environment variable, GatewayConfig field, parser, default, help)
 _SETTINGS: list[tuple[str, str, str, Callable[[str], Any], object, str]] = [
-    ("upstream", "AISTACK_TTS_UPSTREAM", "upstream", str, DEFAULT_UPSTREAM,
-     "Base URL of the Qwen3-TTS (vLLM-Omni) server"),
-    ("connect-timeout", "AISTACK_TTS_CONNECT_TIMEOUT", "connect_timeout", float,
-     DEFAULT_CONNECT_TIMEOUT, "Seconds to wait for the upstream TCP connection"),
-    ("idle-timeout", "AISTACK_TTS_IDLE_TIMEOUT", "idle_timeout", float, DEFAULT_IDLE_TIMEOUT,
-     "Seconds without an upstream byte (or a client read) before the call is given up"),
-    ("max-body", "AISTACK_TTS_MAX_BODY", "max_body", int, DEFAULT_MAX_BODY,
-     "Largest request body in bytes; larger ones get 413 before they are stored"),
-    ("slots", "AISTACK_TTS_SLOTS", "slots", int, DEFAULT_SLOTS,
-     "Capacity of the GPU slot (concurrent upstream calls)"),
-    ("ws-idle-timeout", "AISTACK_TTS_WS_IDLE_TIMEOUT", "ws_idle_timeout", float,
-     DEFAULT_WS_IDLE_TIMEOUT, "Seconds an idle WebSocket session may hold the slot"),
+    (
+        "upstream",
+        "AISTACK_TTS_UPSTREAM",
+        "upstream",
+        str,
+        DEFAULT_UPSTREAM,
+        "Base URL of the Qwen3-TTS (vLLM-Omni) server",
+    ),
+    (
+        "connect-timeout",
+        "AISTACK_TTS_CONNECT_TIMEOUT",
+        "connect_timeout",
+        float,
+        DEFAULT_CONNECT_TIMEOUT,
+        "Seconds to wait for the upstream TCP connection",
+    ),
+    (
+        "idle-timeout",
+        "AISTACK_TTS_IDLE_TIMEOUT",
+        "idle_timeout",
+        float,
+        DEFAULT_IDLE_TIMEOUT,
+        "Seconds without an upstream byte (or a client read) before the call is given up",
+    ),
+    (
+        "max-body",
+        "AISTACK_TTS_MAX_BODY",
+        "max_body",
+        int,
+        DEFAULT_MAX_BODY,
+        "Largest request body in bytes; larger ones get 413 before they are stored",
+    ),
+    (
+        "slots",
+        "AISTACK_TTS_SLOTS",
+        "slots",
+        int,
+        DEFAULT_SLOTS,
+        "Capacity of the GPU slot (concurrent upstream calls)",
+    ),
+    (
+        "ws-idle-timeout",
+        "AISTACK_TTS_WS_IDLE_TIMEOUT",
+        "ws_idle_timeout",
+        float,
+        DEFAULT_WS_IDLE_TIMEOUT,
+        "Seconds an idle WebSocket session may hold the slot",
+    ),
 ]
 _LISTEN_ENV = "AISTACK_TTS_LISTEN"
 
@@ -54,7 +90,7 @@ class Options(usage.Options):
     ]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._environ = os.environ if environ is None else environ
         self["listen"] = []
         self.config = GatewayConfig()

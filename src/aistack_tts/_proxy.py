@@ -7,8 +7,9 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.client import HTTPConnectionPool
-from twisted.web.iweb import IAgent, IRequest
+from twisted.web.iweb import IAgent
 from twisted.web.resource import IResource
+from twisted.web.server import Request
 
 from ._config import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -100,9 +101,10 @@ class TTSProxy:
         """Close idle pooled upstream connections (call on shutdown)."""
         if self._pool is None:
             return succeed(None)
-        return self._pool.closeCachedConnections()
+        closed: Deferred[None] = self._pool.closeCachedConnections()
+        return closed
 
-    def forward(self, request: IRequest) -> Deferred[None]:
+    def forward(self, request: Request) -> Deferred[None]:
         """Proxy one request, holding the GPU slot for the whole upstream call.
 
         Raises a L{GatewayError} when the gateway answers itself (405, 413, 503 busy).
@@ -130,4 +132,5 @@ class TTSProxy:
                 "the GPU is busy with another inference; retry after the time in Retry-After",
                 headers=self.slot.retry_after().headers(),
             )
-        return _Exchange(self, request, hold).start()
+        exchange = _Exchange(self, request, hold)
+        return exchange.start()

@@ -17,7 +17,7 @@ class GatewayService(MultiService):
     """Listens on every configured endpoint; closes pooled upstream connections on stop."""
 
     def __init__(self, proxy: TTSProxy, endpoints: list[Any]) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.proxy = proxy
         site = proxy.site()
         for endpoint in endpoints:

@@ -36,10 +36,7 @@ def estimate_retry_after(average: float | None, elapsed: float | None) -> RetryA
     ``average`` is the moving average of recent call durations (``None``: no history yet);
     ``elapsed`` how long the longest-running current holder we know of has held it.
     """
-    if average is None:
-        remaining = 1.0
-    else:
-        remaining = average - (elapsed or 0.0)
+    remaining = 1.0 if average is None else average - (elapsed or 0.0)
     remaining = min(max(remaining, _MIN_MS / 1000), float(_MAX_S))
     seconds = min(max(math.ceil(remaining), _MIN_S), _MAX_S)
     return RetryAfter(seconds=seconds, milliseconds=round(remaining * 1000))
@@ -99,8 +96,6 @@ class GPUSlot:
         self._holds.remove(hold)
         duration = self.clock.seconds() - hold.started
         self._average = (
-            duration
-            if self._average is None
-            else _ALPHA * duration + (1 - _ALPHA) * self._average
+            duration if self._average is None else _ALPHA * duration + (1 - _ALPHA) * self._average
         )
         self.semaphore.release()

@@ -28,7 +28,7 @@ from ._headers import connection_tokens
 #: How long an idle pooled connection is kept. Below uvicorn's (vLLM's server) 5 s keep-alive,
 #: so the gateway drops a connection before the upstream does and a POST is never sent on a
 #: socket the upstream is closing (the Agent retries only idempotent, body-less requests).
-POOL_IDLE_SECONDS = 4.0
+POOL_IDLE_SECONDS = 4
 
 
 class _HygienicProtocol(HTTP11ClientProtocol):
@@ -57,7 +57,7 @@ class _QuietFactory(_PoolFactory):
     noisy = False
 
     def buildProtocol(self, addr: object) -> HTTP11ClientProtocol:
-        return _HygienicProtocol(self._quiescentCallback)
+        return _HygienicProtocol(self._quiescentCallback)  # type: ignore[no-untyped-call]
 
 
 class _QuietPool(HTTPConnectionPool):
@@ -68,7 +68,7 @@ def make_agent(
     reactor: object, *, connect_timeout: float, max_connections: int
 ) -> tuple[IAgent, HTTPConnectionPool]:
     """An ``Agent`` with a persistent connection pool and a connect timeout."""
-    pool = _QuietPool(reactor, persistent=True)
+    pool = _QuietPool(reactor, persistent=True)  # type: ignore[no-untyped-call]
     pool.maxPersistentPerHost = max(2, max_connections)
     pool.cachedConnectionTimeout = POOL_IDLE_SECONDS
     agent = Agent(reactor, connectTimeout=connect_timeout, pool=pool)

@@ -1,0 +1,125 @@
+"""The ``twist aistack-tts`` plugin: lazy, listed, installable from a plain wheel."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def run(
+    *argv: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
+
+
+def test_plugin_import_is_lazy() -> None:
+    """Listing plugins imports neither klein nor the reactor (twist picks the reactor later)."""
+    code = (
+        "import sys, twisted.plugins.aistack_tts_plugin as p;"
+        "bad = [m for m in ('klein', 'twisted.internet.reactor', 'aistack_tts._service')"
+        " if m in sys.modules];"
+        "print(p.aistack_tts.tapname, bad)"
+    )
+    result = run(sys.executable, "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "aistack-tts []"
+
+
+def test_twist_lists_and_describes_the_plugin() -> None:
+    """`twist --help` lists aistack-tts; its --help shows every contract option."""
+    listing = run(str(BIN / "twist"), "--help")
+    assert "aistack-tts" in listing.stdout
+    helptext = run(str(BIN / "twist"), "aistack-tts", "--help").stdout
+    for option in (
+        "--listen",
+        "--upstream",
+        "--connect-timeout",
+        "--idle-timeout",
+        "--max-body",
+        "--slots",
+        "--ws-idle-timeout",
+        "--demo",
+    ):
+        assert option in helptext
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--listen", "tcp:notaport"], "--listen 'tcp:notaport' is not a valid endpoint"),
+        (["--connect-timeout", "-3"], "connect-timeout must be a positive number"),
+        (["--upstream", "127.0.0.1:8091"], "must look like http://HOST:PORT"),
+    ],
+)
+def test_bad_values_exit_with_one_line(argv: list[str], fragment: str) -> None:
+    """`twist aistack-tts` with a bad value prints one clear line and exits non-zero."""
+    result = run(str(BIN / "twist"), "aistack-tts", *argv, timeout=60)
+    assert result.returncode != 0
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert fragment in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.slow
+def test_wheel_installs_plugin_in_fresh_venv(tmp_path: Path) -> None:
+    """A plain (non-editable) `pip install` of the wheel makes `twist aistack-tts` available."""
+    wheels = tmp_path / "wheels"
+    built = run(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "-q",
+        "-w",
+        str(wheels),
+        str(ROOT),
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    [wheel] = wheels.glob("aistack_tts-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "twisted/plugins/aistack_tts_plugin.py" in names
+    assert "twisted/plugins/__init__.py" not in names
+    assert not [n for n in names if n.endswith("dropin.cache")]
+
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    python = env_dir / "bin" / "python"
+    clean_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    installed = run(
+        str(python), "-m", "pip", "install", "-q", str(wheel), env=clean_env, timeout=600
+    )
+    assert installed.returncode == 0, installed.stderr
+    # Run from a directory without the source tree, so only the installed copy can be found.
+    listing = subprocess.run(
+        [str(env_dir / "bin" / "twist"), "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=clean_env,
+        timeout=120,
+        check=False,
+    )
+    assert "aistack-tts" in listing.stdout, listing.stdout + listing.stderr
+    helptext = subprocess.run(
+        [str(env_dir / "bin" / "twist"), "aistack-tts", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=clean_env,
+        timeout=120,
+        check=False,
+    )
+    assert "--upstream" in helptext.stdout, helptext.stderr
