@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from attrs import evolve
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
 
 from ._config import ConfigError, GatewayConfig
 from ._proxy import TTSProxy
+
+_log = Logger()
 
 
 class GatewayService(MultiService):
@@ -33,6 +38,39 @@ class GatewayService(MultiService):
         return d
 
 
+class DemoGatewayService(MultiService):
+    """``--demo``: the demo upstream on an ephemeral loopback port, and the gateway in front."""
+
+    def __init__(self, config: GatewayConfig, endpoints: list[Any], reactor: Any) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._config = config
+        self._endpoints = endpoints
+        self._reactor = reactor
+        self._demo_port: IListeningPort | None = None
+
+    def startService(self) -> None:
+        """Listen for the demo first: the gateway's upstream URL needs its port."""
+        from .demo import DemoUpstream
+
+        self._demo_port = self._reactor.listenTCP(
+            0, DemoUpstream(reactor=self._reactor).site(), interface="127.0.0.1"
+        )
+        assert self._demo_port is not None
+        url = f"http://127.0.0.1:{self._demo_port.getHost().port}"
+        _log.info("demo upstream (synthetic Qwen3-TTS voice) listening on {url}", url=url)
+        proxy = TTSProxy.from_config(evolve(self._config, upstream=url), reactor=self._reactor)
+        GatewayService(proxy, self._endpoints).setServiceParent(self)  # type: ignore[no-untyped-call]
+        super().startService()  # type: ignore[no-untyped-call]
+
+    def stopService(self) -> Deferred[None]:
+        """Stop the gateway, then the demo upstream."""
+        d = maybeDeferred(super().stopService)
+        if self._demo_port is not None:
+            port = self._demo_port
+            d.addBoth(lambda _: port.stopListening())
+        return d
+
+
 def make_gateway_service(config: GatewayConfig, reactor: Any) -> IService:
     """Build the service for ``config``; a bad listen description raises L{ConfigError}."""
     endpoints = []
@@ -41,6 +79,8 @@ def make_gateway_service(config: GatewayConfig, reactor: Any) -> IService:
             endpoints.append(serverFromString(reactor, description))
         except (ValueError, KeyError, TypeError) as e:
             raise ConfigError(f"--listen {description!r} is not a valid endpoint ({e})") from None
+    if config.demo:
+        return DemoGatewayService(config, endpoints, reactor)
     proxy = TTSProxy.from_config(config, reactor=reactor)
     return GatewayService(proxy, endpoints)
 

@@ -1,0 +1,33 @@
+"""A demo upstream that behaves like vLLM-Omni serving Qwen3-TTS-12Hz-0.6B-CustomVoice.
+
+It answers ``/v1/audio/speech`` with a deterministic synthetic voice made one 80 ms frame at a
+time, and ``/v1/audio/voices`` for listing, uploading and deleting voices, so the gateway can be
+tried and tested without the GPU container::
+
+    from aistack_tts.demo import DemoUpstream, listen_demo
+
+    site = DemoUpstream(reactor=reactor, first_chunk_delay=0.1, rtf=0.5).site()
+    port = await listen_demo(reactor)  # 127.0.0.1, an ephemeral port: port.getHost().port
+"""
+
+from ._app import (
+    MODEL_NAME,
+    VOICES,
+    APIError,
+    DemoUpstream,
+    SpeechRequest,
+    VoiceRegistry,
+    listen_demo,
+    parse_speech_request,
+)
+
+__all__ = [
+    "MODEL_NAME",
+    "VOICES",
+    "APIError",
+    "DemoUpstream",
+    "SpeechRequest",
+    "VoiceRegistry",
+    "listen_demo",
+    "parse_speech_request",
+]

@@ -1,0 +1,164 @@
+"""``twist aistack-tts-demo-upstream``: its ``Options`` and ``makeService``, loaded lazily."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from attrs import frozen
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.python import usage
+
+from ._app import MODEL_NAME, DemoUpstream
+
+DEFAULT_LISTEN = "tcp:8091:interface=127.0.0.1"
+DEFAULT_FIRST_CHUNK_DELAY = 0.1
+DEFAULT_RTF = 0.5
+
+_ENV = {
+    "listen": "AISTACK_TTS_DEMO_LISTEN",
+    "first-chunk-delay": "AISTACK_TTS_DEMO_FIRST_CHUNK_DELAY",
+    "rtf": "AISTACK_TTS_DEMO_RTF",
+    "model": "AISTACK_TTS_DEMO_MODEL",
+}
+
+
+class DemoConfigError(ValueError):
+    """A setting that cannot work; its message is one line for the operator."""
+
+
+@frozen
+class DemoSettings:
+    """The demo upstream's settings, from the command line, the environment or defaults."""
+
+    listen: tuple[str, ...] = (DEFAULT_LISTEN,)
+    first_chunk_delay: float = DEFAULT_FIRST_CHUNK_DELAY
+    rtf: float = DEFAULT_RTF
+    model: str = MODEL_NAME
+
+
+def _seconds(source: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise DemoConfigError(f"{source}: {raw!r} is not a number") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise DemoConfigError(f"{source}: {raw!r} must be a finite number >= 0")
+    return value
+
+
+class Options(usage.Options):
+    """Options for ``twist aistack-tts-demo-upstream``; C{self.settings} holds the result."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "A stand-in for the Qwen3-TTS container (vLLM-Omni): /v1/audio/speech answers with a "
+        "synthetic voice made one 80 ms frame at a time, /v1/audio/voices lists, uploads and "
+        "deletes voices. Every option can also come from the environment variable in its help."
+    )
+    optParameters = [
+        [
+            "first-chunk-delay",
+            None,
+            None,
+            "Seconds before the first audio frame "
+            f"[env {_ENV['first-chunk-delay']}; default {DEFAULT_FIRST_CHUNK_DELAY}]",
+        ],
+        [
+            "rtf",
+            None,
+            None,
+            "Real-time factor: seconds of work per second of audio, 0.5 makes each 80 ms "
+            f"frame in 40 ms, 0 as fast as possible [env {_ENV['rtf']}; default {DEFAULT_RTF}]",
+        ],
+        [
+            "model",
+            None,
+            None,
+            f"Served model name [env {_ENV['model']}; default {MODEL_NAME}]",
+        ],
+    ]
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._environ = os.environ if environ is None else environ
+        self["listen"] = []
+        self.settings = DemoSettings()
+
+    def opt_listen(self, description: str) -> None:
+        """Endpoint to serve on (repeatable) [env AISTACK_TTS_DEMO_LISTEN, space-separated; default tcp:8091:interface=127.0.0.1]"""  # noqa: E501
+        self["listen"].append(description)
+
+    def postOptions(self) -> None:
+        """Build and check the settings; a bad value ends the program with one line."""
+        try:
+            self.settings = self.build_settings()
+        except DemoConfigError as e:
+            sys.stderr.write(f"aistack-tts-demo-upstream: error: {e}\n")
+            raise SystemExit(64) from None
+
+    def _raw(self, name: str) -> tuple[str, str] | None:
+        if self[name] is not None:
+            return f"--{name}", str(self[name])
+        env = _ENV[name]
+        if self._environ.get(env, "").strip():
+            return env, self._environ[env].strip()
+        return None
+
+    def build_settings(self) -> DemoSettings:
+        """Command line over environment over defaults; raises L{DemoConfigError}."""
+        values: dict[str, Any] = {}
+        listen = self["listen"] or self._environ.get(_ENV["listen"], "").split()
+        if listen:
+            values["listen"] = tuple(listen)
+        for name, attribute in (("first-chunk-delay", "first_chunk_delay"), ("rtf", "rtf")):
+            raw = self._raw(name)
+            if raw is not None:
+                values[attribute] = _seconds(*raw)
+        model = self._raw("model")
+        if model is not None:
+            values["model"] = model[1]
+        return DemoSettings(**values)
+
+
+def make_demo_service(settings: DemoSettings, reactor: Any) -> IService:
+    """Listeners for a L{DemoUpstream} on every endpoint in ``settings``."""
+    upstream = DemoUpstream(
+        reactor=reactor,
+        first_chunk_delay=settings.first_chunk_delay,
+        rtf=settings.rtf,
+        model_name=settings.model,
+    )
+    site = upstream.site()
+    service = MultiService()
+    for description in settings.listen:
+        try:
+            endpoint = serverFromString(reactor, description)
+        except (ValueError, KeyError, TypeError) as e:
+            raise DemoConfigError(
+                f"--listen {description!r} is not a valid endpoint ({e})"
+            ) from None
+        listener = StreamServerEndpointService(endpoint, site)
+        # Fail the start (and so the process) when the port cannot be bound.
+        listener._raiseSynchronously = True
+        listener.setServiceParent(service)
+    return service
+
+
+def makeService(options: Options) -> IService:
+    """Entry point for the ``twist`` plugin (imported lazily by the ServiceMaker)."""
+    from twisted.internet import reactor
+
+    try:
+        return make_demo_service(options.settings, reactor)
+    except DemoConfigError as e:
+        sys.stderr.write(f"aistack-tts-demo-upstream: error: {e}\n")
+        raise SystemExit(64) from None
+
+
+__all__ = ["DemoSettings", "Options", "makeService"]
