@@ -56,7 +56,8 @@ class DemoGatewayService(MultiService):
             0, DemoUpstream(reactor=self._reactor).site(), interface="127.0.0.1"
         )
         assert self._demo_port is not None
-        url = f"http://127.0.0.1:{self._demo_port.getHost().port}"
+        address: Any = self._demo_port.getHost()
+        url = f"http://127.0.0.1:{address.port}"
         _log.info("demo upstream (synthetic Qwen3-TTS voice) listening on {url}", url=url)
         proxy = TTSProxy.from_config(evolve(self._config, upstream=url), reactor=self._reactor)
         GatewayService(proxy, self._endpoints).setServiceParent(self)  # type: ignore[no-untyped-call]
