@@ -1,0 +1,91 @@
+"""README.rst's quick start, run for real: `twist aistack-tts --demo`, then its curl command."""
+
+from __future__ import annotations
+
+import io
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.rst").read_text()
+
+pytestmark = pytest.mark.real_sockets
+
+
+def literal_blocks() -> list[str]:
+    """The ``::`` literal blocks of README.rst, dedented, continuation lines joined."""
+    blocks = []
+    for match in re.finditer(r"::\n\n((?:    .*\n|\n)+)", README):
+        lines = [line[4:] for line in match.group(1).splitlines()]
+        blocks.append("\n".join(lines).strip().replace("\\\n", " "))
+    return blocks
+
+
+def quick_start() -> tuple[str, str]:
+    run = next(b for b in literal_blocks() if "twist aistack-tts --demo" in b)
+    curl = next(b for b in literal_blocks() if b.startswith("curl") and "/v1/audio/speech" in b)
+    return run, curl
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def demo_gateway() -> Iterator[int]:
+    """The README's run command (its last step), on a free port instead of 8000."""
+    run, _ = quick_start()
+    twist_part = run.split("&&")[-1].strip()
+    argv = shlex.split(twist_part)
+    assert argv[0].endswith("twist")
+    assert argv[1:] == ["aistack-tts", "--demo"]
+    port = free_port()
+    twist = str(Path(sys.executable).parent / "twist")
+    process = subprocess.Popen(
+        [twist, "aistack-tts", "--demo", "--listen", f"tcp:{port}:interface=127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert process.poll() is None, "twist aistack-tts --demo exited"
+                assert time.monotonic() < deadline, "gateway did not start listening"
+                time.sleep(0.05)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_readme_quick_start_curl_returns_a_wav(demo_gateway: int, tmp_path: Path) -> None:
+    """The README's curl command, against the README's run command, writes a 24 kHz WAV."""
+    _, curl = quick_start()
+    argv = shlex.split(curl.replace("127.0.0.1:8000", f"127.0.0.1:{demo_gateway}"))
+    result = subprocess.run(argv, cwd=tmp_path, capture_output=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    output = tmp_path / argv[argv.index("-o") + 1]
+    data = output.read_bytes()
+    assert data[:4] == b"RIFF"
+    assert data[8:12] == b"WAVE"
+    with wave.open(io.BytesIO(data)) as audio:
+        assert (audio.getframerate(), audio.getnchannels(), audio.getsampwidth()) == (24000, 1, 2)
+        assert audio.getnframes() > 24000 * 0.5
