@@ -236,3 +236,24 @@ def test_public_names_are_reexported() -> None:
     """Everything in __all__ is importable from the package."""
     for name in aistack_tts.__all__:
         assert hasattr(aistack_tts, name)
+
+
+def test_watchdog_fires_after_a_quiet_interval_blaming_the_last_kind() -> None:
+    """Each touch restarts the interval; the stall names whoever was last waited on."""
+    from aistack_tts._upstream import Watchdog
+
+    clock = Clock()
+    stalls: list[str] = []
+    watchdog = Watchdog(clock, 10, stalls.append)
+    watchdog.touch()
+    clock.advance(6)
+    watchdog.touch("client")
+    clock.advance(6)
+    assert stalls == []
+    clock.advance(4)
+    assert stalls == ["client"]
+    watchdog.touch()
+    watchdog.stop()
+    clock.advance(100)
+    assert stalls == ["client"]
+    assert not clock.getDelayedCalls()
