@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -19,6 +18,7 @@ from ._config import (
     ConfigError,
     GatewayConfig,
 )
+from ._listen import or_fail
 
 #: option name -> (environment variable, GatewayConfig field, parser, default, help)
 _SETTINGS: list[tuple[str, str, str, Callable[[str], Any], object, str]] = [
@@ -101,12 +101,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         """Build and check the config; a bad value ends the program with one line."""
-        try:
-            self.config = self.build_config()
-        except ConfigError as e:
-            # twist would print the whole usage text after a UsageError; one line is clearer.
-            sys.stderr.write(f"aistack-tts: error: {e}\n")
-            raise SystemExit(64) from None
+        self.config = or_fail("aistack-tts", self.build_config)
 
     def build_config(self) -> GatewayConfig:
         """Command line over environment over defaults; raises L{ConfigError}."""

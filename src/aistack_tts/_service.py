@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from attrs import evolve
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 
-from ._config import ConfigError, GatewayConfig
+from ._config import GatewayConfig
+from ._listen import add_listeners, or_fail, parse_endpoints
 from ._proxy import TTSProxy
 
 _log = Logger()
@@ -21,15 +20,10 @@ _log = Logger()
 class GatewayService(MultiService):
     """Listens on every configured endpoint; closes pooled upstream connections on stop."""
 
-    def __init__(self, proxy: TTSProxy, endpoints: list[Any]) -> None:
+    def __init__(self, proxy: TTSProxy, endpoints: list[IStreamServerEndpoint]) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.proxy = proxy
-        site = proxy.site()
-        for endpoint in endpoints:
-            listener = StreamServerEndpointService(endpoint, site)
-            # Fail the start (and so the process) when a port cannot be bound.
-            listener._raiseSynchronously = True
-            listener.setServiceParent(self)
+        add_listeners(self, endpoints, proxy.site())
 
     def stopService(self) -> Deferred[None]:
         """Stop listening, then close idle upstream connections."""
@@ -41,7 +35,9 @@ class GatewayService(MultiService):
 class DemoGatewayService(MultiService):
     """``--demo``: the demo upstream on an ephemeral loopback port, and the gateway in front."""
 
-    def __init__(self, config: GatewayConfig, endpoints: list[Any], reactor: Any) -> None:
+    def __init__(
+        self, config: GatewayConfig, endpoints: list[IStreamServerEndpoint], reactor: Any
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._config = config
         self._endpoints = endpoints
@@ -74,26 +70,14 @@ class DemoGatewayService(MultiService):
 
 def make_gateway_service(config: GatewayConfig, reactor: Any) -> IService:
     """Build the service for ``config``; a bad listen description raises L{ConfigError}."""
-    endpoints = []
-    for description in config.listen:
-        try:
-            endpoints.append(serverFromString(reactor, description))
-        except (ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"--listen {description!r} is not a valid endpoint ({e})") from None
+    endpoints = parse_endpoints(reactor, config.listen)
     if config.demo:
         return DemoGatewayService(config, endpoints, reactor)
-    proxy = TTSProxy.from_config(config, reactor=reactor)
-    return GatewayService(proxy, endpoints)
+    return GatewayService(TTSProxy.from_config(config, reactor=reactor), endpoints)
 
 
 def makeService(options: Any) -> IService:
     """Entry point for the ``twist`` plugin (imported lazily by the ServiceMaker)."""
-    import sys
-
     from twisted.internet import reactor
 
-    try:
-        return make_gateway_service(options.config, reactor)
-    except ConfigError as e:
-        sys.stderr.write(f"aistack-tts: error: {e}\n")
-        raise SystemExit(64) from None
+    return or_fail("aistack-tts", lambda: make_gateway_service(options.config, reactor))

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from collections.abc import Mapping
 from typing import Any
 
 from attrs import frozen
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
-from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from aistack_tts._config import ConfigError
+from aistack_tts._listen import add_listeners, or_fail, parse_endpoints
+
 from ._app import MODEL_NAME, DemoUpstream
+
+_PROGRAM = "aistack-tts-demo-upstream"
 
 DEFAULT_LISTEN = "tcp:8091:interface=127.0.0.1"
 DEFAULT_FIRST_CHUNK_DELAY = 0.1
@@ -28,7 +30,7 @@ _ENV = {
 }
 
 
-class DemoConfigError(ValueError):
+class DemoConfigError(ConfigError):
     """A setting that cannot work; its message is one line for the operator."""
 
 
@@ -96,11 +98,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         """Build and check the settings; a bad value ends the program with one line."""
-        try:
-            self.settings = self.build_settings()
-        except DemoConfigError as e:
-            sys.stderr.write(f"aistack-tts-demo-upstream: error: {e}\n")
-            raise SystemExit(64) from None
+        self.settings = or_fail(_PROGRAM, self.build_settings)
 
     def _raw(self, name: str) -> tuple[str, str] | None:
         if self[name] is not None:
@@ -134,19 +132,8 @@ def make_demo_service(settings: DemoSettings, reactor: Any) -> IService:
         rtf=settings.rtf,
         model_name=settings.model,
     )
-    site = upstream.site()
     service = MultiService()
-    for description in settings.listen:
-        try:
-            endpoint = serverFromString(reactor, description)
-        except (ValueError, KeyError, TypeError) as e:
-            raise DemoConfigError(
-                f"--listen {description!r} is not a valid endpoint ({e})"
-            ) from None
-        listener = StreamServerEndpointService(endpoint, site)
-        # Fail the start (and so the process) when the port cannot be bound.
-        listener._raiseSynchronously = True
-        listener.setServiceParent(service)
+    add_listeners(service, parse_endpoints(reactor, settings.listen), upstream.site())
     return service
 
 
@@ -154,11 +141,7 @@ def makeService(options: Options) -> IService:
     """Entry point for the ``twist`` plugin (imported lazily by the ServiceMaker)."""
     from twisted.internet import reactor
 
-    try:
-        return make_demo_service(options.settings, reactor)
-    except DemoConfigError as e:
-        sys.stderr.write(f"aistack-tts-demo-upstream: error: {e}\n")
-        raise SystemExit(64) from None
+    return or_fail(_PROGRAM, lambda: make_demo_service(options.settings, reactor))
 
 
 __all__ = ["DemoSettings", "Options", "makeService"]
