@@ -17,6 +17,7 @@ DEFAULT_IDLE_TIMEOUT = 60.0
 DEFAULT_MAX_BODY = 25 * 1024 * 1024
 DEFAULT_SLOTS = 1
 DEFAULT_WS_IDLE_TIMEOUT = 300.0
+DEFAULT_DRAIN_TIMEOUT = 30.0
 
 
 class ConfigError(ValueError):
@@ -90,6 +91,9 @@ class GatewayConfig:
     slots: int = field(default=DEFAULT_SLOTS, validator=_check_slots)
     ws_idle_timeout: float = field(
         default=DEFAULT_WS_IDLE_TIMEOUT, validator=_positive_seconds("ws-idle-timeout")
+    )
+    drain_timeout: float = field(
+        default=DEFAULT_DRAIN_TIMEOUT, validator=_positive_seconds("drain-timeout")
     )
     demo: bool = False
 

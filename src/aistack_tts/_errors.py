@@ -78,6 +78,11 @@ class GPUBusy(GatewayError):
     type = "gpu_busy"
 
 
+class Draining(GatewayError):
+    status = 503
+    type = "draining"
+
+
 class UpstreamUnavailable(GatewayError):
     status = 503
     type = "upstream_unavailable"

@@ -53,11 +53,15 @@ class _Exchange:
         # paths it stays pending and the router cancels it when the connection drops.
         self.done: Deferred[None] = Deferred(lambda _: self._client_lost())
         self._call: Deferred[IResponse] | None = None
+        #: Set when the gateway cuts the call short (drain timeout): what a client still
+        #: waiting for headers is told.
+        self._cut_short: GatewayError | None = None
 
     def start(self) -> Deferred[None]:
         """Send the request upstream; the returned Deferred fires when the client has its answer."""
         request = self._request
         request.notifyFinish().addErrback(lambda _: self._client_lost())
+        self._proxy._in_flight.add(self)
         self._watchdog.touch("upstream")
         call = self._proxy.agent.request(
             request.method,
@@ -91,7 +95,7 @@ class _Exchange:
             # We cancelled the call ourselves because the client left.
             self._finish("client_abort")
             return
-        error = error_for_upstream_failure(
+        error = self._cut_short or error_for_upstream_failure(
             failure, timed_out=self._timed_out, retry_after=RETRY_UNAVAILABLE_S
         )
         self._answer_with(error)
@@ -141,6 +145,21 @@ class _Exchange:
             self._abort_client()
             self._finish(f"{kind}_stalled", fired=False)
 
+    def cut_short(self, error: GatewayError) -> None:
+        """End the call now (the gateway is shutting down): upstream closed, slot released.
+
+        A client still waiting for headers gets ``error``; one receiving the body is aborted.
+        """
+        if self._state == "connecting":
+            assert self._call is not None
+            self._cut_short = error
+            self._call.cancel()  # _call_failed answers with the error
+        elif self._state == "streaming":
+            assert self._bridge is not None
+            self._bridge.stop_upstream()
+            self._abort_client()
+            self._finish(f"{error.type}_cut", fired=False)
+
     def _unexpected(self, failure: Failure) -> None:
         _log.failure("proxying {path} failed", failure, path=self._request.uri.decode("latin-1"))
         if self._state == "done":
@@ -174,6 +193,7 @@ class _Exchange:
         self._state = "done"
         self._watchdog.stop()
         self._hold.release()
+        self._proxy._exchange_done(self)
         log_request(
             self._request,
             status=self._status,

@@ -10,6 +10,7 @@ from twisted.python import usage
 
 from ._config import (
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_BODY,
     DEFAULT_SLOTS,
@@ -69,6 +70,14 @@ _SETTINGS: list[tuple[str, str, str, Callable[[str], Any], object, str]] = [
         float,
         DEFAULT_WS_IDLE_TIMEOUT,
         "Seconds an idle WebSocket session may hold the slot",
+    ),
+    (
+        "drain-timeout",
+        "AISTACK_TTS_DRAIN_TIMEOUT",
+        "drain_timeout",
+        float,
+        DEFAULT_DRAIN_TIMEOUT,
+        "Seconds in-flight calls may go on after SIGTERM before they are cut",
     ),
 ]
 _LISTEN_ENV = "AISTACK_TTS_LISTEN"

@@ -6,6 +6,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.iweb import IAgent
 from twisted.web.resource import IResource
@@ -19,7 +20,7 @@ from ._config import (
     DEFAULT_UPSTREAM,
     GatewayConfig,
 )
-from ._errors import GPUBusy, MethodNotAllowed, RequestTooLarge
+from ._errors import Draining, GPUBusy, MethodNotAllowed, RequestTooLarge
 from ._exchange import _Exchange
 from ._site import GatewaySite
 from ._slot import GPUSlot
@@ -28,6 +29,8 @@ from ._upstream import make_agent, make_cooperator
 #: The methods the contract proxies; everything else is a 405.
 ALLOWED_METHODS = (b"GET", b"POST", b"DELETE")
 ALLOW_HEADER = (b"Allow", b", ".join(ALLOWED_METHODS))
+
+_log = Logger()
 
 
 class TTSProxy:
@@ -74,6 +77,9 @@ class TTSProxy:
             )
         self.agent: IAgent = agent
         self.cooperator = make_cooperator(reactor)
+        self.draining = False
+        self._in_flight: set[_Exchange] = set()
+        self._idle_waiters: list[Deferred[None]] = []
 
     @classmethod
     def from_config(cls, config: GatewayConfig, **kwargs: Any) -> TTSProxy:
@@ -97,6 +103,47 @@ class TTSProxy:
         """A ``Site`` for L{resource} that enforces the body limit while the body arrives."""
         return GatewaySite(self.resource(), max_body=self.max_body, reactor=self.clock)
 
+    @property
+    def in_flight(self) -> int:
+        """Upstream calls under way."""
+        return len(self._in_flight)
+
+    def drain(self, timeout: float) -> Deferred[None]:
+        """Refuse new calls, let those under way finish, cut the rest after ``timeout`` s.
+
+        New requests get 503 ``draining``. Fires once no call is left (the slot is free then).
+        """
+        self.draining = True
+        if not self._in_flight:
+            return succeed(None)
+        _log.info(
+            "draining: waiting up to {timeout}s for {count} call(s)",
+            timeout=timeout,
+            count=len(self._in_flight),
+        )
+        idle: Deferred[None] = Deferred()
+        self._idle_waiters.append(idle)
+
+        def cut() -> None:
+            _log.warn("drain timeout: cutting {count} call(s) short", count=len(self._in_flight))
+            for exchange in list(self._in_flight):
+                exchange.cut_short(Draining("the gateway is shutting down"))
+
+        deadline = self.clock.callLater(timeout, cut)
+
+        def disarm(result: None) -> None:
+            if deadline.active():
+                deadline.cancel()
+
+        return idle.addCallback(disarm)
+
+    def _exchange_done(self, exchange: _Exchange) -> None:
+        self._in_flight.discard(exchange)
+        if not self._in_flight:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
     def close(self) -> Deferred[None]:
         """Close idle pooled upstream connections (call on shutdown)."""
         if self._pool is None:
@@ -109,6 +156,11 @@ class TTSProxy:
 
         Raises a L{GatewayError} when the gateway answers itself (405, 413, 503 busy).
         """
+        if self.draining:
+            raise Draining(
+                "the gateway is shutting down; retry on another instance or after it restarts",
+                headers=[(b"Retry-After", b"1")],
+            )
         if request.method not in ALLOWED_METHODS:
             raise MethodNotAllowed(
                 f"method {request.method.decode('latin-1')} is not allowed here",

@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 
-from ._config import GatewayConfig
+from ._config import DEFAULT_DRAIN_TIMEOUT, GatewayConfig
 from ._listen import add_listeners, or_fail, parse_endpoints
 from ._proxy import TTSProxy
 
@@ -20,14 +20,24 @@ _log = Logger()
 class GatewayService(MultiService):
     """Listens on every configured endpoint; closes pooled upstream connections on stop."""
 
-    def __init__(self, proxy: TTSProxy, endpoints: list[IStreamServerEndpoint]) -> None:
+    def __init__(
+        self,
+        proxy: TTSProxy,
+        endpoints: list[IStreamServerEndpoint],
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.proxy = proxy
+        self.drain_timeout = drain_timeout
         add_listeners(self, endpoints, proxy.site())
 
     def stopService(self) -> Deferred[None]:
-        """Stop listening, then close idle upstream connections."""
+        """Graceful drain: stop listening, let calls under way finish, close the pool.
+
+        Calls still going after the drain timeout are cut short.
+        """
         d = maybeDeferred(super().stopService)
+        d.addBoth(lambda _: self.proxy.drain(self.drain_timeout))
         d.addBoth(lambda _: self.proxy.close())
         return d
 
@@ -56,7 +66,8 @@ class DemoGatewayService(MultiService):
         url = f"http://127.0.0.1:{address.port}"
         _log.info("demo upstream (synthetic Qwen3-TTS voice) listening on {url}", url=url)
         proxy = TTSProxy.from_config(evolve(self._config, upstream=url), reactor=self._reactor)
-        GatewayService(proxy, self._endpoints).setServiceParent(self)  # type: ignore[no-untyped-call]
+        gateway = GatewayService(proxy, self._endpoints, self._config.drain_timeout)
+        gateway.setServiceParent(self)  # type: ignore[no-untyped-call]
         super().startService()  # type: ignore[no-untyped-call]
 
     def stopService(self) -> Deferred[None]:
@@ -73,7 +84,8 @@ def make_gateway_service(config: GatewayConfig, reactor: Any) -> IService:
     endpoints = parse_endpoints(reactor, config.listen)
     if config.demo:
         return DemoGatewayService(config, endpoints, reactor)
-    return GatewayService(TTSProxy.from_config(config, reactor=reactor), endpoints)
+    proxy = TTSProxy.from_config(config, reactor=reactor)
+    return GatewayService(proxy, endpoints, config.drain_timeout)
 
 
 def makeService(options: Any) -> IService:
