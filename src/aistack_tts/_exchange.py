@@ -31,6 +31,11 @@ if TYPE_CHECKING:
 #: Retry-After for a 503 upstream_unavailable: the stack is down, not busy.
 RETRY_UNAVAILABLE_S = 5
 
+#: How much the client's transport may hold unsent before it pauses the upstream. Twisted's
+#: default (64 KiB) is one upstream read, so the upstream was paused and resumed after nearly
+#: every chunk; this bounds memory per stream just the same, at a few chunks.
+CLIENT_SEND_BUFFER = 512 * 1024
+
 #: Statuses that never have a body, so never a Content-Length (RFC 9110 section 8.6).
 _NO_BODY_STATUS = frozenset({204, 304})
 
@@ -81,6 +86,9 @@ class _Exchange:
         self._state = "streaming"
         self._status = response.code
         request = self._request
+        transport: Any = request.transport
+        if transport is not None and hasattr(transport, "bufferSize"):
+            transport.bufferSize = CLIENT_SEND_BUFFER
         request.setResponseCode(response.code, response.phrase)
         client_response_headers(response.headers, request.responseHeaders)
         # The Agent moves Content-Length out of response.headers into response.length.
