@@ -9,7 +9,8 @@
 
 Both listen on 127.0.0.1; L{GatewayProcess} finds the bound port through ``/proc`` (the
 process's listening socket), so neither needs to print it. Linux only, like the RSS reading.
-L{open_stream} and L{fetch} are the blocking raw-socket clients that drive them.
+L{open_stream} and L{fetch} are the blocking raw-socket clients that drive them;
+L{stop_process} ends a process started here (or the upstream's, in ``upstream_server``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, Any, cast
 
 AISTACK_TTS = "aistack-tts"
 TWISTED_WEB_PROXY = "twisted.web.proxy"
@@ -57,6 +58,17 @@ def listening_ports(pid: int) -> set[int]:
             if fields[3] == "0A" and fields[9] in inodes:
                 ports.add(int(fields[1].rsplit(":", 1)[1], 16))
     return ports
+
+
+def stop_process(process: subprocess.Popen[Any], grace: float = 10) -> None:
+    """Terminate ``process`` if it still runs and wait for it; kill it after ``grace`` s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _command(kind: str, upstream_port: int) -> list[str]:
@@ -132,13 +144,7 @@ class GatewayProcess:
 
     def stop(self) -> None:
         """Terminate the process and wait for it."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self._log.close()
 
 

@@ -16,10 +16,10 @@ BIN = Path(sys.executable).parent
 
 
 def run(
-    *argv: str, env: dict[str, str] | None = None, timeout: float = 120
+    *argv: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        argv, capture_output=True, text=True, timeout=timeout, env=env, check=False
+        argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd, check=False
     )
 
 
@@ -103,23 +103,8 @@ def test_wheel_installs_plugin_in_fresh_venv(tmp_path: Path) -> None:
     )
     assert installed.returncode == 0, installed.stderr
     # Run from a directory without the source tree, so only the installed copy can be found.
-    listing = subprocess.run(
-        [str(env_dir / "bin" / "twist"), "--help"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=clean_env,
-        timeout=120,
-        check=False,
-    )
+    twist = str(env_dir / "bin" / "twist")
+    listing = run(twist, "--help", env=clean_env, cwd=tmp_path)
     assert "aistack-tts" in listing.stdout, listing.stdout + listing.stderr
-    helptext = subprocess.run(
-        [str(env_dir / "bin" / "twist"), "aistack-tts", "--help"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=clean_env,
-        timeout=120,
-        check=False,
-    )
+    helptext = run(twist, "aistack-tts", "--help", env=clean_env, cwd=tmp_path)
     assert "--upstream" in helptext.stdout, helptext.stderr

@@ -18,50 +18,37 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import pytest
-import pytest_twisted  # type: ignore[import-untyped]
-from twisted.internet import reactor as _global_reactor
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IListeningPort, IPushProducer, ITCPTransport
-from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
-from twisted.web.server import Site
 
 from aistack_tts import TTSProxy
 from gateway_process import AISTACK_TTS, TWISTED_WEB_PROXY, GatewayProcess, fetch, open_stream
+from reactor_support import (
+    blockon,
+    disconnected,
+    listen_tracking,
+    new_delayed_calls,
+    reactor,
+    twisted_test,
+    until,
+)
 from upstream_server import COOKIE, Event, UpstreamProcess, pattern
 
 pytestmark = [pytest.mark.real_sockets]
 
-reactor = cast(PosixReactorBase, _global_reactor)
-
 MiB = 1024 * 1024
 #: Everything a test waits for normally happens in milliseconds; this only bounds a hang.
 PATIENCE = 10.0
-
-
-_T = TypeVar("_T")
-_Test = TypeVar("_Test", bound=Callable[..., Coroutine[Any, Any, None]])
-
-
-def twisted_test(test: _Test) -> _Test:
-    """pytest-twisted's ``ensureDeferred``, typed: run a coroutine test on the reactor."""
-    return cast(_Test, pytest_twisted.ensureDeferred(test))
-
-
-def blockon(waiting: Deferred[_T]) -> _T:
-    """pytest-twisted's ``blockon``, typed: run the reactor until ``waiting`` fires."""
-    result: _T = pytest_twisted.blockon(waiting)
-    return result
 
 
 def tcp(transport: object) -> ITCPTransport:
@@ -84,15 +71,6 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamProce
     process.stop()
 
 
-async def until(predicate: Callable[[], bool], what: str, timeout: float = PATIENCE) -> None:
-    """Poll ``predicate`` on the reactor (every 5 ms) until it holds; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        await deferLater(reactor, 0.005, lambda: None)
-
-
 async def upstream_event(
     upstream: UpstreamProcess, ident: str, kinds: set[str], timeout: float = PATIENCE
 ) -> Event:
@@ -100,7 +78,7 @@ async def upstream_event(
     await until(
         lambda: upstream.first(ident, kinds) is not None,
         f"upstream event {sorted(kinds)} for {ident} (saw {upstream.events(ident)})",
-        timeout,
+        timeout=timeout,
     )
     event = upstream.first(ident, kinds)
     assert event is not None
@@ -286,28 +264,29 @@ class InProcessGateway:
 
     async def slot_released(self) -> None:
         limit = self.proxy.slot.semaphore.limit
-        await until(lambda: self.tokens == limit, f"the slot's {limit} token(s) to be back")
+        await until(
+            lambda: self.tokens == limit,
+            f"the slot's {limit} token(s) to be back",
+            timeout=PATIENCE,
+        )
 
     async def close(self) -> None:
         for client in self.clients:
             if client.reason is None and client.transport is not None:
                 tcp(client.transport).abortConnection()
         await until(
-            lambda: all(c.reason is not None for c in self.clients), "client connections to end"
+            lambda: all(c.reason is not None for c in self.clients),
+            "client connections to end",
+            timeout=PATIENCE,
         )
         await until(
-            lambda: all(_disconnected(channel) for channel in self.channels),
+            lambda: all(disconnected(channel) for channel in self.channels),
             "the gateway's client connections to end",
+            timeout=PATIENCE,
         )
         await self.slot_released()
         await maybeDeferred(self.listening.stopListening)
         await self.proxy.close()
-
-
-def _disconnected(channel: Any) -> bool:
-    # twisted.web wraps each HTTPChannel in a _GenericHTTPChannelProtocol.
-    transport = getattr(getattr(channel, "_channel", channel), "transport", None)
-    return transport is None or bool(transport.disconnected)
 
 
 class Gateways:
@@ -320,15 +299,7 @@ class Gateways:
     def __call__(self, upstream: str, **options: Any) -> InProcessGateway:
         proxy = TTSProxy(upstream, reactor=reactor, **options)
         site = proxy.site()
-        channels: list[Any] = []
-
-        def tracking(addr: Any) -> Any:
-            channel = Site.buildProtocol(site, addr)
-            channels.append(channel)
-            return channel
-
-        site.buildProtocol = tracking  # type: ignore[method-assign]
-        listening = reactor.listenTCP(0, site, interface="127.0.0.1")
+        listening, channels = listen_tracking(site)
         gateway = InProcessGateway(proxy, listening, channels)
         self.started.append(gateway)
         return gateway
@@ -336,11 +307,7 @@ class Gateways:
     async def close(self) -> None:
         for gateway in self.started:
             await gateway.close()
-        left = [
-            call
-            for call in reactor.getDelayedCalls()
-            if call.active() and call not in self._calls_before
-        ]
+        left = new_delayed_calls(self._calls_before)
         assert not left, f"DelayedCalls left behind: {left}"
 
 

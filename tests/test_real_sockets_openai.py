@@ -19,30 +19,33 @@ import time
 import uuid
 import wave
 from array import array
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, cast
 
 import openai
 import pytest
-import pytest_twisted  # type: ignore[import-untyped]
-from openai import OpenAI
-from twisted.internet import reactor as _global_reactor
+from openai import APIResponse, OpenAI
 from twisted.internet.defer import Deferred, DeferredSemaphore, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
-from twisted.internet.posixbase import PosixReactorBase
-from twisted.internet.task import deferLater
 from twisted.internet.threads import blockingCallFromThread, deferToThread
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
-from twisted.web.server import Site
 from zope.interface import implementer
 
 from aistack_tts import TTSProxy
 from aistack_tts.demo import listen_demo
+from reactor_support import (
+    blockon,
+    disconnected,
+    listen_tracking,
+    new_delayed_calls,
+    reactor,
+    twisted_test,
+    until,
+)
 
 pytestmark = [pytest.mark.real_sockets]
-
-reactor = cast(PosixReactorBase, _global_reactor)
 
 MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"
 SAMPLE_RATE = 24_000
@@ -57,30 +60,6 @@ SHORT_TEXT = "Hello there."
 LONG_TEXT = "Hello from aistack. The quick brown fox jumps over the lazy dog."
 #: Many seconds of audio, for a client that leaves long before the end.
 VERY_LONG_TEXT = " ".join([LONG_TEXT] * 6)
-
-_T = TypeVar("_T")
-_Test = TypeVar("_Test", bound=Callable[..., Coroutine[Any, Any, None]])
-
-
-def twisted_test(test: _Test) -> _Test:
-    """pytest-twisted's ``ensureDeferred``, typed: run a coroutine test on the reactor."""
-    return cast(_Test, pytest_twisted.ensureDeferred(test))
-
-
-def blockon(waiting: Deferred[_T]) -> _T:
-    """pytest-twisted's ``blockon``, typed: run the reactor until ``waiting`` fires."""
-    result: _T = pytest_twisted.blockon(waiting)
-    return result
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout: float = PATIENCE) -> None:
-    """Poll ``predicate`` on the reactor (every 5 ms) until it holds; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        await deferLater(reactor, 0.005, lambda: None)
-
 
 # The stack: demo upstream, gateway, and the SDK clients pointed at them.
 
@@ -123,19 +102,14 @@ class Stack:
         for client in self.clients:
             await deferToThread(client.close)
         await until(
-            lambda: all(_disconnected(channel) for channel in self.channels),
+            lambda: all(disconnected(channel) for channel in self.channels),
             "the gateway's client connections to end",
+            timeout=PATIENCE,
         )
-        await until(lambda: self.slot_free, "every slot token to come back")
+        await until(lambda: self.slot_free, "every slot token to come back", timeout=PATIENCE)
         await maybeDeferred(self.listening.stopListening)
         await self.proxy.close()
         await maybeDeferred(self.demo.stopListening)
-
-
-def _disconnected(channel: Any) -> bool:
-    # twisted.web wraps each HTTPChannel in a _GenericHTTPChannelProtocol.
-    transport = getattr(getattr(channel, "_channel", channel), "transport", None)
-    return transport is None or bool(transport.disconnected)
 
 
 class Stacks:
@@ -151,28 +125,21 @@ class Stacks:
         base = f"http://127.0.0.1:{demo.getHost().port}"  # type: ignore[attr-defined]
         proxy = TTSProxy(upstream=base, slot=slot, reactor=reactor)
         site = proxy.site()
-        channels: list[Any] = []
-
-        def tracking(addr: Any) -> Any:
-            channel = Site.buildProtocol(site, addr)
-            channels.append(channel)
-            return channel
-
-        site.buildProtocol = tracking  # type: ignore[method-assign]
-        listening = reactor.listenTCP(0, site, interface="127.0.0.1")
+        listening, channels = listen_tracking(site)
         stack = Stack(demo, listening, proxy, slot, channels)
         self.started.append(stack)
         return stack
-
-    def _new_calls(self) -> list[IDelayedCall]:
-        return [c for c in reactor.getDelayedCalls() if c.active() and c not in self._calls_before]
 
     async def close(self) -> None:
         for stack in self.started:
             await stack.close()
         # The upstream's server side of the pooled connections ends a moment after the pool
         # closes them; its channel timeouts go with it.
-        await until(lambda: not self._new_calls(), "every DelayedCall to end", timeout=5.0)
+        await until(
+            lambda: not new_delayed_calls(self._calls_before),
+            "every DelayedCall to end",
+            timeout=5.0,
+        )
 
 
 @pytest.fixture
@@ -213,20 +180,23 @@ class Captured:
         return [formatEvent(event) for event in self.events]
 
 
-@pytest.fixture
-def demo_log() -> Iterator[Captured]:
-    captured = Captured("aistack_tts.demo")
+def capturing(namespace: str) -> Iterator[Captured]:
+    """A log fixture's body: a ``Captured`` of ``namespace``, observing the global log while
+    the test runs."""
+    captured = Captured(namespace)
     globalLogPublisher.addObserver(captured)
     yield captured
     globalLogPublisher.removeObserver(captured)
+
+
+@pytest.fixture
+def demo_log() -> Iterator[Captured]:
+    yield from capturing("aistack_tts.demo")
 
 
 @pytest.fixture
 def access_log() -> Iterator[Captured]:
-    captured = Captured("aistack_tts.access")
-    globalLogPublisher.addObserver(captured)
-    yield captured
-    globalLogPublisher.removeObserver(captured)
+    yield from capturing("aistack_tts.access")
 
 
 # Audio helpers.
@@ -293,6 +263,20 @@ def speak(
     return response.content
 
 
+def stream_pcm(
+    client: OpenAI, text: str, voice: str = "Vivian"
+) -> AbstractContextManager[APIResponse[bytes]]:
+    """A PCM answer from ``/v1/audio/speech`` streamed with vLLM-Omni's ``stream: true``, to use
+    in ``with``: the response's ``iter_bytes()`` yields the audio as it arrives."""
+    return client.audio.speech.with_streaming_response.create(
+        model=MODEL,
+        voice=voice,
+        input=text,
+        response_format="pcm",
+        extra_body={"stream": True},
+    )
+
+
 def error_body(error: openai.APIStatusError) -> dict[str, Any]:
     assert isinstance(error.body, dict), error.body
     return cast(dict[str, Any], error.body)
@@ -342,13 +326,7 @@ async def test_streamed_speech_arrives_before_generation_ends(paced: Stack) -> N
         start = time.monotonic()
         arrivals: list[float] = []
         size = 0
-        with client.audio.speech.with_streaming_response.create(
-            model=MODEL,
-            voice="Vivian",
-            input=LONG_TEXT,
-            response_format="pcm",
-            extra_body={"stream": True},
-        ) as response:
+        with stream_pcm(client, LONG_TEXT, "Vivian") as response:
             assert response.status_code == 200
             assert response.headers["content-type"] == "audio/pcm"
             for chunk in response.iter_bytes():
@@ -383,13 +361,7 @@ async def test_client_closing_a_stream_aborts_generation_and_frees_the_slot(
     slot = paced.slot
 
     def read_a_little() -> tuple[int, int]:
-        with client.audio.speech.with_streaming_response.create(
-            model=MODEL,
-            voice="Ryan",
-            input=VERY_LONG_TEXT,
-            response_format="pcm",
-            extra_body={"stream": True},
-        ) as response:
+        with stream_pcm(client, VERY_LONG_TEXT, "Ryan") as response:
             got = 0
             tokens_while_streaming = -1
             for chunk in response.iter_bytes():
@@ -408,11 +380,12 @@ async def test_client_closing_a_stream_aborts_generation_and_frees_the_slot(
     await until(
         lambda: any(pattern.match(m) for m in demo_log.messages()),
         f"the demo to log an abort (saw {demo_log.messages()})",
+        timeout=PATIENCE,
     )
     [event] = [e for e in demo_log.events if pattern.match(formatEvent(e))]
     assert 3 <= event["frames"] < event["total_frames"], event
     assert not any(m.startswith("speech generated") for m in demo_log.messages())
-    await until(lambda: paced.slot_free, "the slot token to come back")
+    await until(lambda: paced.slot_free, "the slot token to come back", timeout=PATIENCE)
 
 
 # 4. A busy GPU: 503 gpu_busy, and the SDK's retry honours Retry-After.
@@ -467,7 +440,7 @@ async def test_busy_slot_gives_503_gpu_busy_and_sdk_retries_succeed(
             release.cancel()
         if held:
             slot.release()
-    await until(lambda: fast.slot_free, "the slot token to come back")
+    await until(lambda: fast.slot_free, "the slot token to come back", timeout=PATIENCE)
 
 
 # 5. Voice upload, listing, use and delete.

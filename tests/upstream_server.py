@@ -60,6 +60,8 @@ from twisted.web import http, server
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
+from gateway_process import stop_process
+
 #: How long /stream must stay paused before it reports STALLED.
 STALL_REPORT_S = 0.2
 #: Echo includes the body itself up to this size.
@@ -462,13 +464,7 @@ class UpstreamProcess:
 
     def stop(self) -> None:
         """Terminate the process and wait for it (and its event reader)."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self._reader.join(10)
         if self.process.stdout is not None:
             self.process.stdout.close()
