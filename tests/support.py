@@ -63,7 +63,7 @@ class Harness:
         self.slot = proxy_kwargs.pop("slot", None) or DeferredSemaphore(1)
         self.proxy = TTSProxy(UPSTREAM, reactor=self.reactor, slot=self.slot, **proxy_kwargs)
         self.site = self.proxy.site()
-        self._upstreams: list[Peer] = []
+        self._upstreams: dict[int, Peer] = {}
 
     def client(self) -> Peer:
         """A new client connection to the gateway."""
@@ -87,17 +87,17 @@ class Harness:
         return len(self.reactor.tcpClients)
 
     def upstream(self, index: int = -1) -> Peer:
-        """Complete the gateway's (index-th) upstream connection attempt."""
+        """Complete the gateway's (index-th) upstream connection attempt (once; then the same)."""
         if index < 0:
             index += len(self.reactor.tcpClients)
-        while len(self._upstreams) <= index:
-            host, port, factory, _timeout, _bind = self.reactor.tcpClients[len(self._upstreams)]
+        if index not in self._upstreams:
+            host, port, factory, _timeout, _bind = self.reactor.tcpClients[index]
             assert (host, port) == ("127.0.0.1", 8091)
             protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
             assert protocol is not None
             transport = StringTransport(peerAddress=IPv4Address("TCP", host, port))
             protocol.makeConnection(transport)
-            self._upstreams.append(Peer(protocol, transport))
+            self._upstreams[index] = Peer(protocol, transport)
         # Let the request body producer (a cooperator on this clock) run.
         self.reactor.advance(0)
         return self._upstreams[index]

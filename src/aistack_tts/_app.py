@@ -8,6 +8,7 @@ into envelopes here and never reach a client.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from klein import Klein
@@ -20,13 +21,17 @@ from twisted.web.server import NOT_DONE_YET, Request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
-from ._accesslog import log_request
+from ._accesslog import AccessLog, ensure_request_id
 from ._errors import (
+    AISTACK,
+    COMPOSE_HINT,
+    Draining,
     GatewayError,
     GPUBusy,
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
+    NotReady,
     apply_error,
     write_error,
 )
@@ -60,11 +65,36 @@ class _Routes:
         # ``subpath`` is decoded; the raw request.uri is what is forwarded.
         return self._proxy.forward(request)
 
+    @app.route("/healthz", methods=["GET"])
+    def healthz(self, request: Request) -> bytes:
+        """The process is up (it answers); never touches the upstream or the slot."""
+        if not self._proxy.health_routes:
+            raise NotFound("no route for /healthz")
+        return _json(request, {"status": "ok"})
+
+    @app.route("/readyz", methods=["GET"])
+    async def readyz(self, request: Request) -> bytes:
+        """The upstream accepts connections (a probe cached for a few seconds)."""
+        if not self._proxy.health_routes:
+            raise NotFound("no route for /readyz")
+        if self._proxy.draining:
+            raise Draining("the gateway is shutting down")
+        if not await self._proxy.readiness.check():
+            raise NotReady(f"the Qwen3-TTS upstream cannot be reached; {COMPOSE_HINT}")
+        return _json(request, {"status": "ready"})
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request: Request) -> bytes:
+        """Prometheus metrics."""
+        if self._proxy.metrics_route is None:
+            raise NotFound("no route for /metrics")
+        return self._proxy.metrics_route.render_GET(request)
+
     @app.handle_errors(GatewayError)
     def gateway_error(self, request: IRequest, failure: Failure) -> bytes:
         error = failure.value
         assert isinstance(error, GatewayError)
-        return _answer(request, error)
+        return self._answer(request, error)
 
     @app.handle_errors(HTTPException)
     def routing_error(self, request: IRequest, failure: Failure) -> bytes:
@@ -79,22 +109,30 @@ class _Routes:
             )
         else:
             error = NotFound(f"no route for {request.path.decode('latin-1')}")
-        return _answer(request, error)
+        return self._answer(request, error)
 
     @app.handle_errors(Exception)
     def internal_error(self, request: IRequest, failure: Failure) -> bytes:
         _log.failure("unexpected error serving {uri}", failure, uri=request.uri)
-        return _answer(request, GatewayError("the gateway failed; see its log"))
+        return self._answer(request, GatewayError("the gateway failed; see its log"))
+
+    def _answer(self, request: IRequest, error: GatewayError) -> bytes:
+        self._proxy.access_log.finished(
+            request,
+            status=error.status,
+            outcome=error.type,
+            provider=error.provider,
+            slot="busy" if isinstance(error, GPUBusy) else "none",
+        )
+        return apply_error(request, error)
 
 
-def _answer(request: IRequest, error: GatewayError) -> bytes:
-    log_request(
-        request,
-        status=error.status,
-        outcome=error.type,
-        slot="busy" if isinstance(error, GPUBusy) else "none",
-    )
-    return apply_error(request, error)
+def _json(request: IRequest, body: dict[str, str]) -> bytes:
+    data = json.dumps(body).encode("utf-8")
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Content-Length", b"%d" % len(data))
+    request.setHeader(b"Cache-Control", b"no-store")
+    return data
 
 
 class _Guard(Resource):
@@ -102,15 +140,19 @@ class _Guard(Resource):
 
     isLeaf = True
 
-    def __init__(self, routes: IResource) -> None:
+    def __init__(self, routes: IResource, access_log: AccessLog) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._routes = routes
+        self._access_log = access_log
 
     def render(self, request: Request) -> Any:
+        ensure_request_id(request)
         try:
             check_target(request.uri)
         except InvalidRequest as error:
-            log_request(request, status=error.status, outcome=error.type, slot="none")
+            self._access_log.finished(
+                request, status=error.status, outcome=error.type, provider=AISTACK, slot="none"
+            )
             write_error(request, error)
             return NOT_DONE_YET
         return self._routes.render(request)
@@ -118,4 +160,4 @@ class _Guard(Resource):
 
 def build_resource(proxy: TTSProxy) -> IResource:
     """The gateway's root resource."""
-    return _Guard(_Routes(proxy).app.resource())
+    return _Guard(_Routes(proxy).app.resource(), proxy.access_log)

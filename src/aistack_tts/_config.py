@@ -96,6 +96,8 @@ class GatewayConfig:
         default=DEFAULT_DRAIN_TIMEOUT, validator=_positive_seconds("drain-timeout")
     )
     demo: bool = False
+    metrics: bool = True
+    health: bool = True
 
     @property
     def upstream_base(self) -> bytes:

@@ -83,6 +83,12 @@ class Draining(GatewayError):
     type = "draining"
 
 
+class NotReady(GatewayError):
+    status = 503
+    type = "not_ready"
+    provider = QWEN3_TTS
+
+
 class UpstreamUnavailable(GatewayError):
     status = 503
     type = "upstream_unavailable"

@@ -18,9 +18,8 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 from twisted.web.server import Request
 
-from ._accesslog import log_request
 from ._bridge import StreamBridge
-from ._errors import GatewayError, error_for_upstream_failure, write_error
+from ._errors import QWEN3_TTS, GatewayError, error_for_upstream_failure, write_error
 from ._headers import client_response_headers, upstream_request_headers
 from ._slot import SlotHold
 from ._upstream import Watchdog, body_producer, upstream_url
@@ -52,6 +51,7 @@ class _Exchange:
         self._client_gone = False
         self._timed_out = False
         self._status: int | None = None
+        self._provider = "none"
         self._bridge: StreamBridge | None = None
         self._watchdog = Watchdog(proxy.clock, proxy.idle_timeout, self._stalled)
         # What the router waits on. Fired only once the request is finished; on the abort
@@ -85,6 +85,8 @@ class _Exchange:
         self._watchdog.touch("upstream")
         self._state = "streaming"
         self._status = response.code
+        self._provider = QWEN3_TTS
+        self._proxy.metrics.upstream_headers.observe(self._proxy.clock.seconds() - self._started)
         request = self._request
         transport: Any = request.transport
         if transport is not None and hasattr(transport, "bufferSize"):
@@ -184,6 +186,7 @@ class _Exchange:
 
     def _answer_with(self, error: GatewayError) -> None:
         self._status = error.status
+        self._provider = error.provider
         write_error(self._request, error)
         self._finish(error.type)
 
@@ -202,13 +205,18 @@ class _Exchange:
         self._watchdog.stop()
         self._hold.release()
         self._proxy._exchange_done(self)
-        log_request(
+        duration = self._proxy.clock.seconds() - self._started
+        metrics = self._proxy.metrics
+        metrics.upstream_total.observe(duration)
+        metrics.slot_held.observe(duration)
+        self._proxy.access_log.finished(
             self._request,
             status=self._status,
             outcome=outcome,
+            provider=self._provider,
             slot="held",
             bytes_out=self._bridge.bytes_out if self._bridge else 0,
-            duration=self._proxy.clock.seconds() - self._started,
+            duration=duration,
         )
         if fired and not self.done.called:
             self.done.callback(None)

@@ -83,6 +83,15 @@ _SETTINGS: list[tuple[str, str, str, Callable[[str], Any], object, str]] = [
 _LISTEN_ENV = "AISTACK_TTS_LISTEN"
 
 
+def _switch(env: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on", ""):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{env}: {raw!r} is not one of 1/0, true/false, yes/no, on/off")
+
+
 class Options(usage.Options):
     """Options for ``twist aistack-tts``; C{self.config} is the validated L{GatewayConfig}."""
 
@@ -92,7 +101,11 @@ class Options(usage.Options):
         "guarding one GPU slot. Every option can also come from the environment variable "
         "named in its help."
     )
-    optFlags = [["demo", None, "Start the built-in demo upstream in-process and use it"]]
+    optFlags = [
+        ["demo", None, "Start the built-in demo upstream in-process and use it"],
+        ["no-metrics", None, "Do not serve GET /metrics [env AISTACK_TTS_METRICS=0]"],
+        ["no-health", None, "Do not serve GET /healthz and /readyz [env AISTACK_TTS_HEALTH=0]"],
+    ]
     optParameters = [
         [name, None, None, f"{help_} [env {env}; default {default}]"]
         for name, env, _field, _parse, default, help_ in _SETTINGS
@@ -130,4 +143,6 @@ class Options(usage.Options):
         if listen:
             values["listen"] = tuple(listen)
         values["demo"] = bool(self["demo"])
+        for name, env in (("metrics", "AISTACK_TTS_METRICS"), ("health", "AISTACK_TTS_HEALTH")):
+            values[name] = not self[f"no-{name}"] and _switch(env, self._environ.get(env, "1"))
         return GatewayConfig(**values)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -12,6 +13,7 @@ from twisted.web.iweb import IAgent
 from twisted.web.resource import IResource
 from twisted.web.server import Request
 
+from ._accesslog import AccessLog
 from ._config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
@@ -22,6 +24,8 @@ from ._config import (
 )
 from ._errors import Draining, GPUBusy, MethodNotAllowed, RequestTooLarge
 from ._exchange import _Exchange
+from ._health import ReadinessProbe
+from ._metrics import GatewayMetrics, MetricsResource
 from ._site import GatewaySite
 from ._slot import GPUSlot
 from ._upstream import make_agent, make_cooperator
@@ -53,6 +57,9 @@ class TTSProxy:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_body: int = DEFAULT_MAX_BODY,
+        registry: CollectorRegistry | None = None,
+        metrics: bool = True,
+        health: bool = True,
     ) -> None:
         config = GatewayConfig(
             upstream=upstream,
@@ -78,6 +85,12 @@ class TTSProxy:
         self.agent: IAgent = agent
         self.cooperator = make_cooperator(reactor)
         self.draining = False
+        self.metrics = GatewayMetrics(registry)
+        self.metrics.watch(lambda: self.slot.in_use, lambda: len(self._in_flight))
+        self.access_log = AccessLog(self.metrics)
+        self.metrics_route = MetricsResource(self.metrics.registry) if metrics else None
+        self.health_routes = health
+        self.readiness = ReadinessProbe(reactor, config.upstream, config.connect_timeout)
         self._in_flight: set[_Exchange] = set()
         self._idle_waiters: list[Deferred[None]] = []
 
@@ -90,6 +103,8 @@ class TTSProxy:
             connect_timeout=config.connect_timeout,
             idle_timeout=config.idle_timeout,
             max_body=config.max_body,
+            metrics=config.metrics,
+            health=config.health,
             **kwargs,
         )
 
@@ -101,7 +116,9 @@ class TTSProxy:
 
     def site(self) -> GatewaySite:
         """A ``Site`` for L{resource} that enforces the body limit while the body arrives."""
-        return GatewaySite(self.resource(), max_body=self.max_body, reactor=self.clock)
+        return GatewaySite(
+            self.resource(), max_body=self.max_body, reactor=self.clock, access_log=self.access_log
+        )
 
     @property
     def in_flight(self) -> int:

@@ -19,6 +19,7 @@ from twisted.web.iweb import INonQueuedRequestFactory
 from twisted.web.resource import IResource
 from zope.interface import implementer
 
+from ._accesslog import AccessLog
 from ._errors import RequestTooLarge
 
 #: How long a refused upload may keep sending (discarded) before its connection is cut. Closing
@@ -35,9 +36,17 @@ class GatewayRequest(server.Request):
     # A response without Content-Type must not gain twisted.web's default text/html.
     defaultContentType = None
 
-    def __init__(self, channel: HTTPChannel, *args: Any, max_body: int, **kw: Any) -> None:
+    def __init__(
+        self,
+        channel: HTTPChannel,
+        *args: Any,
+        max_body: int,
+        access_log: AccessLog | None = None,
+        **kw: Any,
+    ) -> None:
         super().__init__(channel, *args, **kw)  # type: ignore[no-untyped-call]
         self.max_body = max_body
+        self.access_log = access_log
         self.body_received = 0
         self.refused = False
 
@@ -80,13 +89,13 @@ class GatewayRequest(server.Request):
         # No "100 Continue" after our answer: the channel looks at Expect right after gotLength.
         self.requestHeaders.removeHeader(b"expect")
         self.channel.persistent = False
-        _log.info(
-            "{method} {path} -> 413 request_too_large",
-            method=getattr(self.channel, "_command", b"?").decode("latin-1"),
-            path=getattr(self.channel, "_path", b"?").decode("latin-1"),
-            status=413,
-            outcome="request_too_large",
-        )
+        if self.access_log is not None:
+            # The request line is the channel's until the body is in; borrow it for the log.
+            self.method = getattr(self.channel, "_command", b"?")
+            self.uri = getattr(self.channel, "_path", b"?")
+            self.access_log.finished(
+                self, status=413, outcome=error.type, provider=error.provider, slot="none"
+            )
         # Half-close so the client sees the end of our answer, keep reading (and dropping)
         # what it still sends for a moment, then cut the connection.
         lose_write = getattr(transport, "loseWriteConnection", None)
@@ -103,9 +112,10 @@ class GatewayRequestFactory:
     """Builds L{GatewayRequest}s with the configured body limit."""
 
     max_body: int
+    access_log: AccessLog | None = None
 
     def __call__(self, channel: HTTPChannel) -> GatewayRequest:
-        return GatewayRequest(channel, max_body=self.max_body)
+        return GatewayRequest(channel, max_body=self.max_body, access_log=self.access_log)
 
 
 class GatewaySite(server.Site):
@@ -114,10 +124,17 @@ class GatewaySite(server.Site):
     noisy = False
     displayTracebacks = False
 
-    def __init__(self, resource: IResource, *, max_body: int, reactor: IReactorTime) -> None:
+    def __init__(
+        self,
+        resource: IResource,
+        *,
+        max_body: int,
+        reactor: IReactorTime,
+        access_log: AccessLog | None = None,
+    ) -> None:
         super().__init__(  # type: ignore[no-untyped-call]
             resource,
-            requestFactory=GatewayRequestFactory(max_body),
+            requestFactory=GatewayRequestFactory(max_body, access_log),
             reactor=reactor,
             # Voice-clone uploads are multipart: keep them as opaque bytes for the upstream.
             parsePOSTFormSubmission=False,

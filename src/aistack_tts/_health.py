@@ -1,0 +1,65 @@
+"""Readiness: can the upstream be reached? A TCP connect, cached for a few seconds."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from attrs import define, field
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+
+#: How long one probe's answer is reused: probes come from every load balancer health check.
+CACHE_SECONDS = 3.0
+
+
+@define
+class ReadinessProbe:
+    """Says whether a TCP connection to the upstream can be made right now.
+
+    A connect is the cheapest honest probe: it does not touch the GPU, and it is what fails
+    when the Qwen3-TTS stack is down. Concurrent checks share one probe.
+    """
+
+    reactor: Any
+    upstream: str
+    timeout: float
+    cache_seconds: float = CACHE_SECONDS
+    _answer: bool | None = field(default=None, init=False)
+    _answered_at: float = field(default=0.0, init=False)
+    _waiting: list[Deferred[bool]] | None = field(default=None, init=False)
+
+    def check(self) -> Deferred[bool]:
+        """Fires with whether the upstream accepted a connection (recently)."""
+        clock: IReactorTime = self.reactor
+        if self._answer is not None and clock.seconds() - self._answered_at < self.cache_seconds:
+            return succeed(self._answer)
+        answer: Deferred[bool] = Deferred()
+        if self._waiting is not None:
+            self._waiting.append(answer)
+            return answer
+        self._waiting = [answer]
+        parts = urlsplit(self.upstream)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        endpoint = HostnameEndpoint(self.reactor, parts.hostname or "", port, timeout=self.timeout)
+        connecting = endpoint.connect(Factory.forProtocol(Protocol))
+        connecting.addCallbacks(self._connected, self._failed)
+        return answer
+
+    def _connected(self, protocol: Protocol) -> None:
+        assert protocol.transport is not None
+        protocol.transport.loseConnection()
+        self._done(True)
+
+    def _failed(self, _: Failure) -> None:
+        self._done(False)
+
+    def _done(self, ready: bool) -> None:
+        clock: IReactorTime = self.reactor
+        self._answer, self._answered_at = ready, clock.seconds()
+        waiting, self._waiting = self._waiting or [], None
+        for d in waiting:
+            d.callback(ready)
