@@ -14,7 +14,15 @@ per event to stdout, flushed, so a test reads what happened instead of guessing 
     DONE <id> <t> <sent>                  the response was finished
     CLOSED <id> <t> <sent>                the client connection was lost before the response
                                           was finished (the proxy hung up on us)
-    FAULT <id> <t> <sent> <kind>          this server broke the connection on purpose
+    FAULT <id> <t> <sent> <kind>          this server broke the connection (or the protocol,
+                                          or went silent) on purpose
+
+With ``--connection-events`` it also reports each TCP connection, so a test can tell that the
+proxy closed its upstream connection (not just that one response ended)::
+
+    CONNECTED c<n> <t> <peer-port>       a connection was accepted
+    ON <id> <t> c<n>                     request <id> arrived on connection c<n>
+    DISCONNECTED c<n> <t>                that connection is gone (either side closed it)
 
 ``<t>`` is ``time.monotonic()`` (CLOCK_MONOTONIC, comparable across processes on one Linux
 machine), ``<sent>`` the body bytes written so far, ``<id>`` the ``id`` query parameter
@@ -23,8 +31,14 @@ machine), ``<sent>`` the body bytes written so far, ``<id>`` the ``id`` query pa
 - ``stream?bytes=N&chunk=65536`` streams N bytes through an ``IPushProducer`` registered on the
   request: only as fast as the consumer takes them, never buffered whole. ``delay=S`` waits
   before the headers, ``rate=B`` caps the rate at B bytes/s, ``length=1`` sends a
-  Content-Length instead of chunking. Faults: ``reset=K`` aborts the connection (RST) after K
-  body bytes, ``close_after_headers=1`` closes the connection right after the headers.
+  Content-Length instead of chunking, ``status=S`` answers status S (reason ``Upstream
+  Exploded`` and ``X-Upstream-Error: yes`` when S >= 400). Faults: ``reset=K`` aborts the
+  connection (RST) after K body bytes, ``close_after_headers=1`` closes the connection right
+  after the headers, ``reset_before_headers=1`` aborts it (RST) instead of answering,
+  ``garbage=1`` answers bytes that are not HTTP and keeps the connection open, ``hang=K``
+  stops sending after K body bytes and keeps the connection open, ``short=K`` (with
+  ``length=1``) declares the full Content-Length, sends K body bytes and closes cleanly (FIN).
+  Each fault reports FAULT; ``delay=S`` postpones it like the headers.
 - ``error?status=500`` answers that status with reason ``Upstream Exploded`` and a JSON body.
 - ``redirect?status=302&to=URL`` answers a redirect (``Location: URL``).
 - ``gzip?bytes=N`` answers a gzip body with ``Content-Encoding: gzip`` and ``X-Body-Sha256``.
@@ -51,7 +65,7 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, Any, cast
 from urllib.parse import parse_qsl
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITCPTransport
@@ -62,6 +76,8 @@ from zope.interface import implementer
 
 from gateway_process import stop_process
 
+#: What ``garbage=1`` answers instead of HTTP (an SSH banner, then nonsense).
+GARBAGE = b"SSH-2.0-OpenSSH_9.6\r\nthis is not HTTP at all\r\n\r\n\x00\xff\xfe"
 #: How long /stream must stay paused before it reports STALLED.
 STALL_REPORT_S = 0.2
 #: Echo includes the body itself up to this size.
@@ -112,6 +128,9 @@ class _Tracker:
         self.fault = False
         self.on_lost: list[Callable[[], None]] = []
         emit("START", ident, request.method.decode("latin-1"), request.uri.decode("latin-1"))
+        connection = getattr(request.channel, "upstream_connection", None)
+        if connection is not None:
+            emit("ON", ident, connection)
         request.notifyFinish().addCallbacks(self._done, self._lost)
 
     def broke(self, kind: str) -> None:
@@ -151,6 +170,13 @@ class _Stream:
         self._reset_at = int(reset) if reset is not None else None
         self._close_after_headers = params.get("close_after_headers") == "1"
         self._length = params.get("length") == "1"
+        self._status = int(params.get("status", "200"))
+        self._reset_before_headers = params.get("reset_before_headers") == "1"
+        self._garbage = params.get("garbage") == "1"
+        hang = params.get("hang")
+        self._hang_at = int(hang) if hang is not None else None
+        short = params.get("short")
+        self._short_at = int(short) if short is not None else None
         self._paused = False
         self._stopped = False
         self._producing = False
@@ -166,6 +192,21 @@ class _Stream:
     def _begin(self) -> None:
         self._timer = None
         request = self._request
+        if self._reset_before_headers:
+            self._tracker.broke("reset_before_headers")
+            self._stopped = True
+            _transport(request).abortConnection()
+            return
+        if self._garbage:
+            self._tracker.broke("garbage")
+            self._stopped = True
+            _transport(request).write(GARBAGE)
+            return
+        if self._status != 200:
+            phrase = b"Upstream Exploded" if self._status >= 400 else None
+            request.setResponseCode(self._status, phrase)
+            if self._status >= 400:
+                request.setHeader(b"X-Upstream-Error", b"yes")
         request.setHeader(b"Content-Type", b"application/octet-stream")
         if self._length:
             request.setHeader(b"Content-Length", b"%d" % self._total)
@@ -192,8 +233,9 @@ class _Stream:
         tracker = self._tracker
         while not (self._paused or self._stopped):
             size = min(len(self._chunk), self._total - tracker.sent)
-            if self._reset_at is not None:
-                size = min(size, self._reset_at - tracker.sent)
+            for stop_at in (self._reset_at, self._hang_at, self._short_at):
+                if stop_at is not None:
+                    size = min(size, stop_at - tracker.sent)
             if size > 0:
                 self._request.write(self._chunk if size == len(self._chunk) else self._chunk[:size])
                 tracker.sent += size
@@ -201,6 +243,15 @@ class _Stream:
                 tracker.broke("reset")
                 self._halt()
                 _transport(self._request).abortConnection()
+                return
+            if self._hang_at is not None and tracker.sent >= self._hang_at:
+                tracker.broke("hang")
+                self._halt()
+                return
+            if self._short_at is not None and tracker.sent >= self._short_at:
+                tracker.broke("short")
+                self._halt()
+                _transport(self._request).loseConnection()
                 return
             if tracker.sent >= self._total:
                 self._halt()
@@ -331,11 +382,31 @@ class Upstream(Resource):
 class _QuietSite(server.Site):
     noisy = False
 
-    def __init__(self, resource: Resource) -> None:
+    def __init__(self, resource: Resource, *, connection_events: bool = False) -> None:
         super().__init__(resource)  # type: ignore[no-untyped-call]
+        self._connection_events = connection_events
+        self._connections = 0
 
     def log(self, request: http.Request) -> None:
         pass
+
+    def buildProtocol(self, addr: object) -> Any:
+        protocol = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
+        if not self._connection_events or protocol is None:
+            return protocol
+        self._connections += 1
+        name = f"c{self._connections}"
+        emit("CONNECTED", name, getattr(addr, "port", "-"))
+        # The request finds its connection's name through its channel (see _Tracker).
+        protocol._channel.upstream_connection = name
+        lost = protocol.connectionLost
+
+        def connectionLost(reason: Failure) -> None:
+            emit("DISCONNECTED", name)
+            lost(reason)
+
+        protocol.connectionLost = connectionLost
+        return protocol
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -344,6 +415,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--port-file", type=Path, default=None)
     parser.add_argument("--interface", default="127.0.0.1")
+    parser.add_argument(
+        "--connection-events",
+        action="store_true",
+        help="also report CONNECTED, ON and DISCONNECTED events for each TCP connection",
+    )
     args = parser.parse_args(argv)
 
     from twisted.internet import reactor as _reactor
@@ -354,7 +430,7 @@ def main(argv: list[str] | None = None) -> None:
     # Twisted's own log goes to stderr: stdout carries only events.
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     reactor = cast(PosixReactorBase, _reactor)
-    site = _QuietSite(Upstream(reactor))
+    site = _QuietSite(Upstream(reactor), connection_events=args.connection_events)
     port = reactor.listenTCP(args.port, site, interface=args.interface)
     number = cast(IPv4Address, port.getHost()).port
     if args.port_file is not None:
@@ -402,8 +478,11 @@ class UpstreamProcess:
         self.url = f"http://127.0.0.1:{self.port}"
 
     @classmethod
-    def start(cls, workdir: Path) -> UpstreamProcess:
-        """Start the server; return once it is listening. Its stderr goes to a file in workdir."""
+    def start(cls, workdir: Path, *, connection_events: bool = False) -> UpstreamProcess:
+        """Start the server; return once it is listening. Its stderr goes to a file in workdir.
+
+        ``connection_events`` turns on the CONNECTED, ON and DISCONNECTED events.
+        """
         port_file = workdir / "upstream.port"
         log = (workdir / "upstream.stderr").open("w")
         process = subprocess.Popen(
@@ -414,6 +493,7 @@ class UpstreamProcess:
                 "0",
                 "--port-file",
                 str(port_file),
+                *(["--connection-events"] if connection_events else []),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
