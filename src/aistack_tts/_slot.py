@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from attrs import define, field
-from twisted.internet.defer import DeferredSemaphore
+from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IReactorTime
 
 #: Weight of the newest call in the moving average of call durations.
@@ -77,6 +77,13 @@ class GPUSlot:
         taken = self.semaphore.acquire()
         # With a free token DeferredSemaphore.acquire fires synchronously.
         assert taken.called, "DeferredSemaphore.acquire did not fire with a free token"
+        return self._new_hold()
+
+    def acquire(self) -> Deferred[SlotHold]:
+        """Wait in the semaphore's first-in-first-out queue for a token; cancellable."""
+        return self.semaphore.acquire().addCallback(lambda _: self._new_hold())
+
+    def _new_hold(self) -> SlotHold:
         hold = SlotHold(self, started=self.clock.seconds())
         self._holds.append(hold)
         return hold
