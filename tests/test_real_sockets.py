@@ -502,17 +502,7 @@ async def test_second_request_while_first_streams_gets_gpu_busy(
     "target",
     [
         b"/v1/audio/a%2Fb?x=%41&y=&z",
-        pytest.param(
-            b"/v1/audio/echo?",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "known limit (README.rst): Twisted's Agent rebuilds the request-target "
-                    "with urlunparse, which drops an empty query, so the upstream gets "
-                    "/v1/audio/echo without the '?'"
-                ),
-            ),
-        ),
+        b"/v1/audio/echo?",
         b"/v1/audio/echo//twice/%7e%7E/x%20y?q=a+b%20c&q=%2B&&",
         b"/v1/audio/speech;v=1?voice=Vivian%20&lang=zh%2DCN",
     ],

@@ -35,7 +35,7 @@ from ._errors import (
     apply_error,
     write_error,
 )
-from ._target import check_target
+from ._target import check_target, is_audio_target
 
 if TYPE_CHECKING:
     from ._proxy import TTSProxy
@@ -62,7 +62,11 @@ class _Routes:
 
     @app.route("/v1/audio/<rest:subpath>", methods=["GET", "POST", "DELETE"])
     def audio(self, request: Request, subpath: str) -> Deferred[None]:
-        # ``subpath`` is decoded; the raw request.uri is what is forwarded.
+        # The router matched the percent-decoded path; the raw request.uri is what is
+        # forwarded, so it must itself name /v1/audio/ (not "/v1/%61udio/..", "//v1/..", or
+        # "8/v1/..", which the upstream would read differently).
+        if not is_audio_target(request.uri):
+            raise NotFound(f"no route for {request.uri.decode('latin-1')}")
         return self._proxy.forward(request)
 
     @app.route("/healthz", methods=["GET"])

@@ -8,6 +8,7 @@ which is the only place that releases the slot.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -117,8 +118,7 @@ class _Exchange:
             return
         if reason.check(ResponseDone, PotentialDataLoss):
             self._request.unregisterProducer()
-            self._request.finish()
-            self._finish("ok")
+            self._finish("ok", then=self._request.finish)
         else:
             # Truth after headers: a truncated body must never end like a whole one.
             _log.info(
@@ -187,8 +187,7 @@ class _Exchange:
     def _answer_with(self, error: GatewayError) -> None:
         self._status = error.status
         self._provider = error.provider
-        write_error(self._request, error)
-        self._finish(error.type)
+        self._finish(error.type, then=lambda: write_error(self._request, error))
 
     def _abort_client(self) -> None:
         if not self._client_gone:
@@ -197,14 +196,23 @@ class _Exchange:
             if transport is not None:
                 transport.abortConnection()
 
-    def _finish(self, outcome: str, *, fired: bool = True) -> None:
-        """The only exit: release the slot, log, and let the router go (unless aborted)."""
+    def _finish(
+        self, outcome: str, *, then: Callable[[], None] | None = None, fired: bool = True
+    ) -> None:
+        """The only exit: release the slot, end the response (``then``), log, let the router go.
+
+        The slot is released before the response ends: ending it makes twisted.web start the
+        next pipelined request on this connection at once, and that one must find it free.
+        On the abort paths (``fired=False``) the router is let go when the connection drops.
+        """
         if self._state == "done":
             return
         self._state = "done"
         self._watchdog.stop()
         self._hold.release()
         self._proxy._exchange_done(self)
+        if then is not None:
+            then()
         duration = self._proxy.clock.seconds() - self._started
         metrics = self._proxy.metrics
         metrics.upstream_total.observe(duration)

@@ -20,7 +20,7 @@ from twisted.web.resource import IResource
 from zope.interface import implementer
 
 from ._accesslog import AccessLog
-from ._errors import RequestTooLarge
+from ._errors import NotFound, RequestTooLarge, write_error
 
 #: How long a refused upload may keep sending (discarded) before its connection is cut. Closing
 #: at once would reset the connection under a client still writing, and it would never read
@@ -72,6 +72,23 @@ class GatewayRequest(server.Request):
         if self.refused:
             return
         super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]
+
+    def process(self) -> None:
+        """Serve the request; the asterisk-form target (``OPTIONS *``) is no route here."""
+        if self.path == b"*":
+            # twisted.web would answer it itself (a bare 405 or 200), bypassing the envelope.
+            error = NotFound("no route for *")
+            if self.access_log is not None:
+                self.access_log.finished(
+                    self,
+                    status=error.status,
+                    outcome=error.type,
+                    provider=error.provider,
+                    slot="none",
+                )
+            write_error(self, error)
+            return
+        super().process()  # type: ignore[no-untyped-call]
 
     def _refuse(self, why: str) -> None:
         self.refused = True

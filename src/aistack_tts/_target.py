@@ -14,8 +14,8 @@ from ._errors import InvalidRequest
 PREFIX = b"/v1/audio/"
 
 # Control bytes, space, DEL and anything non-ASCII have no place in a request-target
-# (RFC 9112 section 3.2); a raw one means a broken or hostile client.
-_BAD_BYTE = re.compile(rb"[\x00-\x20\x7f-\xff]")
+# (RFC 9112 section 3.2), nor has a fragment (#); a raw one means a broken or hostile client.
+_BAD_BYTE = re.compile(rb"[\x00-\x20#\x7f-\xff]")
 # Both separators count: some servers treat a backslash as a slash.
 _SEPARATOR = re.compile(rb"[/\\]")
 
@@ -28,21 +28,29 @@ def is_audio_target(target: bytes) -> bool:
 def check_target(target: bytes) -> bytes:
     """Return ``target`` unchanged if it is safe to route and forward; else raise L{InvalidRequest}.
 
-    Unsafe anywhere: bytes a request-target may not hold. Unsafe under ``/v1/audio/``: a NUL
-    once percent-decoded, or dot-segments (plain or percent-encoded, split on ``/``, ``%2f`` or
-    backslash) that climb above ``/v1/audio/`` at any point.
+    Unsafe anywhere: bytes a request-target may not hold, or a path that is not UTF-8 once
+    percent-decoded (the router could not read it). Unsafe under ``/v1/audio/``: a NUL once
+    percent-decoded, or dot-segments (plain or percent-encoded, split on ``/``, ``%2f`` or
+    backslash, with or without ``;params``) that climb above ``/v1/audio/`` at any point.
     """
     if _BAD_BYTE.search(target):
         raise InvalidRequest("the request path holds bytes that are not allowed in a URL")
-    if not is_audio_target(target):
-        return target
     path = target.split(b"?", 1)[0]
     decoded = unquote_to_bytes(path)
+    try:
+        decoded.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest("the request path is not UTF-8 once percent-decoded") from None
+    if not is_audio_target(target):
+        return target
     if b"\x00" in decoded:
         raise InvalidRequest("the request path holds an encoded NUL byte")
     depth = 0
     floor = len(PREFIX.strip(b"/").split(b"/"))
-    for segment in _SEPARATOR.split(decoded.strip(b"/")):
+    for raw_segment in _SEPARATOR.split(decoded.strip(b"/")):
+        # "..;x" is ".." to servers that strip path parameters (and Twisted's Agent drops an
+        # empty trailing ";", turning "..;" into "..").
+        segment = raw_segment.split(b";", 1)[0]
         if segment in (b"", b"."):
             continue
         if segment == b"..":

@@ -14,13 +14,15 @@ from collections.abc import Callable
 from typing import IO
 
 from attrs import define, field
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import Cooperator
 from twisted.web._newclient import HTTP11ClientProtocol
 from twisted.web._newclient import Request as _AgentRequest
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
+from twisted.web.client import URI, Agent, FileBodyProducer, HTTPConnectionPool
 from twisted.web.client import _HTTP11ClientFactory as _PoolFactory
+from twisted.web.error import SchemeNotSupported
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 
 from ._headers import connection_tokens
@@ -64,6 +66,35 @@ class _QuietPool(HTTPConnectionPool):
     _factory = _QuietFactory
 
 
+class _ExactAgent(Agent):
+    """An ``Agent`` that sends the request-target exactly as it is given.
+
+    ``Agent.request`` rebuilds the target with ``urlunparse`` (``URI.originForm``), which
+    drops an empty query (``/x?``) or path parameter (``/x;``): not byte-exact, and it turns
+    ``/v1/audio/..;`` into ``/v1/audio/..``. This is ``Agent.request`` with the raw target.
+    """
+
+    def request(
+        self,
+        method: bytes,
+        uri: bytes,
+        headers: Headers | None = None,
+        bodyProducer: IBodyProducer | None = None,
+    ) -> Deferred[IResponse]:
+        parsed = URI.fromBytes(uri)
+        try:
+            endpoint = self._getEndpoint(parsed)  # type: ignore[no-untyped-call]
+        except SchemeNotSupported:
+            return fail()
+        authority_end = uri.find(b"/", len(parsed.scheme) + len(b"://"))
+        target = uri[authority_end:] if authority_end >= 0 else b"/"
+        key = (parsed.scheme, parsed.host, parsed.port)
+        requested: Deferred[IResponse] = self._requestWithEndpoint(
+            key, endpoint, method, parsed, headers, bodyProducer, target
+        )
+        return requested
+
+
 def make_agent(
     reactor: object, *, connect_timeout: float, max_connections: int
 ) -> tuple[IAgent, HTTPConnectionPool]:
@@ -71,7 +102,7 @@ def make_agent(
     pool = _QuietPool(reactor, persistent=True)  # type: ignore[no-untyped-call]
     pool.maxPersistentPerHost = max(2, max_connections)
     pool.cachedConnectionTimeout = POOL_IDLE_SECONDS
-    agent = Agent(reactor, connectTimeout=connect_timeout, pool=pool)
+    agent = _ExactAgent(reactor, connectTimeout=connect_timeout, pool=pool)  # type: ignore[no-untyped-call]
     return agent, pool
 
 
