@@ -974,3 +974,246 @@ def test_plugin_is_lazy() -> None:
     maker = aistack_tts_demo_plugin.aistack_tts_demo_upstream
     assert maker.tapname == "aistack-tts-demo-upstream"
     assert maker.module == "aistack_tts.demo._plugin"
+
+
+# --- /v1/audio/speech/stream (WebSocket) ---------------------------------------------------
+
+STREAM_ABORTED = "speech stream aborted: "
+WS_HANDSHAKE = (
+    b"GET /v1/audio/speech/stream HTTP/1.1\r\nHost: demo\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
+    """One masked client frame (RFC 6455 section 5.2)."""
+    mask = b"\x11\x22\x33\x44"
+    if len(payload) < 126:
+        length = bytes([0x80 | len(payload)])
+    else:
+        length = bytes([0x80 | 126]) + struct.pack("!H", len(payload))
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x80 | opcode]) + length + mask + masked
+
+
+def server_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """The (unmasked) frames the server wrote: opcode and payload each."""
+    frames = []
+    while data:
+        opcode, length = data[0] & 0x0F, data[1] & 0x7F
+        offset = 2
+        if length == 126:
+            (length,) = struct.unpack("!H", data[2:4])
+            offset = 4
+        elif length == 127:
+            (length,) = struct.unpack("!Q", data[2:10])
+            offset = 10
+        frames.append((opcode, data[offset : offset + length]))
+        data = data[offset + length :]
+    return frames
+
+
+class StreamWire(Wire):
+    """A WebSocket session with the demo on a StringTransport, past the handshake."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        transport: Any = self.transport
+        transport.protocol = self.protocol  # as a TCP transport has it
+        self.send(WS_HANDSHAKE)
+        head = self.received()
+        assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+        assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in head
+        # autobahn took the connection over from twisted.web: the transport's protocol is its.
+        self.ws = transport.protocol
+        self.transport.clear()
+
+    def event(self, **event: Any) -> None:
+        self.ws.dataReceived(client_frame(json.dumps(event).encode()))
+
+    def frames(self) -> list[tuple[int, bytes]]:
+        return server_frames(self.received())
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(payload) for opcode, payload in self.frames() if opcode == 0x1]
+
+    def audio(self) -> list[bytes]:
+        return [payload for opcode, payload in self.frames() if opcode == 0x2]
+
+    def lose(self) -> None:
+        producer = self.transport.producer
+        if producer is not None:
+            producer.stopProducing()
+        self.ws.connectionLost(Failure(ConnectionDone()))
+
+
+def test_stream_speaks_each_sentence_as_soon_as_it_is_complete() -> None:
+    """Text in pieces: a sentence is spoken once its end has arrived; input.done flushes the
+    rest; per sentence audio.start, binary frames of the synth's audio, audio.done."""
+    wire = StreamWire()
+    wire.event(type="session.config", voice="Ryan", response_format="pcm")
+    wire.event(type="input.text", text="Hello")
+    wire.event(type="input.text", text=" there.")
+    run_generation(wire.clock)
+    assert wire.frames() == [], "'there.' may still go on ('there.5'): a sentence ends at '. '"
+    wire.event(type="input.text", text=" How are")
+    run_generation(wire.clock)
+    assert [e["sentence_text"] for e in wire.events() if e["type"] == "audio.start"] == [
+        "Hello there."
+    ]
+    wire.event(type="input.text", text=" you? Fine")
+    run_generation(wire.clock)
+    wire.event(type="input.done")
+    run_generation(wire.clock)
+    ryan = aistack_tts.demo.VoiceRegistry().get("ryan")
+    assert ryan is not None
+    sentences = ["Hello there.", "How are you?", "Fine"]
+    starts = [e for e in wire.events() if e["type"] == "audio.start"]
+    assert [e["sentence_text"] for e in starts] == sentences
+    assert starts[0] == {
+        "type": "audio.start",
+        "utterance_index": 0,
+        "sentence_index": 0,
+        "sentence_text": "Hello there.",
+        "format": "pcm",
+        "sample_rate": 24000,
+        "channels": 1,
+    }
+    assert wire.events()[-1] == {"type": "session.done", "utterance_index": 0, "total_sentences": 3}
+    # Each sentence: start, its frames (one 80 ms codec frame per message), done.
+    frames = wire.frames()
+    audio = b"".join(payload for opcode, payload in frames if opcode == 0x2)
+    assert audio == b"".join(b"".join(synthesize(s, ryan).frames()) for s in sentences)
+    assert all(len(payload) == FRAME_BYTES for payload in wire.audio())
+    kinds = [json.loads(p)["type"] if op == 0x1 else "audio" for op, p in frames]
+    first_done = kinds.index("audio.done")
+    assert kinds[0] == "audio.start"
+    assert set(kinds[1:first_done]) == {"audio"}
+
+
+def test_stream_frames_are_paced_on_the_clock() -> None:
+    wire = StreamWire()
+    wire.event(type="session.config", voice="Vivian")
+    wire.event(type="input.text", text=TEXT + " ")
+    advance(wire.clock, FIRST - 0.01)
+    assert len(wire.audio()) == 0
+    advance(wire.clock, 0.01 + 0.5 * FRAME_INTERVAL)
+    assert len(wire.audio()) == 1
+    advance(wire.clock, 2 * FRAME_INTERVAL)
+    assert len(wire.audio()) == 3
+
+
+def test_stream_pauses_with_the_socket() -> None:
+    wire = StreamWire()
+    wire.event(type="session.config", voice="Vivian")
+    wire.event(type="input.text", text=TEXT + " ")
+    advance(wire.clock, FIRST + FRAME_INTERVAL)
+    assert len(wire.audio()) == 2
+    producer = wire.transport.producer
+    assert producer is not None, "the session is its socket's producer"
+    producer.pauseProducing()  # what a TCP transport does when its send buffer fills
+    assert generation_steps(wire.clock) == []
+    advance(wire.clock, 60)
+    assert len(wire.audio()) == 2
+    producer.resumeProducing()
+    advance(wire.clock, FRAME_INTERVAL)
+    assert len(wire.audio()) == 3
+
+
+def test_stream_client_leaving_stops_generation_and_is_logged() -> None:
+    wire = StreamWire()
+    wire.event(type="session.config", voice="Vivian")
+    wire.event(type="input.text", text=TEXT + " More to say")
+    advance(wire.clock, FIRST + 2.5 * FRAME_INTERVAL)
+    with captured_logs() as events:
+        wire.lose()
+        assert generation_steps(wire.clock) == []
+        run_generation(wire.clock)
+    [abort] = messages(events, STREAM_ABORTED)
+    assert abort["log_namespace"] == "aistack_tts.demo"
+    assert (abort["frames"], abort["index"]) == (3, 0)
+    assert [e for e in events if e.get("isError") or "log_failure" in e] == []
+
+
+def test_stream_idle_client_leaving_logs_no_abort() -> None:
+    wire = StreamWire()
+    wire.event(type="session.config", voice="Vivian")
+    wire.event(type="input.text", text="Hi. ")
+    wire.event(type="input.done")
+    run_generation(wire.clock)
+    with captured_logs() as events:
+        wire.lose()
+    assert messages(events, STREAM_ABORTED) == []
+
+
+def test_stream_session_close_closes_the_connection() -> None:
+    wire = StreamWire()
+    wire.event(type="session.config", voice="Vivian")
+    wire.event(type="input.text", text="Not finished")
+    wire.event(type="session.close")
+    [(opcode, payload)] = wire.frames()
+    assert (opcode, payload[:2]) == (0x8, struct.pack("!H", 1000))
+
+
+@pytest.mark.parametrize(
+    ("event", "message"),
+    [
+        ({"type": "input.text", "text": "Hi."}, "Expected session.config, got: input.text"),
+        ({"type": "session.config", "voice": "alloy"}, "Invalid session config: Invalid speaker"),
+        ({"type": "session.config", "response_format": "wav"}, "response_format must be 'pcm'"),
+        ({"type": "session.config", "model": "tts-1"}, "The model `tts-1` does not exist."),
+    ],
+)
+def test_stream_bad_start_is_an_error_then_the_close(event: dict[str, Any], message: str) -> None:
+    wire = StreamWire()
+    wire.event(**event)
+    [(op1, error), (op2, _close)] = wire.frames()
+    assert (op1, op2) == (0x1, 0x8)
+    assert json.loads(error)["type"] == "error"
+    assert message in json.loads(error)["message"]
+
+
+def test_stream_errors_after_the_config_keep_the_session() -> None:
+    wire = StreamWire()
+    wire.event(type="session.config", voice="Vivian")
+    wire.ws.dataReceived(client_frame(b"\x00\x01", opcode=0x2))
+    wire.ws.dataReceived(client_frame(b"not json"))
+    wire.event(type="input.text", text=5)
+    wire.event(type="nonsense")
+    errors = [e["message"] for e in wire.events()]
+    assert errors == [
+        "binary messages are not accepted; send JSON text messages",
+        "Invalid JSON message",
+        "input.text requires a string value",
+        "Unknown message type: nonsense",
+    ]
+    assert all(opcode == 0x1 for opcode, _ in wire.frames()), "no close"
+
+
+def test_stream_path_without_upgrade_is_plain_http() -> None:
+    """A plain GET of the stream path is routed like any other: a JSON 404 in vLLM's shape."""
+    wire = Wire()
+    wire.send(b"GET /v1/audio/speech/stream HTTP/1.1\r\nHost: demo\r\n\r\n")
+    head, _, body = wire.received().partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 404 ")
+    assert json.loads(body)["error"]["type"] == "NotFoundError"
+
+
+@pytest.mark.parametrize(
+    ("pieces", "sentences", "rest"),
+    [
+        (["Hello there. How"], ["Hello there."], "How"),
+        (["Hello there.", " How are you?", " "], ["Hello there.", "How are you?"], ""),
+        (["Pi is 3.14 or so. "], ["Pi is 3.14 or so."], ""),
+        (["Wait... what?! Yes. "], ["Wait...", "what?!", "Yes."], ""),
+        (["你好。今天好吗\uff1f好"], ["你好。", "今天好吗\uff1f"], "好"),
+        (["  ", "\n"], [], ""),
+    ],
+)
+def test_sentence_splitter(pieces: list[str], sentences: list[str], rest: str) -> None:
+    splitter = aistack_tts.demo.SentenceSplitter()
+    got = [s for piece in pieces for s in splitter.feed(piece)]
+    assert got == sentences
+    assert splitter.flush() == ([rest] if rest else [])
+    assert splitter.flush() == []

@@ -62,3 +62,43 @@ def client_response_headers(headers: Headers, into: Headers) -> None:
     """
     for name, values in end_to_end(headers).getAllRawHeaders():
         into.setRawHeaders(name, list(values))
+
+
+def header_tokens(headers: Headers, name: bytes) -> list[bytes]:
+    """The comma-separated tokens of every ``name`` header, stripped and lower-case."""
+    return [
+        token.strip().lower()
+        for value in headers.getRawHeaders(name, [])
+        for token in value.split(b",")
+        if token.strip()
+    ]
+
+
+def wants_websocket(headers: Headers) -> bool:
+    """Whether a request asks to switch to WebSocket (``Upgrade: websocket`` and ``Connection``).
+
+    An ``Upgrade`` header that ``Connection`` does not name is not an upgrade request (RFC 9110
+    section 7.8): such a request is plain HTTP and its ``Upgrade`` is dropped as hop-by-hop.
+    """
+    return b"websocket" in header_tokens(headers, b"upgrade") and b"upgrade" in connection_tokens(
+        headers
+    )
+
+
+def websocket_handshake(method: bytes, target: bytes, host: bytes, headers: Headers) -> bytes:
+    """The handshake request the gateway writes upstream for a client's WebSocket request.
+
+    The one place hop-by-hop headers go on: ``Upgrade`` and every ``Sec-WebSocket-*`` as the
+    client sent them, and ``Connection: Upgrade``. ``Host`` names the upstream; the other
+    headers go as for HTTP (hop-by-hop, those ``Connection`` names, and ``Content-Length`` and
+    ``Expect`` dropped: a handshake has no body). The target is written byte-exact.
+    """
+    lines = [b"%s %s HTTP/1.1" % (method, target), b"Host: " + host]
+    skip = HOP_BY_HOP | connection_tokens(headers) | REQUEST_OWN
+    for name, values in headers.getAllRawHeaders():
+        lower = name.lower()
+        if lower == b"connection":
+            lines.append(b"Connection: Upgrade")
+        elif lower == b"upgrade" or lower.startswith(b"sec-websocket-") or lower not in skip:
+            lines.extend(name + b": " + value for value in values)
+    return b"\r\n".join(lines) + b"\r\n\r\n"

@@ -20,6 +20,7 @@ from ._config import (
     DEFAULT_MAX_BODY,
     DEFAULT_SLOTS,
     DEFAULT_UPSTREAM,
+    DEFAULT_WS_IDLE_TIMEOUT,
     GatewayConfig,
 )
 from ._errors import Draining, GPUBusy, MethodNotAllowed, RequestTooLarge
@@ -28,6 +29,7 @@ from ._health import ReadinessProbe
 from ._metrics import GatewayMetrics, MetricsResource
 from ._site import GatewaySite
 from ._slot import GPUSlot
+from ._tunnel import TunnelTarget, WebSocketTunnel, is_websocket_request
 from ._upstream import make_agent, make_cooperator
 
 #: The methods the contract proxies; everything else is a 405.
@@ -57,6 +59,7 @@ class TTSProxy:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_body: int = DEFAULT_MAX_BODY,
+        ws_idle_timeout: float = DEFAULT_WS_IDLE_TIMEOUT,
         registry: CollectorRegistry | None = None,
         metrics: bool = True,
         health: bool = True,
@@ -66,6 +69,7 @@ class TTSProxy:
             connect_timeout=connect_timeout,
             idle_timeout=idle_timeout,
             max_body=max_body,
+            ws_idle_timeout=ws_idle_timeout,
             slots=slots if slot is None else max(1, slot.limit),
         )
         if reactor is None:
@@ -76,6 +80,11 @@ class TTSProxy:
         self.upstream_base = config.upstream_base
         self.idle_timeout = config.idle_timeout
         self.max_body = config.max_body
+        self.ws_idle_timeout = config.ws_idle_timeout
+        #: Where WebSocket sessions are tunnelled: a plain TCP (TLS for https) endpoint.
+        self.ws_upstream = TunnelTarget.for_upstream(
+            reactor, config.upstream, connect_timeout=config.connect_timeout
+        )
         self.slot = GPUSlot(slot if slot is not None else DeferredSemaphore(slots), reactor)
         self._pool: HTTPConnectionPool | None = None
         if agent is None:
@@ -91,7 +100,7 @@ class TTSProxy:
         self.metrics_route = MetricsResource(self.metrics.registry) if metrics else None
         self.health_routes = health
         self.readiness = ReadinessProbe(reactor, config.upstream, config.connect_timeout)
-        self._in_flight: set[_Exchange] = set()
+        self._in_flight: set[_Exchange | WebSocketTunnel] = set()
         self._idle_waiters: list[Deferred[None]] = []
 
     @classmethod
@@ -103,6 +112,7 @@ class TTSProxy:
             connect_timeout=config.connect_timeout,
             idle_timeout=config.idle_timeout,
             max_body=config.max_body,
+            ws_idle_timeout=config.ws_idle_timeout,
             metrics=config.metrics,
             health=config.health,
             **kwargs,
@@ -122,7 +132,7 @@ class TTSProxy:
 
     @property
     def in_flight(self) -> int:
-        """Upstream calls under way."""
+        """Upstream calls under way, open WebSocket sessions included."""
         return len(self._in_flight)
 
     def drain(self, timeout: float) -> Deferred[None]:
@@ -154,7 +164,7 @@ class TTSProxy:
 
         return idle.addCallback(disarm)
 
-    def _exchange_done(self, exchange: _Exchange) -> None:
+    def _exchange_done(self, exchange: _Exchange | WebSocketTunnel) -> None:
         self._in_flight.discard(exchange)
         if not self._in_flight:
             waiters, self._idle_waiters = self._idle_waiters, []
@@ -201,5 +211,7 @@ class TTSProxy:
                 "the GPU is busy with another inference; retry after the time in Retry-After",
                 headers=self.slot.retry_after().headers(),
             )
+        if is_websocket_request(request):
+            return WebSocketTunnel(self, request, hold, self.ws_upstream).start()
         exchange = _Exchange(self, request, hold)
         return exchange.start()

@@ -2,7 +2,8 @@
 
 It answers ``/v1/audio/speech`` with a deterministic synthetic voice made one 80 ms frame at a
 time, and ``/v1/audio/voices`` for listing, uploading and deleting voices, so the gateway can be
-tried and tested without the GPU container::
+tried and tested without the GPU container. ``/v1/audio/speech/stream`` speaks vLLM-Omni's
+streaming-text WebSocket protocol (text in as it comes, a sentence of audio out at a time)::
 
     from aistack_tts.demo import DemoUpstream, listen_demo
 
@@ -19,15 +20,22 @@ from ._app import (
     VoiceRegistry,
     listen_demo,
     parse_speech_request,
+    parse_stream_config,
 )
+from ._stream import STREAM_PATH, SentenceSplitter, StreamConfig, StreamError
 
 __all__ = [
     "MODEL_NAME",
+    "STREAM_PATH",
     "VOICES",
     "APIError",
     "DemoUpstream",
+    "SentenceSplitter",
     "SpeechRequest",
+    "StreamConfig",
+    "StreamError",
     "VoiceRegistry",
     "listen_demo",
     "parse_speech_request",
+    "parse_stream_config",
 ]

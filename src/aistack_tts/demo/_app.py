@@ -2,7 +2,8 @@
 
 Request checks are plain functions (``parse_speech_request``, ``parse_voice_upload``) that raise
 L{APIError}; the Klein routes only glue them to a L{_Generation}, which makes audio one codec
-frame at a time on the injected clock, like the real model does on its GPU.
+frame at a time on the injected clock, like the real model does on its GPU. The WebSocket
+stream (``/v1/audio/speech/stream``) lives in ``_stream``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException
 from zope.interface import implementer
 
+from ._stream import (
+    DemoRoot,
+    StreamConfig,
+    StreamError,
+    StreamSettings,
+    stream_resource,
+)
 from ._synth import (
     BUILTIN_PROFILES,
     FRAME_SECONDS,
@@ -239,6 +247,30 @@ def parse_speech_request(
         stream=stream or stream_format == "sse",
         stream_format=stream_format,
     )
+
+
+def parse_stream_config(
+    message: Mapping[str, Any], voices: VoiceRegistry, model_name: str = MODEL_NAME
+) -> StreamConfig:
+    """Check a ``session.config`` as vLLM-Omni does: as a speech request without its input.
+
+    Audio is streamed as it is made, which vLLM-Omni only does in ``pcm`` (the default here).
+    """
+    fields = {k: v for k, v in message.items() if k not in ("type", "input")}
+    if fields.get("response_format") is None:
+        fields["response_format"] = "pcm"
+    try:
+        speech = parse_speech_request(
+            json.dumps({**fields, "input": "ping"}).encode(), voices, model_name
+        )
+    except APIError as e:
+        raise StreamError(f"Invalid session config: {e.message}") from None
+    if speech.response_format != "pcm":
+        raise StreamError(
+            "Invalid session config: response_format must be 'pcm' for a speech stream "
+            "(audio is sent as it is generated)"
+        )
+    return StreamConfig(voice=speech.voice, speed=speech.speed, response_format="pcm")
 
 
 def _sse_event(payload: Mapping[str, Any]) -> bytes:
@@ -677,9 +709,15 @@ class DemoUpstream:
     voices: VoiceRegistry = field(factory=VoiceRegistry, eq=False)
 
     def resource(self) -> IResource:
-        """The root resource: ``/v1/audio/speech`` and ``/v1/audio/voices``."""
-        resource: IResource = _Routes(self).app.resource()
-        return resource
+        """The root resource: the Klein routes, and the WebSocket ``/v1/audio/speech/stream``."""
+        routes: IResource = _Routes(self).app.resource()
+        settings = StreamSettings(
+            clock=self.reactor,
+            first_chunk_delay=self.first_chunk_delay,
+            frame_interval=self.rtf * FRAME_SECONDS,
+            parse_config=lambda message: parse_stream_config(message, self.voices, self.model_name),
+        )
+        return DemoRoot(routes, stream_resource(settings))
 
     def site(self) -> Site:
         """A ``Site`` serving L{resource} (multipart bodies left to the route to parse)."""
