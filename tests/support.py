@@ -58,10 +58,12 @@ class Peer:
 class Harness:
     """A gateway with its slot, site, fake clock and upstream connections."""
 
-    def __init__(self, **proxy_kwargs: Any) -> None:
+    def __init__(self, upstream: Any = UPSTREAM, **proxy_kwargs: Any) -> None:
         self.reactor = MemoryReactorClock()
-        self.slot = proxy_kwargs.pop("slot", None) or DeferredSemaphore(1)
-        self.proxy = TTSProxy(UPSTREAM, reactor=self.reactor, slot=self.slot, **proxy_kwargs)
+        count = 1 if isinstance(upstream, str) else len(upstream)
+        default: Any = DeferredSemaphore(1) if count == 1 else None
+        self.slot = proxy_kwargs.pop("slot", None) or default
+        self.proxy = TTSProxy(upstream, reactor=self.reactor, slot=self.slot, **proxy_kwargs)
         self.site = self.proxy.site()
         self._upstreams: dict[int, Peer] = {}
 
@@ -92,7 +94,7 @@ class Harness:
             index += len(self.reactor.tcpClients)
         if index not in self._upstreams:
             host, port, factory, _timeout, _bind = self.reactor.tcpClients[index]
-            assert (host, port) == ("127.0.0.1", 8091)
+            assert host == "127.0.0.1"
             protocol = factory.buildProtocol(IPv4Address("TCP", host, port))
             assert protocol is not None
             transport = StringTransport(peerAddress=IPv4Address("TCP", host, port))
@@ -111,6 +113,11 @@ class Harness:
         factory.clientConnectionFailed(connector, Failure(reason or ConnectionRefusedError()))
         # HostnameEndpoint reports the failure when its attempt loop next runs (every 0.3 s).
         self.reactor.advance(0.3)
+
+    def port(self, index: int = -1) -> int:
+        """The port of the gateway's (index-th) upstream connection attempt."""
+        port: int = self.reactor.tcpClients[index][1]
+        return port
 
     @property
     def tokens(self) -> int:

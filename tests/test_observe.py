@@ -104,6 +104,7 @@ def test_metrics_count_faults_and_client_aborts() -> None:
     h = Harness()
     h.request(GET_VOICES)
     h.refuse()
+    h.reactor.advance(5)  # the refusing upstream's cool-down
     client = h.request(GET_VOICES)
     h.upstream()
     client.lose()

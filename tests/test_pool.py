@@ -61,7 +61,7 @@ def test_down_upstream_is_skipped_for_the_cooldown() -> None:
     pool.mark_down(pool.upstreams[1])
     assert pool.all_down()
     assert pool.try_take() is None
-    clock.advance(10)
+    clock.advance(5)
     assert not pool.all_down()
     assert pool.try_take() is not None
 

@@ -187,7 +187,7 @@ def test_options_precedence_command_line_over_environment() -> None:
     options = Options(environ=env)
     options.parseOptions(["--slots", "3", "--idle-timeout", "7.5"])  # type: ignore[no-untyped-call]
     config = options.config
-    assert config.upstream == "http://10.0.0.5:8091"
+    assert config.upstream == ("http://10.0.0.5:8091",)
     assert config.slots == 3
     assert config.idle_timeout == 7.5
     assert config.listen == ("tcp:1", "tcp:2")

@@ -12,7 +12,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from klein import Klein
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -83,7 +83,8 @@ class _Routes:
             raise NotFound("no route for /readyz")
         if self._proxy.draining:
             raise Draining("the gateway is shutting down")
-        if not await self._proxy.readiness.check():
+        answers = await gatherResults([probe.check() for probe in self._proxy.readiness])
+        if not any(answers):
             raise NotReady(f"the Qwen3-TTS upstream cannot be reached; {COMPOSE_HINT}")
         return _json(request, {"status": "ready"})
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -54,8 +54,65 @@ def _positive_seconds(name: str) -> Callable[[Any, Any, float], None]:
     return check
 
 
-def _check_upstream(_instance: Any, _attribute: Any, value: str) -> None:
-    parse_upstream(value)
+def _strings(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
+def _upstreams(value: str | Sequence[str]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _check_upstreams(_instance: Any, _attribute: Any, value: tuple[str, ...]) -> None:
+    if not value:
+        raise ConfigError("upstream needs at least one URL, e.g. http://127.0.0.1:8091")
+    for url in value:
+        parse_upstream(url)
+    if len(set(value)) != len(value):
+        raise ConfigError(f"upstream URLs must differ: {', '.join(value)}")
+
+
+@frozen
+class ExemptRule:
+    """A call that does not touch the GPU (``METHOD:PATH``, ``*`` at the end for a prefix)."""
+
+    method: bytes
+    path: bytes
+    prefix: bool
+
+    @classmethod
+    def parse(cls, rule: str) -> ExemptRule:
+        """``GET:/v1/audio/voices`` or ``GET:/v1/audio/voices*``; raises L{ConfigError}."""
+        method, sep, path = rule.partition(":")
+        if not sep or not method.isalpha() or not path.startswith("/"):
+            raise ConfigError(
+                f"slot-exempt {rule!r} must look like METHOD:/path (e.g. GET:/v1/audio/voices)"
+            )
+        prefix = path.endswith("*")
+        try:
+            raw = path.rstrip("*").encode("ascii")
+        except UnicodeEncodeError:
+            raise ConfigError(f"slot-exempt {rule!r} must be ASCII") from None
+        return cls(method.upper().encode("ascii"), raw, prefix)
+
+    def matches(self, method: bytes, target: bytes) -> bool:
+        """Whether a request with this method and raw request-target falls under the rule."""
+        path = target.split(b"?", 1)[0]
+        if method != self.method:
+            return False
+        return path.startswith(self.path) if self.prefix else path == self.path
+
+
+def _check_exempt(_instance: Any, _attribute: Any, value: tuple[str, ...]) -> None:
+    for rule in value:
+        ExemptRule.parse(rule)
+
+
+def _non_negative_seconds(name: str) -> Callable[[Any, Any, float], None]:
+    def check(_instance: Any, _attribute: Any, value: float) -> None:
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{name} must be a number of seconds >= 0, not {value!r}")
+
+    return check
 
 
 def _check_max_body(_instance: Any, _attribute: Any, value: int) -> None:
@@ -77,9 +134,12 @@ def _check_listen(_instance: Any, _attribute: Any, value: tuple[str, ...]) -> No
 class GatewayConfig:
     """Everything ``twist aistack-tts`` is told, checked."""
 
-    upstream: str = field(default=DEFAULT_UPSTREAM, validator=_check_upstream)
+    #: One URL per GPU (each gets its own slot of ``slots`` tokens).
+    upstream: tuple[str, ...] = field(
+        default=(DEFAULT_UPSTREAM,), converter=_upstreams, validator=_check_upstreams
+    )
     listen: tuple[str, ...] = field(
-        default=(DEFAULT_LISTEN,), converter=tuple, validator=_check_listen
+        default=(DEFAULT_LISTEN,), converter=_strings, validator=_check_listen
     )
     connect_timeout: float = field(
         default=DEFAULT_CONNECT_TIMEOUT, validator=_positive_seconds("connect-timeout")
@@ -95,11 +155,14 @@ class GatewayConfig:
     drain_timeout: float = field(
         default=DEFAULT_DRAIN_TIMEOUT, validator=_positive_seconds("drain-timeout")
     )
+    #: 0: a busy GPU is a 503 at once; more: wait that long, first come first served.
+    queue_timeout: float = field(default=0.0, validator=_non_negative_seconds("queue-timeout"))
+    slot_exempt: tuple[str, ...] = field(default=(), converter=_strings, validator=_check_exempt)
     demo: bool = False
     metrics: bool = True
     health: bool = True
 
     @property
-    def upstream_base(self) -> bytes:
-        """The upstream URL as the bytes the request-target is appended to."""
-        return parse_upstream(self.upstream)
+    def exempt_rules(self) -> tuple[ExemptRule, ...]:
+        """The parsed ``slot_exempt`` rules."""
+        return tuple(ExemptRule.parse(rule) for rule in self.slot_exempt)

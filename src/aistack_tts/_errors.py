@@ -127,7 +127,8 @@ def describe(exc: BaseException | None) -> str:
 _UNREACHABLE = (ConnectError, DNSLookupError)
 
 
-def _is_connect_failure(failure: Failure) -> bool:
+def is_connect_failure(failure: Failure) -> bool:
+    """The upstream could not be reached at all (refused, DNS, connect timeout)."""
     if failure.check(*_UNREACHABLE):
         return True
     # A pooled connection can be refused only when a new one is made; but the Agent wraps
@@ -144,7 +145,7 @@ def error_for_upstream_failure(
     """Map a failed upstream call (before response headers) to the envelope for the client."""
     if timed_out:
         return UpstreamTimeout("the Qwen3-TTS upstream did not answer in time")
-    if _is_connect_failure(failure):
+    if is_connect_failure(failure):
         return UpstreamUnavailable(
             f"cannot reach the Qwen3-TTS upstream ({describe(failure.value)}); {COMPOSE_HINT}",
             headers=[(b"Retry-After", b"%d" % retry_after)],

@@ -20,8 +20,15 @@ from twisted.web.iweb import IResponse
 from twisted.web.server import Request
 
 from ._bridge import StreamBridge
-from ._errors import QWEN3_TTS, GatewayError, error_for_upstream_failure, write_error
+from ._errors import (
+    QWEN3_TTS,
+    GatewayError,
+    error_for_upstream_failure,
+    is_connect_failure,
+    write_error,
+)
 from ._headers import client_response_headers, upstream_request_headers
+from ._pool import Upstream
 from ._slot import SlotHold
 from ._upstream import Watchdog, body_producer, upstream_url
 
@@ -43,10 +50,15 @@ _log = Logger()
 
 
 class _Exchange:
-    def __init__(self, proxy: TTSProxy, request: Request, hold: SlotHold) -> None:
+    def __init__(
+        self, proxy: TTSProxy, request: Request, upstream: Upstream, hold: SlotHold | None
+    ) -> None:
         self._proxy = proxy
         self._request = request
+        self._upstream = upstream
+        #: None for a slot-exempt call.
         self._hold = hold
+        self._tried: list[Upstream] = []
         self._started = proxy.clock.seconds()
         self._state = "connecting"
         self._client_gone = False
@@ -68,17 +80,50 @@ class _Exchange:
         request = self._request
         request.notifyFinish().addErrback(lambda _: self._client_lost())
         self._proxy._in_flight.add(self)
+        self._send()
+        return self.done
+
+    def _send(self) -> None:
+        request = self._request
         self._watchdog.touch("upstream")
         call = self._proxy.agent.request(
             request.method,
-            upstream_url(self._proxy.upstream_base, request.uri),
+            upstream_url(self._upstream.base, request.uri),
             upstream_request_headers(request.requestHeaders),
             body_producer(request.content, self._proxy.cooperator),
         )
         self._call = call
         call.addCallbacks(self._got_response, self._call_failed)
         call.addErrback(self._unexpected)
-        return self.done
+
+    def _fail_over(self) -> bool:
+        """The upstream refused the connection (nothing was sent): try another GPU instead.
+
+        Its slot token is given back and one on a free, reachable upstream taken in its place.
+        """
+        pool = self._proxy.pool
+        pool.mark_down(self._upstream)
+        self._tried.append(self._upstream)
+        now = self._proxy.clock.seconds()
+        if self._hold is None:
+            others = [u for u in pool.upstreams if u not in self._tried and u.is_up(now)]
+            if not others:
+                return False
+            upstream = others[0]
+        else:
+            grant = pool.try_take(exclude=self._tried)
+            if grant is None:
+                return False
+            self._hold.release()
+            self._hold, upstream = grant.hold, grant.upstream
+        _log.info(
+            "upstream {refused} refused the connection; trying {next}",
+            refused=self._upstream.url,
+            next=upstream.url,
+        )
+        self._upstream = upstream
+        self._send()
+        return True
 
     # Before headers.
 
@@ -105,6 +150,8 @@ class _Exchange:
         if self._client_gone:
             # We cancelled the call ourselves because the client left.
             self._finish("client_abort")
+            return
+        if self._cut_short is None and is_connect_failure(failure) and self._fail_over():
             return
         error = self._cut_short or error_for_upstream_failure(
             failure, timed_out=self._timed_out, retry_after=RETRY_UNAVAILABLE_S
@@ -209,7 +256,8 @@ class _Exchange:
             return
         self._state = "done"
         self._watchdog.stop()
-        self._hold.release()
+        if self._hold is not None:
+            self._hold.release()
         self._proxy._exchange_done(self)
         if then is not None:
             then()
@@ -222,7 +270,7 @@ class _Exchange:
             status=self._status,
             outcome=outcome,
             provider=self._provider,
-            slot="held",
+            slot="held" if self._hold is not None else "exempt",
             bytes_out=self._bridge.bytes_out if self._bridge else 0,
             duration=duration,
         )

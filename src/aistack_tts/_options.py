@@ -14,7 +14,6 @@ from ._config import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_BODY,
     DEFAULT_SLOTS,
-    DEFAULT_UPSTREAM,
     DEFAULT_WS_IDLE_TIMEOUT,
     ConfigError,
     GatewayConfig,
@@ -24,12 +23,12 @@ from ._listen import or_fail
 #: option name -> (environment variable, GatewayConfig field, parser, default, help)
 _SETTINGS: list[tuple[str, str, str, Callable[[str], Any], object, str]] = [
     (
-        "upstream",
-        "AISTACK_TTS_UPSTREAM",
-        "upstream",
-        str,
-        DEFAULT_UPSTREAM,
-        "Base URL of the Qwen3-TTS (vLLM-Omni) server",
+        "queue-timeout",
+        "AISTACK_TTS_QUEUE_TIMEOUT",
+        "queue_timeout",
+        float,
+        0,
+        "Seconds a request may wait for a busy GPU, first come first served (0: 503 at once)",
     ),
     (
         "connect-timeout",
@@ -80,7 +79,12 @@ _SETTINGS: list[tuple[str, str, str, Callable[[str], Any], object, str]] = [
         "Seconds in-flight calls may go on after SIGTERM before they are cut",
     ),
 ]
-_LISTEN_ENV = "AISTACK_TTS_LISTEN"
+#: Repeatable options: option name -> (environment variable, GatewayConfig field).
+_LISTS = {
+    "listen": ("AISTACK_TTS_LISTEN", "listen"),
+    "upstream": ("AISTACK_TTS_UPSTREAM", "upstream"),
+    "slot-exempt": ("AISTACK_TTS_SLOT_EXEMPT", "slot_exempt"),
+}
 
 
 def _switch(env: str, raw: str) -> bool:
@@ -114,12 +118,21 @@ class Options(usage.Options):
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._environ = os.environ if environ is None else environ
-        self["listen"] = []
+        for name in _LISTS:
+            self[name] = []
         self.config = GatewayConfig()
 
     def opt_listen(self, description: str) -> None:
         """Endpoint to serve on (repeatable) [env AISTACK_TTS_LISTEN, space-separated; default tcp:8000:interface=127.0.0.1]"""  # noqa: E501
         self["listen"].append(description)
+
+    def opt_upstream(self, url: str) -> None:
+        """Base URL of a Qwen3-TTS (vLLM-Omni) server, one per GPU (repeatable) [env AISTACK_TTS_UPSTREAM, space-separated; default http://127.0.0.1:8091]"""  # noqa: E501
+        self["upstream"].append(url)
+
+    def opt_slot_exempt(self, rule: str) -> None:
+        """METHOD:PATH of a call that needs no GPU slot, e.g. GET:/v1/audio/voices; a * at the end matches a prefix (repeatable) [env AISTACK_TTS_SLOT_EXEMPT, space-separated; default none]"""  # noqa: E501
+        self["slot-exempt"].append(rule)
 
     def postOptions(self) -> None:
         """Build and check the config; a bad value ends the program with one line."""
@@ -139,9 +152,10 @@ class Options(usage.Options):
                 values[field_] = parse(raw)
             except ValueError:
                 raise ConfigError(f"{source}: {raw!r} is not a valid {parse.__name__}") from None
-        listen = self["listen"] or self._environ.get(_LISTEN_ENV, "").split()
-        if listen:
-            values["listen"] = tuple(listen)
+        for name, (env, field_) in _LISTS.items():
+            listed = self[name] or self._environ.get(env, "").split()
+            if listed:
+                values[field_] = tuple(listed)
         values["demo"] = bool(self["demo"])
         for name, env in (("metrics", "AISTACK_TTS_METRICS"), ("health", "AISTACK_TTS_HEALTH")):
             values[name] = not self[f"no-{name}"] and _switch(env, self._environ.get(env, "1"))

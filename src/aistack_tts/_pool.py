@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from ._slot import GPUSlot, RetryAfter, SlotHold
 
 #: How long an upstream that refused a connection is skipped.
-DEFAULT_DOWN_COOLDOWN = 10.0
+DEFAULT_DOWN_COOLDOWN = 5.0
 
 
 @define(eq=False)
@@ -122,7 +122,7 @@ class _Waiter:
         for upstream in up:
             d = upstream.slot.acquire()
             self._pending[upstream] = d
-            d.addCallbacks(self._got, self._lost, callbackArgs=(upstream,))
+            d.addCallbacks(self._got, self._lost, callbackArgs=(upstream,), errbackArgs=(upstream,))
         if not self._result.called:
             self._timer = self._pool.clock.callLater(self._timeout, self._timed_out)
         return self._result

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.iweb import IAgent
 from twisted.web.resource import IResource
@@ -21,12 +23,22 @@ from ._config import (
     DEFAULT_SLOTS,
     DEFAULT_UPSTREAM,
     DEFAULT_WS_IDLE_TIMEOUT,
+    ConfigError,
     GatewayConfig,
+    parse_upstream,
 )
-from ._errors import Draining, GPUBusy, MethodNotAllowed, RequestTooLarge
-from ._exchange import _Exchange
+from ._errors import (
+    COMPOSE_HINT,
+    Draining,
+    GPUBusy,
+    MethodNotAllowed,
+    RequestTooLarge,
+    UpstreamUnavailable,
+)
+from ._exchange import RETRY_UNAVAILABLE_S, _Exchange
 from ._health import ReadinessProbe
 from ._metrics import GatewayMetrics, MetricsResource
+from ._pool import DEFAULT_DOWN_COOLDOWN, Grant, Upstream, UpstreamPool, WaitTimedOut
 from ._site import GatewaySite
 from ._slot import GPUSlot
 from ._tunnel import TunnelTarget, WebSocketTunnel, is_websocket_request
@@ -39,21 +51,40 @@ ALLOW_HEADER = (b"Allow", b", ".join(ALLOWED_METHODS))
 _log = Logger()
 
 
-class TTSProxy:
-    """A transparent, slot-guarded proxy for ``/v1/audio/*`` to one Qwen3-TTS upstream.
+def _semaphores(
+    slot: DeferredSemaphore | Sequence[DeferredSemaphore] | None, upstreams: int, slots: int
+) -> list[DeferredSemaphore]:
+    """One semaphore per upstream: the given ones, or new ones of ``slots`` tokens."""
+    if slot is None:
+        return [DeferredSemaphore(slots) for _ in range(upstreams)]
+    given = [slot] if isinstance(slot, DeferredSemaphore) else list(slot)
+    if len(given) != upstreams:
+        raise ConfigError(
+            f"slot: pass one semaphore per upstream ({upstreams} upstream(s), {len(given)} given)"
+        )
+    return given
 
-    ``slot`` is the semaphore that says "the GPU is doing inference"; pass the one your own
-    GPU work holds so TTS answers 503 while it runs (a new one of ``slots`` tokens otherwise).
-    ``reactor`` and ``agent`` are injectable; by default the global reactor and an ``Agent``
-    with a persistent pool and ``connect_timeout`` are used.
+
+class TTSProxy:
+    """A transparent, slot-guarded proxy for ``/v1/audio/*`` to Qwen3-TTS upstreams.
+
+    ``upstream`` is one URL, or one per GPU. ``slot`` is the semaphore that says "the GPU is
+    doing inference" (one per upstream); pass the one your own GPU work holds so TTS answers
+    503 while it runs (new ones of ``slots`` tokens otherwise). ``reactor`` and ``agent`` are
+    injectable; by default the global reactor and an ``Agent`` with a persistent pool and
+    ``connect_timeout`` are used. ``queue_timeout`` > 0 lets a request wait that long for a
+    busy GPU; ``slot_exempt`` rules (``"GET:/v1/audio/voices"``) name calls that take no slot.
     """
 
     def __init__(
         self,
-        upstream: str = DEFAULT_UPSTREAM,
+        upstream: str | Sequence[str] = DEFAULT_UPSTREAM,
         *,
-        slot: DeferredSemaphore | None = None,
+        slot: DeferredSemaphore | Sequence[DeferredSemaphore] | None = None,
         slots: int = DEFAULT_SLOTS,
+        queue_timeout: float = 0.0,
+        slot_exempt: Sequence[str] = (),
+        down_cooldown: float = DEFAULT_DOWN_COOLDOWN,
         reactor: Any = None,
         agent: IAgent | None = None,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
@@ -70,36 +101,56 @@ class TTSProxy:
             idle_timeout=idle_timeout,
             max_body=max_body,
             ws_idle_timeout=ws_idle_timeout,
-            slots=slots if slot is None else max(1, slot.limit),
+            slots=slots,
+            queue_timeout=queue_timeout,
+            slot_exempt=list(slot_exempt),
         )
+        semaphores = _semaphores(slot, len(config.upstream), slots)
         if reactor is None:
             from twisted.internet import reactor as _global_reactor
 
             reactor = _global_reactor
         self.clock: IReactorTime = reactor
-        self.upstream_base = config.upstream_base
         self.idle_timeout = config.idle_timeout
         self.max_body = config.max_body
         self.ws_idle_timeout = config.ws_idle_timeout
-        #: Where WebSocket sessions are tunnelled: a plain TCP (TLS for https) endpoint.
-        self.ws_upstream = TunnelTarget.for_upstream(
-            reactor, config.upstream, connect_timeout=config.connect_timeout
+        self.queue_timeout = config.queue_timeout
+        self.exempt = config.exempt_rules
+        self.pool = UpstreamPool(
+            [
+                Upstream(url, parse_upstream(url), GPUSlot(semaphore, reactor))
+                for url, semaphore in zip(config.upstream, semaphores, strict=True)
+            ],
+            reactor,
+            cooldown=down_cooldown,
         )
-        self.slot = GPUSlot(slot if slot is not None else DeferredSemaphore(slots), reactor)
+        #: The first upstream's slot (the only one, with a single upstream).
+        self.slot = self.pool.upstreams[0].slot
+        #: Where WebSocket sessions are tunnelled: a plain TCP (TLS for https) endpoint each.
+        self._ws_targets = {
+            u: TunnelTarget.for_upstream(reactor, u.url, connect_timeout=config.connect_timeout)
+            for u in self.pool.upstreams
+        }
         self._pool: HTTPConnectionPool | None = None
         if agent is None:
             agent, self._pool = make_agent(
-                reactor, connect_timeout=config.connect_timeout, max_connections=config.slots
+                reactor,
+                connect_timeout=config.connect_timeout,
+                max_connections=max(s.limit for s in semaphores),
             )
         self.agent: IAgent = agent
         self.cooperator = make_cooperator(reactor)
         self.draining = False
         self.metrics = GatewayMetrics(registry)
-        self.metrics.watch(lambda: self.slot.in_use, lambda: len(self._in_flight))
+        self.metrics.watch(
+            lambda: sum(u.slot.in_use for u in self.pool.upstreams), lambda: len(self._in_flight)
+        )
         self.access_log = AccessLog(self.metrics)
         self.metrics_route = MetricsResource(self.metrics.registry) if metrics else None
         self.health_routes = health
-        self.readiness = ReadinessProbe(reactor, config.upstream, config.connect_timeout)
+        self.readiness = [
+            ReadinessProbe(reactor, url, config.connect_timeout) for url in config.upstream
+        ]
         self._in_flight: set[_Exchange | WebSocketTunnel] = set()
         self._idle_waiters: list[Deferred[None]] = []
 
@@ -113,6 +164,8 @@ class TTSProxy:
             idle_timeout=config.idle_timeout,
             max_body=config.max_body,
             ws_idle_timeout=config.ws_idle_timeout,
+            queue_timeout=config.queue_timeout,
+            slot_exempt=config.slot_exempt,
             metrics=config.metrics,
             health=config.health,
             **kwargs,
@@ -205,13 +258,50 @@ class TTSProxy:
                     f"the request body ({size} bytes) is over the limit: "
                     f"at most {self.max_body} bytes are accepted"
                 )
-        hold = self.slot.try_take()
-        if hold is None:
-            raise GPUBusy(
-                "the GPU is busy with another inference; retry after the time in Retry-After",
-                headers=self.slot.retry_after().headers(),
+        websocket = is_websocket_request(request)
+        if not websocket and any(r.matches(request.method, request.uri) for r in self.exempt):
+            # A call that does not touch the GPU: no slot, any reachable upstream.
+            return _Exchange(self, request, self.pool.pick(), None).start()
+        grant = self.pool.try_take()
+        if grant is not None:
+            return self._start(request, grant, websocket)
+        if self.pool.all_down():
+            raise UpstreamUnavailable(
+                f"every Qwen3-TTS upstream refused connections recently; {COMPOSE_HINT}",
+                headers=[(b"Retry-After", b"%d" % RETRY_UNAVAILABLE_S)],
             )
-        if is_websocket_request(request):
-            return WebSocketTunnel(self, request, hold, self.ws_upstream).start()
-        exchange = _Exchange(self, request, hold)
-        return exchange.start()
+        if self.queue_timeout <= 0:
+            raise self._busy()
+        return self._queue(request, websocket)
+
+    def _start(self, request: Request, grant: Grant, websocket: bool) -> Deferred[None]:
+        if websocket:
+            target = self._ws_targets[grant.upstream]
+            return WebSocketTunnel(self, request, grant.hold, target).start()
+        return _Exchange(self, request, grant.upstream, grant.hold).start()
+
+    def _busy(self) -> GPUBusy:
+        return GPUBusy(
+            "the GPU is busy with another inference; retry after the time in Retry-After",
+            headers=self.pool.retry_after().headers(),
+        )
+
+    def _queue(self, request: Request, websocket: bool) -> Deferred[None]:
+        """Wait up to the queue timeout for a slot; a client that leaves leaves the queue."""
+        waited = self.pool.wait(self.queue_timeout)
+
+        def timed_out(failure: Failure) -> None:
+            failure.trap(WaitTimedOut)
+            raise self._busy()
+
+        def left(failure: Failure) -> None:
+            # The router cancels this when the client disconnects while it waits.
+            failure.trap(CancelledError)
+            self.access_log.finished(
+                request, status=None, outcome="client_abort_queued", provider="none", slot="none"
+            )
+
+        started: Deferred[None] = waited.addCallbacks(
+            lambda grant: self._start(request, grant, websocket), timed_out
+        )
+        return started.addErrback(left)

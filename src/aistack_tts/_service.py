@@ -65,7 +65,7 @@ class DemoGatewayService(MultiService):
         address: Any = self._demo_port.getHost()
         url = f"http://127.0.0.1:{address.port}"
         _log.info("demo upstream (synthetic Qwen3-TTS voice) listening on {url}", url=url)
-        proxy = TTSProxy.from_config(evolve(self._config, upstream=url), reactor=self._reactor)
+        proxy = TTSProxy.from_config(evolve(self._config, upstream=(url,)), reactor=self._reactor)
         gateway = GatewayService(proxy, self._endpoints, self._config.drain_timeout)
         gateway.setServiceParent(self)  # type: ignore[no-untyped-call]
         super().startService()  # type: ignore[no-untyped-call]
