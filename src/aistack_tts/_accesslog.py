@@ -20,11 +20,6 @@ REQUEST_ID = b"X-Request-Id"
 _SANE_ID = re.compile(rb"[\x21-\x7e]{1,128}")
 _KNOWN_METHODS = frozenset({b"GET", b"POST", b"DELETE", b"HEAD", b"PUT", b"PATCH", b"OPTIONS"})
 
-_FORMAT = (
-    "{method} {path} -> {status} {outcome} bytes_out={bytes_out} "
-    "duration={duration:.3f}s slot={slot} request_id={request_id}"
-)
-
 
 def ensure_request_id(request: IRequest) -> str:
     """The request's id: the client's ``X-Request-Id`` if sane, else a new one.
@@ -64,17 +59,26 @@ class AccessLog:
         the client got no status line.
         """
         ids = request.requestHeaders.getRawHeaders(REQUEST_ID) or [b"-"]
+        method = request.method.decode("latin-1")
+        path = request.uri.decode("latin-1")
+        request_id = ids[0].decode("latin-1")
+        # The text line is made here, once: with every field in the format, twisted.logger's
+        # JSON output would format each field twice more (log_flattened) on every request.
         log.info(
-            _FORMAT,
-            method=request.method.decode("latin-1"),
-            path=request.uri.decode("latin-1"),
+            "{line}",
+            line=(
+                f"{method} {path} -> {status} {outcome} bytes_out={bytes_out} "
+                f"duration={duration:.3f}s slot={slot} request_id={request_id}"
+            ),
+            method=method,
+            path=path,
             status=status,
             outcome=outcome,
             provider=provider,
             bytes_out=bytes_out,
             duration=duration,
             slot=slot,
-            request_id=ids[0].decode("latin-1"),
+            request_id=request_id,
         )
         m = self.metrics
         # Hostile clients choose methods: keep the label set bounded.
