@@ -8,7 +8,6 @@ which is the only place that releases the slot.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
@@ -20,17 +19,17 @@ from twisted.web.iweb import IResponse
 from twisted.web.server import Request
 
 from ._bridge import StreamBridge
+from ._call import ProxiedCall
 from ._errors import (
     QWEN3_TTS,
     GatewayError,
     error_for_upstream_failure,
     is_connect_failure,
-    write_error,
 )
 from ._headers import client_response_headers, upstream_request_headers
 from ._pool import Upstream
 from ._slot import SlotHold
-from ._upstream import Watchdog, body_producer, upstream_url
+from ._upstream import body_producer, upstream_url
 
 if TYPE_CHECKING:
     from ._proxy import TTSProxy
@@ -49,36 +48,25 @@ _NO_BODY_STATUS = frozenset({204, 304})
 _log = Logger()
 
 
-class _Exchange:
+class _Exchange(ProxiedCall):
     def __init__(
         self, proxy: TTSProxy, request: Request, upstream: Upstream, hold: SlotHold | None
     ) -> None:
-        self._proxy = proxy
-        self._request = request
+        super().__init__(proxy, request, hold, self._stalled)
         self._upstream = upstream
-        #: None for a slot-exempt call.
-        self._hold = hold
         self._tried: list[Upstream] = []
-        self._started = proxy.clock.seconds()
-        self._state = "connecting"
         self._client_gone = False
         self._timed_out = False
-        self._status: int | None = None
-        self._provider = "none"
         self._bridge: StreamBridge | None = None
-        self._watchdog = Watchdog(proxy.clock, proxy.idle_timeout, self._stalled)
-        # What the router waits on. Fired only once the request is finished; on the abort
-        # paths it stays pending and the router cancels it when the connection drops.
-        self.done: Deferred[None] = Deferred(lambda _: self._client_lost())
         self._call: Deferred[IResponse] | None = None
-        #: Set when the gateway cuts the call short (drain timeout): what a client still
-        #: waiting for headers is told.
-        self._cut_short: GatewayError | None = None
+
+    def _bytes_out(self) -> int:
+        return self._bridge.bytes_out if self._bridge is not None else 0
 
     def start(self) -> Deferred[None]:
         """Send the request upstream; the returned Deferred fires when the client has its answer."""
         request = self._request
-        request.notifyFinish().addErrback(lambda _: self._client_lost())
+        request.notifyFinish().addErrback(lambda _: self._client_left())
         self._proxy._in_flight.add(self)
         self._send()
         return self.done
@@ -142,7 +130,7 @@ class _Exchange:
         # The Agent moves Content-Length out of response.headers into response.length.
         if isinstance(response.length, int) and response.code not in _NO_BODY_STATUS:
             request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % response.length])
-        self._bridge = StreamBridge(request, self._watchdog, self._body_ended, self._client_lost)
+        self._bridge = StreamBridge(request, self._watchdog, self._body_ended, self._client_left)
         response.deliverBody(self._bridge)
 
     def _call_failed(self, failure: Failure) -> None:
@@ -178,7 +166,7 @@ class _Exchange:
 
     # Either side.
 
-    def _client_lost(self) -> None:
+    def _client_left(self) -> None:
         if self._client_gone or self._state == "done":
             return
         self._client_gone = True
@@ -231,48 +219,9 @@ class _Exchange:
 
     # The ways out.
 
-    def _answer_with(self, error: GatewayError) -> None:
-        self._status = error.status
-        self._provider = error.provider
-        self._finish(error.type, then=lambda: write_error(self._request, error))
-
     def _abort_client(self) -> None:
         if not self._client_gone:
             self._client_gone = True
             transport: Any = self._request.transport
             if transport is not None:
                 transport.abortConnection()
-
-    def _finish(
-        self, outcome: str, *, then: Callable[[], None] | None = None, fired: bool = True
-    ) -> None:
-        """The only exit: release the slot, end the response (``then``), log, let the router go.
-
-        The slot is released before the response ends: ending it makes twisted.web start the
-        next pipelined request on this connection at once, and that one must find it free.
-        On the abort paths (``fired=False``) the router is let go when the connection drops.
-        """
-        if self._state == "done":
-            return
-        self._state = "done"
-        self._watchdog.stop()
-        if self._hold is not None:
-            self._hold.release()
-        self._proxy._exchange_done(self)
-        if then is not None:
-            then()
-        duration = self._proxy.clock.seconds() - self._started
-        metrics = self._proxy.metrics
-        metrics.upstream_total.observe(duration)
-        metrics.slot_held.observe(duration)
-        self._proxy.access_log.finished(
-            self._request,
-            status=self._status,
-            outcome=outcome,
-            provider=self._provider,
-            slot="held" if self._hold is not None else "exempt",
-            bytes_out=self._bridge.bytes_out if self._bridge else 0,
-            duration=duration,
-        )
-        if fired and not self.done.called:
-            self.done.callback(None)

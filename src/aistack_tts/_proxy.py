@@ -16,6 +16,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request
 
 from ._accesslog import AccessLog
+from ._call import ProxiedCall
 from ._config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
@@ -151,7 +152,7 @@ class TTSProxy:
         self.readiness = [
             ReadinessProbe(reactor, url, config.connect_timeout) for url in config.upstream
         ]
-        self._in_flight: set[_Exchange | WebSocketTunnel] = set()
+        self._in_flight: set[ProxiedCall] = set()
         self._idle_waiters: list[Deferred[None]] = []
 
     @classmethod
@@ -217,7 +218,7 @@ class TTSProxy:
 
         return idle.addCallback(disarm)
 
-    def _exchange_done(self, exchange: _Exchange | WebSocketTunnel) -> None:
+    def _exchange_done(self, exchange: ProxiedCall) -> None:
         self._in_flight.discard(exchange)
         if not self._in_flight:
             waiters, self._idle_waiters = self._idle_waiters, []

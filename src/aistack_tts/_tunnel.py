@@ -43,6 +43,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from ._call import ProxiedCall
 from ._errors import (
     QWEN3_TTS,
     GatewayError,
@@ -50,7 +51,6 @@ from ._errors import (
     UpstreamTimeout,
     describe,
     error_for_upstream_failure,
-    write_error,
 )
 from ._exchange import CLIENT_SEND_BUFFER, RETRY_UNAVAILABLE_S
 from ._headers import client_response_headers, header_tokens, wants_websocket, websocket_handshake
@@ -322,37 +322,27 @@ def take_over(request: Request, protocol: _ClientProtocol) -> tuple[Any, bytes]:
 # --- the session --------------------------------------------------------------------------
 
 
-class WebSocketTunnel:
+class WebSocketTunnel(ProxiedCall):
     """One WebSocket session, from slot taken to slot released, on every path exactly once."""
 
     def __init__(
         self, proxy: TTSProxy, request: Request, hold: SlotHold, target: TunnelTarget
     ) -> None:
-        self._proxy = proxy
-        self._request = request
-        self._hold = hold
+        super().__init__(proxy, request, hold, self._stalled)
         self._target = target
-        self._clock = proxy.clock
-        self._started = self._clock.seconds()
-        self._state = "connecting"
-        self._status: int | None = None
-        self._provider = "none"
         self._timed_out = False
         self._connecting: Deferred[IProtocol] | None = None
         self._upstream_protocol: _UpstreamProtocol | None = None
         self._buffer = b""
         self._decoder: _Decoder | None = None
         self._relay_valve: _Valve | None = None
-        #: Set when the gateway cuts the session short (drain timeout) before any answer.
-        self._cut_short: GatewayError | None = None
         self.client = _Side("client")
         self.upstream = _Side("upstream")
         self.bytes_out = 0
         self.bytes_in = 0
-        self._watchdog = Watchdog(self._clock, proxy.idle_timeout, self._stalled)
-        # What the router waits on: fired once an HTTP answer is finished. After a 101 it stays
-        # pending; Klein cancels it when the connection ends.
-        self.done: Deferred[None] = Deferred(lambda _: self._client_left())
+
+    def _bytes_out(self) -> int:
+        return self.bytes_out
 
     def start(self) -> Deferred[None]:
         """Connect to the upstream; the returned Deferred fires when an HTTP answer is done."""
@@ -629,11 +619,6 @@ class WebSocketTunnel:
 
     # The ways out.
 
-    def _answer_with(self, error: GatewayError) -> None:
-        self._status = error.status
-        self._provider = error.provider
-        self._finish(error.type, then=lambda: write_error(self._request, error))
-
     def _abort_client(self) -> None:
         if self.client.transport is not None:
             self.client.close(self._clock, abort=True)
@@ -641,36 +626,3 @@ class WebSocketTunnel:
         transport: Any = self._request.transport
         if transport is not None:
             transport.abortConnection()
-
-    def _finish(
-        self, outcome: str, *, then: Callable[[], None] | None = None, fired: bool = True
-    ) -> None:
-        """The only exit: release the slot, end the answer (``then``), log, let the router go.
-
-        The slot is released before an HTTP answer ends, as for a proxied call: ending it lets
-        twisted.web start the next pipelined request at once, and that one must find it free.
-        After a 101 (``fired=False``) the router is let go when the connection drops.
-        """
-        if self._state == "done":
-            return
-        self._state = "done"
-        self._watchdog.stop()
-        self._hold.release()
-        self._proxy._exchange_done(self)
-        if then is not None:
-            then()
-        duration = self._clock.seconds() - self._started
-        metrics = self._proxy.metrics
-        metrics.upstream_total.observe(duration)
-        metrics.slot_held.observe(duration)
-        self._proxy.access_log.finished(
-            self._request,
-            status=self._status,
-            outcome=outcome,
-            provider=self._provider,
-            slot="held",
-            bytes_out=self.bytes_out,
-            duration=duration,
-        )
-        if fired and not self.done.called:
-            self.done.callback(None)

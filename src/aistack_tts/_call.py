@@ -1,0 +1,102 @@
+"""What a proxied call and a WebSocket session share.
+
+Their slot token, their record (status, provider, outcome), and the one way out, which
+releases the slot exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from twisted.internet.defer import Deferred
+from twisted.web.server import Request
+
+from ._errors import GatewayError, write_error
+from ._slot import SlotHold
+from ._upstream import Watchdog
+
+if TYPE_CHECKING:
+    from ._proxy import TTSProxy
+
+
+class ProxiedCall:
+    """The common part of L{_Exchange} and L{WebSocketTunnel}; subclasses add the transport."""
+
+    def __init__(
+        self,
+        proxy: TTSProxy,
+        request: Request,
+        hold: SlotHold | None,
+        on_stall: Callable[[str], None],
+    ) -> None:
+        self._proxy = proxy
+        self._request = request
+        #: None for a slot-exempt call.
+        self._hold = hold
+        self._clock = proxy.clock
+        self._started = self._clock.seconds()
+        self._state = "connecting"
+        self._status: int | None = None
+        self._provider = "none"
+        #: Set when the gateway cuts the call short (drain timeout): what a client still
+        #: waiting for an answer is told.
+        self._cut_short: GatewayError | None = None
+        self._watchdog = Watchdog(self._clock, proxy.idle_timeout, on_stall)
+        # What the router waits on. Fired only once an HTTP answer is finished; on the abort
+        # paths (and after a 101) it stays pending and the router cancels it when the
+        # connection drops.
+        self.done: Deferred[None] = Deferred(lambda _: self._client_left())
+
+    def _client_left(self) -> None:
+        """The client went away (or the router gave up on it)."""
+        raise NotImplementedError
+
+    def _bytes_out(self) -> int:
+        """Body bytes relayed to the client so far."""
+        raise NotImplementedError
+
+    def cut_short(self, error: GatewayError) -> None:
+        """End the call now (the gateway is shutting down), telling a waiting client ``error``."""
+        raise NotImplementedError
+
+    def _answer_with(self, error: GatewayError) -> None:
+        """End the call with the gateway's envelope for ``error``."""
+        self._status = error.status
+        self._provider = error.provider
+        self._finish(error.type, then=lambda: write_error(self._request, error))
+
+    def _finish(
+        self, outcome: str, *, then: Callable[[], None] | None = None, fired: bool = True
+    ) -> None:
+        """The only exit: release the slot, end the response (``then``), log, let the router go.
+
+        The slot is released before the response ends: ending it makes twisted.web start the
+        next pipelined request on this connection at once, and that one must find it free.
+        On the abort paths (``fired=False``) the router is let go when the connection drops.
+        """
+        if self._state == "done":
+            return
+        self._state = "done"
+        self._watchdog.stop()
+        if self._hold is not None:
+            self._hold.release()
+        self._proxy._exchange_done(self)
+        if then is not None:
+            then()
+        duration = self._clock.seconds() - self._started
+        metrics = self._proxy.metrics
+        metrics.upstream_total.observe(duration)
+        if self._hold is not None:
+            metrics.slot_held.observe(duration)
+        self._proxy.access_log.finished(
+            self._request,
+            status=self._status,
+            outcome=outcome,
+            provider=self._provider,
+            slot="held" if self._hold is not None else "exempt",
+            bytes_out=self._bytes_out(),
+            duration=duration,
+        )
+        if fired and not self.done.called:
+            self.done.callback(None)
