@@ -10,7 +10,7 @@ HTTP response (status, reason, end-to-end headers, body), like a proxied call.
 
 States: ``connecting`` → ``handshake`` (request written, waiting for the head) → ``open``
 (after a 101) or ``relaying`` (another status, its body going to the client) → ``done``. Every
-way out goes through L{WebSocketTunnel._finish}, the only place that releases the slot.
+way out goes through L{ProxiedCall._finish}, the only place that releases the slot.
 """
 
 from __future__ import annotations
