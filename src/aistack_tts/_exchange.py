@@ -43,7 +43,7 @@ RETRY_UNAVAILABLE_S = 5
 CLIENT_SEND_BUFFER = 512 * 1024
 
 #: Statuses that never have a body, so never a Content-Length (RFC 9110 section 8.6).
-_NO_BODY_STATUS = frozenset({204, 304})
+NO_BODY_STATUS = frozenset({204, 304})
 
 _log = Logger()
 
@@ -128,7 +128,7 @@ class _Exchange(ProxiedCall):
         request.setResponseCode(response.code, response.phrase)
         client_response_headers(response.headers, request.responseHeaders)
         # The Agent moves Content-Length out of response.headers into response.length.
-        if isinstance(response.length, int) and response.code not in _NO_BODY_STATUS:
+        if isinstance(response.length, int) and response.code not in NO_BODY_STATUS:
             request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % response.length])
         self._bridge = StreamBridge(request, self._watchdog, self._body_ended, self._client_left)
         response.deliverBody(self._bridge)

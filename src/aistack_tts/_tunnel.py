@@ -52,7 +52,7 @@ from ._errors import (
     describe,
     error_for_upstream_failure,
 )
-from ._exchange import CLIENT_SEND_BUFFER, RETRY_UNAVAILABLE_S
+from ._exchange import CLIENT_SEND_BUFFER, NO_BODY_STATUS, RETRY_UNAVAILABLE_S
 from ._headers import client_response_headers, header_tokens, wants_websocket, websocket_handshake
 from ._slot import SlotHold
 from ._upstream import Watchdog
@@ -68,7 +68,6 @@ MAX_HEAD_BYTES = 64 * 1024
 #: (the peer's last frames, a close frame) before its connection is cut.
 CLOSE_GRACE_S = 5.0
 
-_NO_BODY_STATUS = frozenset({204, 304})
 _STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([0-9]{3})(?: ([^\r\n]*))?")
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
@@ -162,7 +161,7 @@ def body_decoder(
 
     Chunked, ``Content-Length``, or (neither) everything until the upstream closes.
     """
-    if head.status in _NO_BODY_STATUS:
+    if head.status in NO_BODY_STATUS:
         return None
     codings = header_tokens(head.headers, b"transfer-encoding")
     if codings:
