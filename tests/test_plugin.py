@@ -108,3 +108,24 @@ def test_wheel_installs_plugin_in_fresh_venv(tmp_path: Path) -> None:
     assert "aistack-tts" in listing.stdout, listing.stdout + listing.stderr
     helptext = run(twist, "aistack-tts", "--help", env=clean_env, cwd=tmp_path)
     assert "--upstream" in helptext.stdout, helptext.stderr
+
+
+def test_port_in_use_exits_with_one_line() -> None:
+    """A --listen port that is taken stops the gateway at start with one line, not a traceback."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = run(
+            str(BIN / "twist"),
+            "aistack-tts",
+            "--listen",
+            f"tcp:{port}:interface=127.0.0.1",
+            timeout=60,
+        )
+    assert result.returncode == 64
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout

@@ -9,6 +9,7 @@ from typing import Any, NoReturn, TypeVar
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 
 from ._config import ConfigError
@@ -19,26 +20,45 @@ _T = TypeVar("_T")
 EX_USAGE = 64
 
 
-def parse_endpoints(reactor: Any, descriptions: Iterable[str]) -> list[IStreamServerEndpoint]:
+#: A ``--listen`` description and the endpoint it names.
+Listen = tuple[str, IStreamServerEndpoint]
+
+
+def parse_endpoints(reactor: Any, descriptions: Iterable[str]) -> list[Listen]:
     """Server endpoints for ``--listen`` descriptions; a bad one raises L{ConfigError}."""
     endpoints = []
     for description in descriptions:
         try:
-            endpoints.append(serverFromString(reactor, description))
+            endpoints.append((description, serverFromString(reactor, description)))
         except (ValueError, KeyError, TypeError) as e:
             raise ConfigError(f"--listen {description!r} is not a valid endpoint ({e})") from None
     return endpoints
 
 
+class _Listener(StreamServerEndpointService):
+    """Listens on one endpoint; a port that cannot be bound ends the program with one line."""
+
+    def __init__(self, program: str, description: str, endpoint: Any, factory: Any) -> None:
+        super().__init__(endpoint, factory)  # type: ignore[no-untyped-call]
+        self._program = program
+        self._description = description
+        # Fail the start (and so the process) when the port cannot be bound.
+        self._raiseSynchronously = True
+
+    def startService(self) -> None:
+        try:
+            super().startService()  # type: ignore[no-untyped-call]
+        except CannotListenError as e:
+            fail(self._program, ConfigError(f"--listen {self._description!r}: {e.socketError}"))
+
+
 def add_listeners(
-    parent: MultiService, endpoints: Iterable[IStreamServerEndpoint], factory: IProtocolFactory
+    program: str, parent: MultiService, endpoints: Iterable[Listen], factory: IProtocolFactory
 ) -> None:
     """One listening service per endpoint under ``parent``."""
-    for endpoint in endpoints:
-        listener = StreamServerEndpointService(endpoint, factory)
-        # Fail the start (and so the process) when a port cannot be bound.
-        listener._raiseSynchronously = True
-        listener.setServiceParent(parent)
+    for description, endpoint in endpoints:
+        listener = _Listener(program, description, endpoint, factory)
+        listener.setServiceParent(parent)  # type: ignore[no-untyped-call]
 
 
 def fail(program: str, error: ConfigError) -> NoReturn:

@@ -7,11 +7,11 @@ from typing import Any
 from attrs import evolve
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
 from ._config import DEFAULT_DRAIN_TIMEOUT, GatewayConfig
-from ._listen import add_listeners, or_fail, parse_endpoints
+from ._listen import Listen, add_listeners, or_fail, parse_endpoints
 from ._proxy import TTSProxy
 
 _log = Logger()
@@ -23,13 +23,13 @@ class GatewayService(MultiService):
     def __init__(
         self,
         proxy: TTSProxy,
-        endpoints: list[IStreamServerEndpoint],
+        endpoints: list[Listen],
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.proxy = proxy
         self.drain_timeout = drain_timeout
-        add_listeners(self, endpoints, proxy.site())
+        add_listeners("aistack-tts", self, endpoints, proxy.site())
 
     def stopService(self) -> Deferred[None]:
         """Graceful drain: stop listening, let calls under way finish, close the pool.
@@ -45,9 +45,7 @@ class GatewayService(MultiService):
 class DemoGatewayService(MultiService):
     """``--demo``: the demo upstream on an ephemeral loopback port, and the gateway in front."""
 
-    def __init__(
-        self, config: GatewayConfig, endpoints: list[IStreamServerEndpoint], reactor: Any
-    ) -> None:
+    def __init__(self, config: GatewayConfig, endpoints: list[Listen], reactor: Any) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._config = config
         self._endpoints = endpoints

@@ -133,7 +133,7 @@ def make_demo_service(settings: DemoSettings, reactor: Any) -> IService:
         model_name=settings.model,
     )
     service = MultiService()
-    add_listeners(service, parse_endpoints(reactor, settings.listen), upstream.site())
+    add_listeners(_PROGRAM, service, parse_endpoints(reactor, settings.listen), upstream.site())
     return service
 
 
