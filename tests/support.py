@@ -157,17 +157,22 @@ def envelope(raw: bytes) -> dict[str, Any]:
     return error
 
 
-def dechunk(body: bytes) -> tuple[bytes, bool]:
+def dechunk(data: bytes) -> tuple[bytes, bool]:
     """Decode a chunked body; also say whether it ended with the terminating chunk."""
-    out = b""
-    while body:
-        size_line, _, rest = body.partition(b"\r\n")
-        size = int(size_line, 16)
+    out = bytearray()
+    pos = 0
+    while True:
+        eol = data.find(b"\r\n", pos)
+        if eol < 0:
+            return bytes(out), False
+        size = int(data[pos:eol].split(b";")[0], 16)
+        start = eol + 2
         if size == 0:
-            return out, True
-        out += rest[:size]
-        body = rest[size + 2 :]
-    return out, False
+            return bytes(out), data.startswith(b"\r\n", start)
+        out += data[start : start + size]
+        if len(data) < start + size + 2:
+            return bytes(out), False
+        pos = start + size + 2
 
 
 class LogCapture:

@@ -42,6 +42,7 @@ from reactor_support import (
     twisted_test,
     until,
 )
+from support import dechunk
 from upstream_server import COOKIE, Event, UpstreamProcess, pattern
 
 pytestmark = [pytest.mark.real_sockets]
@@ -123,23 +124,6 @@ class Response:
         return json.loads(self.body)
 
 
-def _dechunk(data: bytes) -> tuple[bytes, bool]:
-    out = bytearray()
-    pos = 0
-    while True:
-        eol = data.find(b"\r\n", pos)
-        if eol < 0:
-            return bytes(out), False
-        size = int(data[pos:eol].split(b";")[0], 16)
-        start = eol + 2
-        if size == 0:
-            return bytes(out), data.startswith(b"\r\n", start)
-        out += data[start : start + size]
-        if len(data) < start + size + 2:
-            return bytes(out), False
-        pos = start + size + 2
-
-
 def parse_response(raw: bytes) -> Response:
     head, sep, rest = raw.partition(b"\r\n\r\n")
     if not sep:
@@ -151,7 +135,7 @@ def parse_response(raw: bytes) -> Response:
     ]
     response = Response(int(status), reason[0] if reason else b"", headers, rest, True)
     if any(v.lower() == b"chunked" for v in response.header(b"transfer-encoding")):
-        response.body, response.complete = _dechunk(rest)
+        response.body, response.complete = dechunk(rest)
     elif response.header(b"content-length"):
         length = int(response.header(b"content-length")[0])
         response.body, response.complete = rest[:length], len(rest) >= length

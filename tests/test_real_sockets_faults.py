@@ -53,7 +53,7 @@ from reactor_support import (
     twisted_test,
     until,
 )
-from support import LogCapture
+from support import LogCapture, dechunk
 from upstream_server import Event, UpstreamProcess, pattern
 
 pytestmark = [pytest.mark.real_sockets]
@@ -249,23 +249,6 @@ class Seen:
         return [v for n, v in self.headers if n.lower() == name.lower()]
 
 
-def _dechunk(data: bytes) -> tuple[bytes, bool]:
-    out = bytearray()
-    pos = 0
-    while True:
-        eol = data.find(b"\r\n", pos)
-        if eol < 0:
-            return bytes(out), False
-        size = int(data[pos:eol].split(b";")[0], 16)
-        start = eol + 2
-        if size == 0:
-            return bytes(out), data.startswith(b"\r\n", start)
-        out += data[start : start + size]
-        if len(data) < start + size + 2:
-            return bytes(out), False
-        pos = start + size + 2
-
-
 def parse(raw: bytes) -> Seen:
     head, sep, rest = raw.partition(b"\r\n\r\n")
     if not sep:
@@ -276,7 +259,7 @@ def parse(raw: bytes) -> Seen:
     seen = Seen(int(status), reason[0] if reason else b"", headers, rest, True)
     if any(v.lower() == b"chunked" for v in seen.header(b"transfer-encoding")):
         seen.chunked = True
-        seen.body, seen.complete = _dechunk(rest)
+        seen.body, seen.complete = dechunk(rest)
     elif seen.header(b"content-length"):
         length = int(seen.header(b"content-length")[0])
         seen.body, seen.complete = rest[:length], len(rest) >= length
