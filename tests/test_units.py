@@ -9,7 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.defer import DeferredSemaphore
 from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseNeverReceived
 from twisted.web.http_headers import Headers
@@ -18,6 +20,7 @@ import aistack_tts
 from aistack_tts import ConfigError, GatewayConfig, GPUSlot, InvalidRequest
 from aistack_tts._errors import describe, error_for_upstream_failure
 from aistack_tts._headers import end_to_end, upstream_request_headers
+from aistack_tts._listen import DEFAULT_BACKLOG, parse_endpoints
 from aistack_tts._options import Options
 from aistack_tts._slot import estimate_retry_after
 from aistack_tts._target import check_target
@@ -257,3 +260,31 @@ def test_watchdog_fires_after_a_quiet_interval_blaming_the_last_kind() -> None:
     clock.advance(100)
     assert stalls == ["client"]
     assert not clock.getDelayedCalls()
+
+
+# Listening
+
+
+@pytest.mark.parametrize(
+    ("description", "backlog"),
+    [
+        ("tcp:0:interface=127.0.0.1", DEFAULT_BACKLOG),
+        ("tcp6:0:interface=\\:\\:1", DEFAULT_BACKLOG),
+        ("unix:/tmp/aistack-tts.sock", DEFAULT_BACKLOG),
+        ("tcp:0:backlog=7", 7),
+    ],
+)
+def test_listen_backlog_defaults_to_nginx_s(description: str, backlog: int) -> None:
+    """Socket endpoints get a 511 listen backlog unless the description sets one."""
+    reactor = MemoryReactor()
+    [(given_description, endpoint)] = parse_endpoints(reactor, [description])
+    assert given_description == description
+    endpoint.listen(Factory())
+    [server] = reactor.tcpServers or reactor.unixServers
+    assert server[2] == backlog
+
+
+def test_listen_backlog_only_where_an_endpoint_takes_one() -> None:
+    """An endpoint without a backlog (stdio, say) is left as described."""
+    [(_, endpoint)] = parse_endpoints(MemoryReactor(), ["stdio:"])
+    assert type(endpoint).__name__ == "StandardIOEndpoint"

@@ -8,7 +8,13 @@ from typing import Any, NoReturn, TypeVar
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import (
+    SSL4ServerEndpoint,
+    TCP4ServerEndpoint,
+    TCP6ServerEndpoint,
+    UNIXServerEndpoint,
+    serverFromString,
+)
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 
@@ -23,16 +29,31 @@ EX_USAGE = 64
 #: A ``--listen`` description and the endpoint it names.
 Listen = tuple[str, IStreamServerEndpoint]
 
+#: Listen backlog where a description does not give one: nginx's default. Twisted's 50 makes
+#: a burst of clients (200 connecting at once, say) wait ~1 s for SYN retransmissions.
+DEFAULT_BACKLOG = 511
+
+#: Endpoints whose description takes ``backlog=``.
+_BACKLOGGED = (TCP4ServerEndpoint, TCP6ServerEndpoint, SSL4ServerEndpoint, UNIXServerEndpoint)
+
 
 def parse_endpoints(reactor: Any, descriptions: Iterable[str]) -> list[Listen]:
-    """Server endpoints for ``--listen`` descriptions; a bad one raises L{ConfigError}."""
-    endpoints = []
-    for description in descriptions:
-        try:
-            endpoints.append((description, serverFromString(reactor, description)))
-        except (ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"--listen {description!r} is not a valid endpoint ({e})") from None
-    return endpoints
+    """Server endpoints for ``--listen`` descriptions; a bad one raises L{ConfigError}.
+
+    Socket endpoints get a listen backlog of L{DEFAULT_BACKLOG} unless the description sets
+    ``backlog=``.
+    """
+    return [(description, _endpoint(reactor, description)) for description in descriptions]
+
+
+def _endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
+    try:
+        endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
+        if isinstance(endpoint, _BACKLOGGED) and "backlog=" not in description:
+            endpoint = serverFromString(reactor, f"{description}:backlog={DEFAULT_BACKLOG}")
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"--listen {description!r} is not a valid endpoint ({e})") from None
+    return endpoint
 
 
 class _Listener(StreamServerEndpointService):
