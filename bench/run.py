@@ -92,6 +92,11 @@ TWISTED = "twisted.web.proxy"
 NGINX = "nginx"
 CONTENDERS = (DIRECT, AISTACK, TWISTED, NGINX)
 GATEWAYS = (AISTACK, TWISTED, NGINX)
+# Floors (bench/floors.py): Twisted with no gateway logic, run in the same rounds.
+WEB_FLOOR = "bare twisted.web"
+AGENT_FLOOR = "twisted.web + Agent"
+RELAY_FLOOR = "byte relay"
+FLOOR_KINDS = {WEB_FLOOR: "web", AGENT_FLOOR: "agent", RELAY_FLOOR: "relay"}
 
 TTFB_GOAL_MS = 1.0
 BUSY_P99_GOAL_MS = 5.0
@@ -357,6 +362,13 @@ def start_twisted(upstream: Upstream, workdir: Path) -> Contender:
     script = ROOT / "tests" / "gateway_process.py"
     command = [sys.executable, str(script), "--upstream-port", str(upstream.port), "--port", "0"]
     return _start(TWISTED, command, workdir)
+
+
+def start_floor(name: str, upstream: Upstream, workdir: Path) -> Contender:
+    script = BENCH / "floors.py"
+    kind = FLOOR_KINDS[name]
+    command = [sys.executable, str(script), kind, "--upstream-port", str(upstream.port)]
+    return _start(name, command, workdir)
 
 
 def _start(name: str, command: list[str], workdir: Path) -> Contender:
@@ -694,6 +706,7 @@ class Settings:
     nginx_workers: int
     nginx_buffer: str
     loadgen: str
+    floors: bool
 
 
 class Bench:
@@ -715,13 +728,23 @@ class Bench:
             return start_aistack(self.upstream, self.workdir, slots)
         if name == TWISTED:
             return start_twisted(self.upstream, self.workdir)
+        if name in FLOOR_KINDS:
+            return start_floor(name, self.upstream, self.workdir)
         return start_nginx(self.upstream, self.workdir, self.s.nginx_workers, self.s.nginx_buffer)
 
-    def ensure_started(self) -> None:
-        for name in self.names:
+    def ensure_started(self, floors: Sequence[str] = ()) -> list[str]:
+        """Start the contenders (and ``floors`` if the floors are on); who takes part."""
+        names = [*self.names, *(floors if self.s.floors else ())]
+        for name in names:
             if name not in self.contenders:
                 self.contenders[name] = contender = self.start_contender(name)
-                self.warm(contender)
+                if name != WEB_FLOOR:  # it only answers voices and 503s
+                    self.warm(contender)
+        return names
+
+    def split_floors(self, by_name: dict[str, Any]) -> dict[str, Any]:
+        """Take the floors' entries out of ``by_name`` (the table shows contenders only)."""
+        return {name: by_name.pop(name) for name in FLOOR_KINDS if name in by_name}
 
     def warm(self, contender: Contender) -> None:
         for _ in range(3):
@@ -740,15 +763,15 @@ class Bench:
     def voices(self) -> None:
         s = self.s
         load = run_wrk if s.loadgen == "wrk" else run_python_load
-        self.ensure_started()
+        names = self.ensure_started([WEB_FLOOR, AGENT_FLOOR])
         runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
         for connections in (1, 16):
             key = f"{connections}conn"
-            runs[key] = {name: [] for name in self.names}
-            for name in self.names:  # warm-up, not recorded
+            runs[key] = {name: [] for name in names}
+            for name in names:  # warm-up, not recorded
                 load(self.contenders[name].port, connections, min(1.0, s.wrk_seconds))
             for turn in range(s.repeat):
-                for name in rotated(self.names, turn):
+                for name in rotated(names, turn):
                     log(f"1: voices, {connections} conn, round {turn + 1}/{s.repeat}: {name}")
                     runs[key][name].append(
                         load(self.contenders[name].port, connections, s.wrk_seconds)
@@ -775,6 +798,9 @@ class Bench:
                         * 1e6
                     )
                 summary[key][name] = entry
+        floors = {key: self.split_floors(by_name) for key, by_name in summary.items()}
+        if s.floors:
+            self.results.setdefault("floors", {})["1"] = floors
         self.results["1"] = {
             "what": "GET /v1/audio/voices, closed loop; aistack-tts with --slots 16",
             "loadgen": "wrk -t1 --latency" if s.loadgen == "wrk" else "python (in the harness)",
@@ -788,11 +814,11 @@ class Bench:
 
     def throughput(self) -> None:
         s = self.s
-        self.ensure_started()
+        names = self.ensure_started([AGENT_FLOOR, RELAY_FLOOR])
         size = s.stream_mb * MB
-        rows: dict[str, list[dict[str, float]]] = {name: [] for name in self.names}
+        rows: dict[str, list[dict[str, float]]] = {name: [] for name in names}
         for turn in range(s.repeat):
-            for name in rotated(self.names, turn):
+            for name in rotated(names, turn):
                 log(f"2: {s.stream_mb} MB stream, round {turn + 1}/{s.repeat}: {name}")
                 contender = self.contenders[name]
                 pids = contender.pids()
@@ -836,6 +862,10 @@ class Bench:
                 "upstream_cpu_s_per_gb": sum(r["upstream_cpu_s"] for r in runs) / streamed,
                 "client_cpu_s_per_gb": sum(r["client_cpu_s"] for r in runs) / streamed,
             }
+        if s.floors:
+            self.results.setdefault("floors", {}).update(
+                {"2": self.split_floors(summary), "7": self.split_floors(cpu)}
+            )
         self.results["2"] = {
             "what": f"{s.stream_mb} MB speech response, chunked in 64 KiB chunks, read to EOF",
             "bytes": size,
@@ -1042,6 +1072,8 @@ class Bench:
             capacity = capacity_still_one(port, self.buffer)
         finally:
             gateway.stop()
+        if s.floors:
+            self.floor_bursts()
         latencies = [x for b in bursts for x in b["latencies_ms"]]
         counts_ok = all(b["status"].get("503", 0) == s.burst for b in bursts)
         intact = (
@@ -1074,6 +1106,27 @@ class Bench:
             "sequential_ms": [round(x, 4) for x in sequential],
             "after_each_burst": checks,
             "capacity_check": capacity,
+        }
+
+    def floor_bursts(self) -> None:
+        """Scenario 6's burst against a bare twisted.web answering a fixed 503."""
+        s = self.s
+        floor = start_floor(WEB_FLOOR, self.upstream, self.workdir)
+        try:
+            bursts = []
+            for turn in range(s.repeat):
+                log(f"6: {s.burst} requests against {WEB_FLOOR}, round {turn + 1}/{s.repeat}")
+                bursts.append(burst(floor.port, s.burst))
+        finally:
+            floor.stop()
+        latencies = [x for b in bursts for x in b["latencies_ms"]]
+        self.results.setdefault("floors", {})["6"] = {
+            WEB_FLOOR: {
+                "p50_ms": median(latencies),
+                "p99_ms": p99(latencies),
+                "all_503": all(b["status"].get("503", 0) == s.burst for b in bursts),
+                "slow_connects": sum(b["slow_connects"] for b in bursts),
+            }
         }
 
 
@@ -1453,6 +1506,53 @@ def build(results: dict[str, Any], names: list[str]) -> tuple[list[Row], list[Ta
     return rows, targets
 
 
+def render_floors(results: dict[str, Any]) -> str:
+    """The floors beside aistack-tts and the target, one line per measure."""
+    floors = results.get("floors")
+    if not floors:
+        return ""
+    lines = [
+        "Twisted floors, measured in the same rounds (bench/floors.py; no gateway logic at all):"
+    ]
+
+    def us(entry: dict[str, Any] | None) -> str:
+        return "-" if entry is None else f"{entry['added_p50_us']:.0f} us"
+
+    for key, label in (("1conn", "1 conn"), ("16conn", "16 conns")):
+        if key not in floors.get("1", {}):
+            continue
+        floor, main = floors["1"][key], results["1"]["summary"][key]
+        twisted = main.get(TWISTED)
+        target = f"{twisted['added_p50_us'] / 2:.0f} us" if twisted else "-"
+        lines.append(
+            f"  1  voices, {label}, added p50: {WEB_FLOOR} {us(floor.get(WEB_FLOOR))}, "
+            f"{AGENT_FLOOR} {us(floor.get(AGENT_FLOOR))}; aistack-tts {us(main.get(AISTACK))} "
+            f"(target {target})"
+        )
+    if "2" in floors and "2" in results:
+        floor, main = floors["2"], results["2"]["summary"]
+        cells = [f"{n} {e['mb_per_s']:.0f}" for n, e in floor.items()]
+        cells += [f"{n} {main[n]['mb_per_s']:.0f}" for n in (AISTACK, NGINX) if n in main]
+        lines.append(f"  2  MB/s: {', '.join(cells)}")
+    if "7" in floors and "7" in results:
+        floor, main = floors["7"], results["7"]["summary"]
+        cells = [f"{n} {e['gateway_cpu_s_per_gb']:.2f}" for n, e in floor.items()]
+        cells += [
+            f"{n} {main[n]['gateway_cpu_s_per_gb']:.2f}" for n in (AISTACK, NGINX) if n in main
+        ]
+        lines.append(f"  7  CPU s per GB: {', '.join(cells)}")
+    if "6" in floors:
+        floor = floors["6"][WEB_FLOOR]
+        main = results.get("6", {}).get("summary", {}).get(AISTACK)
+        ours = f"; aistack-tts {main['p50_ms']:.1f} / {main['p99_ms']:.1f} ms" if main else ""
+        lines.append(
+            f"  6  {WEB_FLOOR} answering a fixed 503 to the same bursts: p50 / p99 "
+            f"{floor['p50_ms']:.1f} / {floor['p99_ms']:.1f} ms{ours} (target p99 "
+            f"{BUSY_P99_GOAL_MS:.0f} ms)"
+        )
+    return "\n".join(lines)
+
+
 def render(rows: list[Row], names: list[str]) -> str:
     widths = {n: max(len(n), *(len(r.cells.get(n, "")) for r in rows)) for n in names}
     metric_w = max(len("scenario / metric"), *(len(r.metric) + 3 for r in rows))
@@ -1711,6 +1811,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nginx-workers", type=int, default=1)
     parser.add_argument("--nginx-buffer", default="64k", help="nginx proxy_buffer_size")
     parser.add_argument("--no-nginx", action="store_true")
+    parser.add_argument(
+        "--no-floors", action="store_true", help="leave out bench/floors.py's Twisted floors"
+    )
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--results", type=Path, default=BENCH / "results")
     args = parser.parse_args(argv)
@@ -1741,6 +1844,7 @@ def main(argv: list[str] | None = None) -> None:
         nginx_workers=args.nginx_workers,
         nginx_buffer=args.nginx_buffer,
         loadgen=loadgen,
+        floors=not args.no_floors,
     )
     notes: list[str] = []
     names = list(CONTENDERS)
@@ -1823,6 +1927,8 @@ def main(argv: list[str] | None = None) -> None:
         missed = [t for t in targets if not t.passed]
         for t in missed:
             text += f"\n  missed: scenario {t.scenario}, {t.target}: {t.value}"
+    if floors := render_floors(bench.results):
+        text += f"\n\n{floors}"
     report["table"] = text
     print(text)
     args.results.mkdir(parents=True, exist_ok=True)
