@@ -883,19 +883,19 @@ class Bench:
 
     def first_bytes(self) -> None:
         s = self.s
-        self.ensure_started()
+        names = self.ensure_started([AGENT_FLOOR, RELAY_FLOOR])
         variants = {
             "late_head": speech(38400, chunk=3840, delay=0.1),
             "early_head": speech(38400, chunk=3840, delay=0.1, head="early"),
         }
         samples: dict[str, dict[str, list[float]]] = {
-            v: {name: [] for name in self.names} for v in variants
+            v: {name: [] for name in names} for v in variants
         }
         for trial in range(s.ttfb_trials):
             if trial % 10 == 0:
                 log(f"3: first byte after 100 ms, trial {trial + 1}/{s.ttfb_trials}")
             for variant, target in variants.items():
-                for name in rotated(self.names, trial):
+                for name in rotated(names, trial):
                     samples[variant][name].append(first_byte(self.contenders[name].port, target))
         summary: dict[str, Any] = {}
         for variant, by_name in samples.items():
@@ -907,6 +907,9 @@ class Bench:
                     entry["added_p50_ms"] = (median(values) - median(direct)) * 1e3
                     entry["added_p99_ms"] = (p99(values) - p99(direct)) * 1e3
                 summary[variant][name] = entry
+        floors = {variant: self.split_floors(by_name) for variant, by_name in summary.items()}
+        if s.floors:
+            self.results.setdefault("floors", {})["3"] = floors
         self.results["3"] = {
             "what": "time from sending the request to the first body byte; the upstream waits "
             "100 ms before its first 3840-byte chunk (late_head: the status line comes with "
@@ -1528,6 +1531,16 @@ def render_floors(results: dict[str, Any]) -> str:
             f"  1  voices, {label}, added p50: {WEB_FLOOR} {us(floor.get(WEB_FLOOR))}, "
             f"{AGENT_FLOOR} {us(floor.get(AGENT_FLOOR))}; aistack-tts {us(main.get(AISTACK))} "
             f"(target {target})"
+        )
+    for variant, label in (("late_head", "head+audio"), ("early_head", "head early")):
+        if variant not in floors.get("3", {}):
+            continue
+        floor, main = floors["3"][variant], results["3"]["summary"][variant]
+        cells = [f"{n} {e['added_p50_ms']:.2f}" for n, e in floor.items()]
+        cells += [f"{n} {main[n]['added_p50_ms']:.2f}" for n in (AISTACK, NGINX) if n in main]
+        lines.append(
+            f"  3  first byte ({label}), added p50 ms: {', '.join(cells)} "
+            f"(target {TTFB_GOAL_MS:.0f})"
         )
     if "2" in floors and "2" in results:
         floor, main = floors["2"], results["2"]["summary"]
