@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -23,20 +23,15 @@ from attrs import field, frozen
 from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.interfaces import (
-    IDelayedCall,
-    IListeningPort,
-    IPushProducer,
-    IReactorTime,
-)
+from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException
-from zope.interface import implementer
 
+from ._pacing import PacedFrames
 from ._stream import (
     DemoRoot,
     StreamConfig,
@@ -277,9 +272,8 @@ def _sse_event(payload: Mapping[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
 
-@implementer(IPushProducer)
 class _Generation:
-    """One utterance being made: a frame per tick, paused with the client's socket.
+    """One utterance being made, a frame at a time by a L{PacedFrames}.
 
     Streamed, each frame is written as it is made (the first one behind the WAV header);
     otherwise frames are kept and the whole file is the result of ``start()``'s Deferred.
@@ -296,18 +290,20 @@ class _Generation:
     ) -> None:
         self._request = request
         self._speech = speech
-        self._clock = clock
-        self._first_chunk_delay = first_chunk_delay
-        self._frame_interval = frame_interval
         renderer = synthesize(speech.input, speech.voice, speech.speed)
         self.total_frames = renderer.total_frames
-        self._frames: Iterator[bytes] = renderer.frames()
+        self._pacer = PacedFrames(
+            clock=clock,
+            first_chunk_delay=first_chunk_delay,
+            frame_interval=frame_interval,
+            frames=renderer.frames(),
+            total_frames=renderer.total_frames,
+            on_frame=self._frame,
+            on_finish=self._complete,
+            on_abort=self._aborted,
+        )
         self._kept: list[bytes] = []
-        self._call: IDelayedCall | None = None
         self._done: Deferred[bytes | None] = Deferred(self._cancelled)
-        self.frames_made = 0
-        self.paused = False
-        self.stopped = False
 
     def start(self) -> Deferred[bytes | None]:
         """Begin after the first-chunk delay; fires when the answer is complete."""
@@ -319,22 +315,12 @@ class _Generation:
             else:
                 content_type = _CONTENT_TYPES[self._speech.response_format]
                 self._request.setHeader(b"content-type", content_type)
-            self._request.registerProducer(self, True)
-        self._schedule(self._first_chunk_delay)
+            self._request.registerProducer(self._pacer, True)
+        self._pacer.start()
         return self._done
 
-    # The generation loop.
-
-    def _schedule(self, delay: float) -> None:
-        self._call = self._clock.callLater(delay, self._tick)
-
-    def _tick(self) -> None:
-        self._call = None
-        if self.stopped or self.paused:
-            return
-        frame = next(self._frames)
-        self.frames_made += 1
-        if self.frames_made == 1 and self._speech.response_format == "wav":
+    def _frame(self, frame: bytes) -> None:
+        if self._pacer.frames_made == 1 and self._speech.response_format == "wav":
             # Streamed, the length is not known yet; kept, it is exactly the frames to come.
             size = None if self._speech.stream else self.total_frames * len(frame)
             frame = wav_header(size) + frame
@@ -342,13 +328,6 @@ class _Generation:
             self._emit(frame)
         else:
             self._kept.append(frame)
-        if self.stopped:
-            return
-        if self.frames_made >= self.total_frames:
-            self._complete()
-        elif not self.paused:
-            # A write above may have paused us; resumeProducing schedules the next frame then.
-            self._schedule(self._frame_interval)
 
     def _emit(self, data: bytes) -> None:
         if self._speech.sse:
@@ -357,11 +336,11 @@ class _Generation:
         self._request.write(data)
 
     def _complete(self) -> None:
-        self.stopped = True
+        frames_made = self._pacer.frames_made
         log.info(
             "speech generated: {frames} frames ({seconds:.2f} s of audio) in voice {voice}",
-            frames=self.frames_made,
-            seconds=self.frames_made * FRAME_SECONDS,
+            frames=frames_made,
+            seconds=frames_made * FRAME_SECONDS,
             voice=self._speech.voice.name,
         )
         if not self._speech.stream:
@@ -375,58 +354,29 @@ class _Generation:
             tokens = max(1, len(self._speech.input) // 4)
             usage = {
                 "input_tokens": tokens,
-                "output_tokens": self.frames_made,
-                "total_tokens": tokens + self.frames_made,
+                "output_tokens": frames_made,
+                "total_tokens": tokens + frames_made,
             }
             self._request.write(_sse_event({"type": "speech.audio.done", "usage": usage}))
         self._request.unregisterProducer()
         self._done.callback(None)
 
-    def _abort(self, why: str) -> None:
-        if self.stopped:
-            return
-        self.stopped = True
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
+    def _aborted(self) -> None:
         self._kept.clear()
         log.info(
             "speech generation aborted: {why} after {frames} frames",
-            why=why,
-            frames=self.frames_made,
+            why="client disconnected",
+            frames=self._pacer.frames_made,
             total_frames=self.total_frames,
             voice=self._speech.voice.name,
         )
 
     def _client_gone(self, reason: Failure) -> None:
-        self._abort("client disconnected")
+        self._pacer.stop()
 
     def _cancelled(self, d: Deferred[bytes | None]) -> None:
         # Klein cancels the route's Deferred when the client leaves; nothing more to say then.
-        self._abort("client disconnected")
-
-    # IPushProducer, for the client's socket.
-
-    def pauseProducing(self) -> None:
-        """The client is not reading: make no more frames until it does."""
-        if self.paused:
-            return
-        self.paused = True
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-
-    def resumeProducing(self) -> None:
-        """The client drained its buffer: go on with the next frame."""
-        if not self.paused:
-            return
-        self.paused = False
-        if not self.stopped and self._call is None:
-            self._schedule(self._frame_interval if self.frames_made else self._first_chunk_delay)
-
-    def stopProducing(self) -> None:
-        """The connection is going away."""
-        self._abort("client disconnected")
+        self._pacer.stop()
 
 
 # --- /v1/audio/voices ----------------------------------------------------------------------

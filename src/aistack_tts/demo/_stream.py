@@ -21,18 +21,19 @@ from __future__ import annotations
 import json
 import re
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from attrs import frozen
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from zope.interface import implementer
 
+from ._pacing import PacedFrames
 from ._synth import CHANNELS, FRAME_SECONDS, SAMPLE_RATE, VoiceProfile, synthesize
 
 log = Logger(namespace="aistack_tts.demo")
@@ -99,84 +100,11 @@ class StreamSettings:
 
 
 @implementer(IPushProducer)
-class _Sentence:
-    """One sentence being spoken: a frame per tick, paused with the client's socket."""
-
-    def __init__(
-        self,
-        session: SpeechStreamProtocol,
-        settings: StreamSettings,
-        text: str,
-        config: StreamConfig,
-        index: int,
-    ) -> None:
-        self._session = session
-        self._settings = settings
-        self.index = index
-        renderer = synthesize(text, config.voice, config.speed)
-        self.total_frames = renderer.total_frames
-        self._frames: Iterator[bytes] = renderer.frames()
-        self._call: IDelayedCall | None = None
-        self.frames_made = 0
-        self.paused = False
-        self.stopped = False
-
-    def start(self) -> None:
-        self._schedule(self._settings.first_chunk_delay)
-
-    def _schedule(self, delay: float) -> None:
-        self._call = self._settings.clock.callLater(delay, self._tick)
-
-    def _tick(self) -> None:
-        self._call = None
-        if self.stopped or self.paused:
-            return
-        self.frames_made += 1
-        self._session.sendMessage(next(self._frames), isBinary=True)  # type: ignore[no-untyped-call]
-        if self.stopped:
-            return
-        if self.frames_made >= self.total_frames:
-            self.stopped = True
-            self._session._sentence_done(self)
-        elif not self.paused:
-            # A write above may have paused us; resumeProducing schedules the next frame then.
-            self._schedule(self._settings.frame_interval)
-
-    def stop(self) -> None:
-        self.stopped = True
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-
-    # IPushProducer, for the client's socket.
-
-    def pauseProducing(self) -> None:
-        """The client is not reading: make no more frames until it does."""
-        self.paused = True
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-
-    def resumeProducing(self) -> None:
-        """The client drained its buffer: go on with the next frame."""
-        if not self.paused:
-            return
-        self.paused = False
-        if not self.stopped and self._call is None:
-            delay = self._settings.frame_interval
-            self._schedule(delay if self.frames_made else self._settings.first_chunk_delay)
-
-    def stopProducing(self) -> None:
-        """The connection is going away (``onClose`` reports it)."""
-        self.stop()
-
-
-@implementer(IPushProducer)
 class _Throttle:
     """The session's producer on its socket: passes pause and resume to the current sentence."""
 
     def __init__(self) -> None:
-        self.sentence: _Sentence | None = None
+        self.sentence: PacedFrames | None = None
         self.paused = False
 
     def pauseProducing(self) -> None:
@@ -205,7 +133,8 @@ class SpeechStreamProtocol(WebSocketServerProtocol):
         self._splitter = SentenceSplitter()
         # Sentences to speak, and None where an input.done ends an utterance.
         self._queue: deque[str | None] = deque()
-        self._sentence: _Sentence | None = None
+        #: The sentence being spoken (its index is ``_sentence_index``).
+        self._sentence: PacedFrames | None = None
         self._throttle = _Throttle()
         self._utterance_index = 0
         self._sentence_index = 0
@@ -278,12 +207,21 @@ class SpeechStreamProtocol(WebSocketServerProtocol):
                 self._sentence_index = 0
                 continue
             assert self._config is not None
-            sentence = _Sentence(self, self._settings, text, self._config, self._sentence_index)
+            renderer = synthesize(text, self._config.voice, self._config.speed)
+            sentence = PacedFrames(
+                clock=self._settings.clock,
+                first_chunk_delay=self._settings.first_chunk_delay,
+                frame_interval=self._settings.frame_interval,
+                frames=renderer.frames(),
+                total_frames=renderer.total_frames,
+                on_frame=self._send_audio,
+                on_finish=self._sentence_done,
+            )
             self._send_event(
                 {
                     "type": "audio.start",
                     "utterance_index": self._utterance_index,
-                    "sentence_index": sentence.index,
+                    "sentence_index": self._sentence_index,
                     "sentence_text": text,
                     "format": self._config.response_format,
                     "sample_rate": SAMPLE_RATE,
@@ -295,23 +233,28 @@ class SpeechStreamProtocol(WebSocketServerProtocol):
                 sentence.pauseProducing()
             sentence.start()
 
-    def _sentence_done(self, sentence: _Sentence) -> None:
-        self._sentence = self._throttle.sentence = None
+    def _sentence_done(self) -> None:
+        sentence, self._sentence = self._sentence, None
+        assert sentence is not None
+        self._throttle.sentence = None
         self._send_event(
             {
                 "type": "audio.done",
                 "utterance_index": self._utterance_index,
-                "sentence_index": sentence.index,
+                "sentence_index": self._sentence_index,
             }
         )
         log.info(
             "speech stream sentence {index} generated: {frames} frames ({seconds:.2f} s)",
-            index=sentence.index,
+            index=self._sentence_index,
             frames=sentence.frames_made,
             seconds=sentence.frames_made * FRAME_SECONDS,
         )
         self._sentence_index += 1
         self._next()
+
+    def _send_audio(self, frame: bytes) -> None:
+        self.sendMessage(frame, isBinary=True)  # type: ignore[no-untyped-call]
 
     def _send_event(self, event: Mapping[str, Any]) -> None:
         self.sendMessage(json.dumps(event).encode("utf-8"), isBinary=False)  # type: ignore[no-untyped-call]
@@ -330,7 +273,7 @@ class SpeechStreamProtocol(WebSocketServerProtocol):
         self._splitter.flush()
         if sentence is not None:
             sentence.stop()
-            return sentence.index, sentence.frames_made
+            return self._sentence_index, sentence.frames_made
         return (self._sentence_index, 0) if pending else None
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
