@@ -773,9 +773,14 @@ class Bench:
             for turn in range(s.repeat):
                 for name in rotated(names, turn):
                     log(f"1: voices, {connections} conn, round {turn + 1}/{s.repeat}: {name}")
-                    runs[key][name].append(
-                        load(self.contenders[name].port, connections, s.wrk_seconds)
-                    )
+                    pids = self.contenders[name].pids()
+                    cpu = cpu_seconds(pids)
+                    run = load(self.contenders[name].port, connections, s.wrk_seconds)
+                    if pids and run.get("requests"):
+                        run["cpu_us_per_request"] = (
+                            (cpu_seconds(pids) - cpu) / run["requests"] * 1e6
+                        )
+                    runs[key][name].append(run)
         summary: dict[str, Any] = {}
         for key, by_name in runs.items():
             direct = by_name.get(DIRECT, [])
@@ -788,6 +793,8 @@ class Bench:
                     "non_2xx": sum(r["non_2xx"] for r in rounds),
                     "socket_errors": sum(r["socket_errors"] for r in rounds),
                 }
+                if all("cpu_us_per_request" in r for r in rounds):
+                    entry["cpu_us_per_request"] = median([r["cpu_us_per_request"] for r in rounds])
                 if name != DIRECT and direct:
                     entry["added_p50_us"] = (
                         median([r["p50"] - d["p50"] for r, d in zip(rounds, direct, strict=True)])
@@ -1317,6 +1324,17 @@ def build(results: dict[str, Any], names: list[str]) -> tuple[list[Row], list[Ta
                     {n: fmt(e["rps"], 0) for n, e in summary.items()},
                 )
             )
+            rows.append(
+                Row(
+                    "1",
+                    "  gateway CPU per request (us)",
+                    {
+                        n: fmt(e["cpu_us_per_request"], 0)
+                        for n, e in summary.items()
+                        if "cpu_us_per_request" in e
+                    },
+                )
+            )
     if "2" in results:
         summary = results["2"]["summary"]
         row = Row(
@@ -1519,7 +1537,10 @@ def render_floors(results: dict[str, Any]) -> str:
     ]
 
     def us(entry: dict[str, Any] | None) -> str:
-        return "-" if entry is None else f"{entry['added_p50_us']:.0f} us"
+        if entry is None:
+            return "-"
+        cpu = entry.get("cpu_us_per_request")
+        return f"{entry['added_p50_us']:.0f} us" + (f" (CPU {cpu:.0f} us)" if cpu else "")
 
     for key, label in (("1conn", "1 conn"), ("16conn", "16 conns")):
         if key not in floors.get("1", {}):
