@@ -74,11 +74,11 @@ class _ExactAgent(Agent):
     ``/v1/audio/..;`` into ``/v1/audio/..``. This is ``Agent.request`` with the raw target.
     """
 
-    _endpoints: dict[tuple[bytes, bytes, int], IStreamClientEndpoint]
+    _origins: dict[bytes, tuple[URI, IStreamClientEndpoint]]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
-        self._endpoints = {}
+        self._origins = {}
 
     def request(
         self,
@@ -87,21 +87,33 @@ class _ExactAgent(Agent):
         headers: Headers | None = None,
         bodyProducer: IBodyProducer | None = None,
     ) -> Deferred[IResponse]:
-        parsed = URI.fromBytes(uri)
-        key = (parsed.scheme, parsed.host, parsed.port)
-        # One endpoint per upstream, reused: making one per request (Agent's way) costs an
-        # IDNA encoding of the host each time, a few percent of a small call.
-        endpoint = self._endpoints.get(key)
-        if endpoint is None:
+        scheme_end = uri.find(b"://")
+        authority_end = uri.find(b"/", scheme_end + 3) if scheme_end >= 0 else -1
+        origin, target = (
+            (uri[:authority_end], uri[authority_end:]) if authority_end >= 0 else (uri, b"/")
+        )
+        # One parsed origin and one endpoint per upstream, reused: parsing every URL, and
+        # making an endpoint per request (Agent's way, with an IDNA encoding of the host), cost
+        # several percent of a small call.
+        known = self._origins.get(origin)
+        if known is None:
+            parsed = URI.fromBytes(origin)
             try:
                 endpoint = self._getEndpoint(parsed)  # type: ignore[no-untyped-call]
             except SchemeNotSupported:
                 return fail()
-            self._endpoints[key] = endpoint
-        authority_end = uri.find(b"/", len(parsed.scheme) + len(b"://"))
-        target = uri[authority_end:] if authority_end >= 0 else b"/"
+            known = self._origins[origin] = (parsed, endpoint)
+        base, endpoint = known
+        # The request's own URI (Request.absoluteURI), made without parsing the target again.
+        parsed = URI(base.scheme, base.netloc, base.host, base.port, target, b"", b"", b"")
         requested: Deferred[IResponse] = self._requestWithEndpoint(
-            key, endpoint, method, parsed, headers, bodyProducer, target
+            (base.scheme, base.host, base.port),
+            endpoint,
+            method,
+            parsed,
+            headers,
+            bodyProducer,
+            target,
         )
         return requested
 
