@@ -130,6 +130,10 @@ class Forward(Resource):
             for name, values in response.headers.getAllRawHeaders():
                 if name.lower() not in HOP:
                     request.responseHeaders.setRawHeaders(name, values)
+            # The Agent moves Content-Length into response.length; without it twisted.web
+            # would chunk the answer (more work than the gateway does).
+            if isinstance(response.length, int):
+                request.setHeader(b"content-length", b"%d" % response.length)
             response.deliverBody(_Pump(request))
 
         def failed(reason: Failure) -> None:

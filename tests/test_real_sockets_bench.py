@@ -1,0 +1,155 @@
+"""The benchmark's own pieces, so that ``bench/run.py`` measures what it says it measures.
+
+The Twisted floors (``bench/floors.py``) answer like the upstream they stand in front of, the
+wrk parser reads wrk's output, and the floors' summary names the right numbers. Real sockets:
+``bench/fast_upstream.py`` and each floor run as processes on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import run  # noqa: E402
+
+pytestmark = [pytest.mark.real_sockets]
+
+FLOORS = (run.WEB_FLOOR, run.AGENT_FLOOR, run.RELAY_FLOOR)
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[run.Upstream]:
+    up = run.Upstream(tmp_path_factory.mktemp("upstream"))
+    yield up
+    up.stop()
+
+
+@pytest.fixture(scope="module")
+def floors(
+    upstream: run.Upstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, run.Contender]]:
+    workdir = tmp_path_factory.mktemp("floors")
+    started: dict[str, run.Contender] = {}
+    try:
+        for name in FLOORS:
+            started[name] = run.start_floor(name, upstream, workdir)
+        yield started
+    finally:
+        for contender in started.values():
+            contender.stop()
+
+
+def get(port: int, target: str) -> bytes:
+    """The whole answer to ``GET target`` with ``Connection: close``."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while more := sock.recv(65536):
+            data += more
+    return data
+
+
+def body_of(answer: bytes) -> bytes:
+    return answer.split(b"\r\n\r\n", 1)[1]
+
+
+@pytest.mark.parametrize("name", FLOORS)
+def test_every_floor_answers_voices_like_the_upstream(
+    upstream: run.Upstream, floors: dict[str, run.Contender], name: str
+) -> None:
+    """The same body as the upstream's own, through each floor."""
+    direct = get(upstream.port, "/v1/audio/voices")
+    answer = get(floors[name].port, "/v1/audio/voices")
+    assert run.status_of(answer) == 200
+    assert body_of(answer) == body_of(direct)
+    assert b'"vivian"' in body_of(answer)
+
+
+def test_bare_floor_refuses_speech_with_a_503_envelope(floors: dict[str, run.Contender]) -> None:
+    """What scenario 6's burst meets: a 503 gpu_busy with Retry-After, at once."""
+    result = run.burst(floors[run.WEB_FLOOR].port, 5)
+    assert result["status"] == {"503": 5}
+    assert result["gpu_busy_bodies"] == 5
+    answer = get(floors[run.WEB_FLOOR].port, "/v1/audio/speech")
+    assert b"\r\nRetry-After: 1\r\n" in answer.split(b"\r\n\r\n")[0] + b"\r\n"
+
+
+@pytest.mark.parametrize("name", [run.AGENT_FLOOR, run.RELAY_FLOOR])
+def test_forwarding_floors_stream_a_whole_response(
+    floors: dict[str, run.Contender], name: str
+) -> None:
+    """Scenario 2's transfer through a forwarding floor ends with the last chunk, every byte."""
+    size = 4 * run.MiB
+    result = run.transfer(floors[name].port, run.speech(size), memoryview(bytearray(1 << 20)))
+    assert result.status == 200
+    assert result.complete
+    assert result.body_bytes >= size
+
+
+WRK_OUTPUT = """\
+Running 2s test @ http://127.0.0.1:8000/v1/audio/voices
+  1 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     5.10ms    2.00ms  30.00ms   90.00%
+  Latency Distribution
+     50%  512.00us
+     75%    4.50ms
+     90%    6.00ms
+     99%    1.20s
+  6170 requests in 2.00s, 1.50MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 7
+Requests/sec:   3085.00
+Transfer/sec:    750.00KB
+"""
+
+
+def test_parse_wrk_reads_percentiles_rates_and_errors() -> None:
+    result = run.parse_wrk(WRK_OUTPUT)
+    assert result["p50"] == pytest.approx(512e-6)
+    assert result["p75"] == pytest.approx(4.5e-3)
+    assert result["p99"] == pytest.approx(1.2)
+    assert result["rps"] == 3085.0
+    assert result["requests"] == 6170
+    assert result["non_2xx"] == 7
+    assert result["socket_errors"] == 3
+
+
+def test_parse_wrk_refuses_output_without_latencies() -> None:
+    with pytest.raises(RuntimeError, match="p50"):
+        run.parse_wrk("Requests/sec: 10\n")
+
+
+def test_render_floors_puts_each_floor_beside_aistack_and_the_target() -> None:
+    def added(p50: float, cpu: float) -> dict[str, float]:
+        return {"added_p50_us": p50, "cpu_us_per_request": cpu}
+
+    results = {
+        "1": {
+            "summary": {
+                "1conn": {run.AISTACK: added(480, 490), run.TWISTED: added(420, 470)},
+                "16conn": {run.AISTACK: added(4800, 330), run.TWISTED: added(5400, 350)},
+            }
+        },
+        "floors": {
+            "1": {
+                "1conn": {run.WEB_FLOOR: added(55, 88), run.AGENT_FLOOR: added(295, 276)},
+                "16conn": {run.WEB_FLOOR: added(590, 46), run.AGENT_FLOOR: added(2540, 169)},
+            },
+            "6": {run.WEB_FLOOR: {"p50_ms": 21.9, "p99_ms": 25.2}},
+        },
+    }
+    text = run.render_floors(results)
+    assert "1 conn, added p50: bare twisted.web 55 us (CPU 88 us)" in text
+    assert "twisted.web + Agent 295 us (CPU 276 us); aistack-tts 480 us (CPU 490 us)" in text
+    assert "(target 210 us)" in text  # half of twisted.web.proxy's 420
+    assert "(target 2700 us)" in text
+    assert "p50 / p99 21.9 / 25.2 ms" in text
+    assert run.render_floors({"1": {}}) == ""
