@@ -122,6 +122,7 @@ class EchoProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.closed.append(time.monotonic())
+        self.factory.close_codes.append(code)
 
 
 class EchoFactory(WebSocketServerFactory):
@@ -131,6 +132,8 @@ class EchoFactory(WebSocketServerFactory):
         super().__init__(reactor=reactor)  # type: ignore[no-untyped-call]
         self.received: list[str] = []
         self.closed: list[float] = []
+        #: The close code each session ended with (1006 when no close frame came).
+        self.close_codes: list[int | None] = []
         self.opened = 0
 
 
@@ -575,20 +578,24 @@ async def test_five_megabyte_frames_arrive_byte_exact_both_ways(stacks: Stacks) 
 
 @twisted_test
 async def test_idle_session_is_closed_on_both_sides(stacks: Stacks, access_log: Captured) -> None:
-    """No byte either way for --ws-idle-timeout: both sides are closed and the slot freed."""
+    """No byte either way for --ws-idle-timeout: both sides get a 1001 close, the slot is freed."""
     echo = EchoFactory()
     stack = stacks.start(echo, ws_idle_timeout=0.5)
 
-    def idle() -> float:
+    def idle() -> tuple[float, Any]:
         with ws_connect(stack.url(), ping_interval=None) as ws:
+            ws.send("one message first")
+            assert ws.recv(timeout=PATIENCE) == "one message first"
             opened = time.monotonic()
-            with pytest.raises(ConnectionClosed):
+            with pytest.raises(ConnectionClosed) as closed:
                 ws.recv(timeout=PATIENCE)
-            return time.monotonic() - opened
+            return time.monotonic() - opened, closed.value.rcvd
 
-    waited = await deferToThread(idle)
+    waited, received = await deferToThread(idle)
     assert waited >= 0.5
+    assert (received.code, received.reason) == (1001, "idle timeout")
     await until(lambda: bool(echo.closed), "the upstream to see the close", timeout=PATIENCE)
+    assert echo.close_codes == [1001]
     await until(lambda: stack.slot_free, "the slot to come back", timeout=PATIENCE)
     assert access_log.outcomes()[-1] == "ws_idle"
 

@@ -7,13 +7,17 @@ exactly once, and that a later event (the other side's close arriving) gives not
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.web.http_headers import Headers
 
+from aistack_tts._frames import FrameBoundary, close_frame
 from aistack_tts._headers import wants_websocket, websocket_handshake
 from aistack_tts._tunnel import (
     CLOSE_GRACE_S,
@@ -312,8 +316,52 @@ def test_a_side_that_does_not_finish_closing_is_cut_after_the_grace_period() -> 
     assert_released_once(h, slot)
 
 
+def unmask(frame: bytes) -> tuple[int, bytes]:
+    """A masked frame with a short payload: its first byte and its payload."""
+    assert frame[1] & 0x80, "a frame to a server is masked"
+    mask, payload = frame[2:6], frame[6:]
+    assert len(payload) == frame[1] & 0x7F
+    return frame[0], bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def test_idle_session_between_frames_ends_with_a_close_frame_each_way() -> None:
+    """Idle with every frame complete: 1001 "idle timeout" to both sides, then the close."""
+    h, slot = harness(ws_idle_timeout=30.0)
+    with LogCapture() as logs:
+        client, up = opened(h)
+        client.send(CLIENT_FRAME[:3])  # a frame arriving in pieces is not a boundary...
+        client.send(CLIENT_FRAME[3:])  # ...until its last byte
+        up.send(SERVER_FRAME + b"\x82\x00")  # and an empty frame after it
+        client.transport.clear()
+        up.transport.clear()
+        h.reactor.advance(30)
+        assert client.received() == b"\x88\x0e\x03\xe9idle timeout"
+        assert unmask(up.received()) == (0x88, b"\x03\xe9idle timeout")
+        assert (client.closed, up.closed) == (True, True)
+        assert_released_once(h, slot)
+        client.lose(ConnectionDone)
+        up.lose(ConnectionDone)
+    assert_released_once(h, slot)
+    assert outcome(logs) == (101, "ws_idle", "held")
+
+
+def test_idle_close_frame_only_where_the_stream_is_between_frames() -> None:
+    """The client stalled inside a frame: the upstream gets no close frame, the client does."""
+    h, slot = harness(ws_idle_timeout=30.0)
+    client, up = opened(h)
+    client.send(CLIENT_FRAME[:-1])
+    up.send(SERVER_FRAME)
+    client.transport.clear()
+    up.transport.clear()
+    h.reactor.advance(30)
+    assert client.received() == b"\x88\x0e\x03\xe9idle timeout"
+    assert up.received() == b""
+    assert (client.closed, up.closed) == (True, True)
+    assert_released_once(h, slot)
+
+
 def test_idle_session_closes_both_sides() -> None:
-    """No byte either way for --ws-idle-timeout: both connections are closed, slot released."""
+    """Idle mid-frame both ways (peers stalled inside one): no close frame fits, the TCP close."""
     h, slot = harness(ws_idle_timeout=30.0)
     with LogCapture() as logs:
         client, up = opened(h)
@@ -325,6 +373,7 @@ def test_idle_session_closes_both_sides() -> None:
         assert (client.closed, up.closed) == (False, False)
         h.reactor.advance(1)
         assert (client.closed, up.closed) == (True, True)
+        assert (client.received(), up.received()) == (b"y", b"x")  # nothing added
         assert_released_once(h, slot)
         client.lose(ConnectionDone)
         up.lose(ConnectionDone)
@@ -606,3 +655,67 @@ def test_a_request_pipelined_behind_a_refused_upgrade_finds_the_slot_free() -> N
     assert slot.releases == 1
     assert h.connection_attempts == 2, "the pipelined GET went upstream"
     assert b" 503 " not in client.received()
+
+
+# --- frame boundaries -----------------------------------------------------------------------
+
+
+def frame(payload_size: int, *, masked: bool, opcode: int = 0x2) -> bytes:
+    """A frame header (with the smallest length encoding) and a payload of that size."""
+    if payload_size < 126:
+        length = bytes([payload_size | (0x80 if masked else 0)])
+    elif payload_size < 1 << 16:
+        length = bytes([126 | (0x80 if masked else 0)]) + payload_size.to_bytes(2, "big")
+    else:
+        length = bytes([127 | (0x80 if masked else 0)]) + payload_size.to_bytes(8, "big")
+    return (
+        bytes([0x80 | opcode])
+        + length
+        + (b"\x01\x02\x03\x04" if masked else b"")
+        + (b"\xaa" * payload_size)
+    )
+
+
+@given(
+    sizes=st.lists(
+        st.sampled_from([0, 1, 125, 126, 127, 65535, 65536]) | st.integers(0, 300), max_size=6
+    ),
+    masked=st.booleans(),
+    cuts=st.lists(st.integers(0, 200_000), max_size=8),
+)
+def test_frame_boundary_knows_where_every_frame_ends(
+    sizes: list[int], masked: bool, cuts: list[int]
+) -> None:
+    """However the stream is cut into reads, it is at a boundary exactly at frame ends."""
+    frames = [frame(size, masked=masked) for size in sizes]
+    stream = b"".join(frames)
+    ends = {0}
+    for f in frames:
+        ends.add(max(ends) + len(f))
+    points = sorted({0, len(stream), *(c for c in cuts if c < len(stream))})
+    boundary = FrameBoundary()
+    for start, stop in pairwise(points):
+        boundary.feed(stream[start:stop])
+        assert boundary.at_boundary is (stop in ends), (start, stop)
+    assert boundary.at_boundary
+
+
+def test_frame_boundary_on_single_bytes() -> None:
+    """A header split anywhere (even inside a 64-bit length) is followed."""
+    stream = frame(70000, masked=True) + frame(0, masked=False) + frame(126, masked=False)
+    ends = {len(frame(70000, masked=True))}
+    ends.add(max(ends) + 2)
+    boundary = FrameBoundary()
+    for i in range(len(stream) - 200):  # byte by byte through the first two frames
+        boundary.feed(stream[i : i + 1])
+        assert boundary.at_boundary is (i + 1 in ends)
+    boundary.feed(stream[len(stream) - 200 :])
+    assert boundary.at_boundary
+
+
+def test_close_frames() -> None:
+    """Unmasked to a client, masked (with a fresh key) to a server, same payload."""
+    assert close_frame(1001, b"idle timeout", masked=False) == b"\x88\x0e\x03\xe9idle timeout"
+    first, second = (close_frame(1001, b"bye", masked=True) for _ in range(2))
+    assert unmask(first) == unmask(second) == (0x88, b"\x03\xe9bye")
+    assert first != second

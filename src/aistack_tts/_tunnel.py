@@ -1,6 +1,7 @@
 """WebSocket passthrough: a slot-guarded byte tunnel for ``Upgrade: websocket`` requests.
 
-The gateway never frames or parses WebSocket messages. It takes the GPU slot, opens a plain
+The gateway never parses or changes WebSocket messages (it follows frame headers only, to end
+an idle session with a close frame between frames). It takes the GPU slot, opens a plain
 TCP (or TLS) connection to the upstream, writes the client's handshake itself and reads the
 upstream's answer head. A ``101`` goes to the client byte for byte and the client's connection
 is taken from twisted.web's channel: from then on bytes are relayed unchanged both ways, each
@@ -53,6 +54,7 @@ from ._errors import (
     error_for_upstream_failure,
 )
 from ._exchange import CLIENT_SEND_BUFFER, NO_BODY_STATUS, RETRY_UNAVAILABLE_S
+from ._frames import IDLE_CLOSE, FrameBoundary, close_frame
 from ._headers import client_response_headers, header_tokens, wants_websocket, websocket_handshake
 from ._slot import SlotHold
 from ._upstream import Watchdog
@@ -337,6 +339,9 @@ class WebSocketTunnel(ProxiedCall):
         self._relay_valve: _Valve | None = None
         self.client = _Side("client")
         self.upstream = _Side("upstream")
+        #: Where frames end in what was relayed each way (for the idle close frame).
+        self._to_client = FrameBoundary()
+        self._to_upstream = FrameBoundary()
         self.bytes_out = 0
         self.bytes_in = 0
 
@@ -398,6 +403,7 @@ class WebSocketTunnel(ProxiedCall):
         if self._state == "open":
             self.bytes_out += len(data)
             self._watchdog.touch("upstream")
+            self._to_client.feed(data)
             self.client.transport.write(data)
         elif self._state == "relaying":
             self._watchdog.touch("upstream")
@@ -449,9 +455,11 @@ class WebSocketTunnel(ProxiedCall):
         upstream.registerProducer(self.upstream.producer, True)
         rest, self._buffer = self._buffer, b""
         self.bytes_out += len(rest)
+        self._to_client.feed(rest)
         transport.write(head.raw + rest)
         if early:
             self.bytes_in += len(early)
+            self._to_upstream.feed(early)
             upstream.write(early)
         # The channel may have paused reading while it held bytes back.
         if not self.upstream.producer.paused:
@@ -466,11 +474,20 @@ class WebSocketTunnel(ProxiedCall):
             return
         self.bytes_in += len(data)
         self._watchdog.touch("client")
+        self._to_upstream.feed(data)
         self.upstream.transport.write(data)
 
     def _idle(self, kind: str) -> None:
-        if self._state == "open":
-            self._end("ws_idle", abort=False)
+        if self._state != "open":
+            return
+        # Say goodbye in WebSocket terms (1001), so a side does not see an abnormal closure;
+        # only between frames, so a side whose stream stopped mid-frame gets the TCP close only.
+        code, reason = IDLE_CLOSE
+        if self.client.open and self._to_client.at_boundary:
+            self.client.transport.write(close_frame(code, reason, masked=False))
+        if self.upstream.open and self._to_upstream.at_boundary:
+            self.upstream.transport.write(close_frame(code, reason, masked=True))
+        self._end("ws_idle", abort=False)
 
     def _end(self, outcome: str, *, abort: bool) -> None:
         """End an open session: close both connections (a closed one is left alone)."""
