@@ -1672,6 +1672,19 @@ def chart(report: dict[str, Any], path: Path) -> str:
         ax.set_ylabel(unit)
         ax.legend(fontsize=7)
 
+    floors = results.get("floors", {})
+    styles: dict[str, Any] = {WEB_FLOOR: ":", AGENT_FLOOR: "-.", RELAY_FLOOR: (0, (1, 3))}
+
+    def floor_lines(ax: Any, values: dict[str, float], what: str = "") -> None:
+        """The Twisted floors measured in the same rounds, as grey lines."""
+        for name, value in values.items():
+            label = f"floor: {name}{what}"
+            ax.axhline(value, color="#444444", linestyle=styles[name], linewidth=1.2, label=label)
+        if values:
+            bottom, top = ax.get_ylim()
+            ax.set_ylim(bottom, top * 1.3)  # room for the legend above the bars
+            ax.legend(fontsize=7, loc="upper right")
+
     panels = iter(flat)
     if "1" in results:
         for key, label in (("1conn", "1 connection"), ("16conn", "16 connections")):
@@ -1689,6 +1702,11 @@ def chart(report: dict[str, Any], path: Path) -> str:
                 },
                 "us over direct",
             )
+            floor_lines(
+                ax,
+                {n: e["added_p50_us"] for n, e in floors.get("1", {}).get(key, {}).items()},
+                " (p50)",
+            )
             ax.set_title(title("1", f"1. GET /v1/audio/voices, {label}: added latency"), fontsize=9)
     if "2" in results:
         ax = next(panels)
@@ -1698,6 +1716,7 @@ def chart(report: dict[str, Any], path: Path) -> str:
             ax.axhline(summary[NGINX]["mb_per_s"], color="red", linestyle="--", linewidth=0.8)
         if DIRECT in summary:
             ax.axhline(summary[DIRECT]["mb_per_s"] / 2, color="red", linestyle=":", linewidth=0.8)
+        floor_lines(ax, {n: e["mb_per_s"] for n, e in floors.get("2", {}).items()})
         ax.set_title(
             title(
                 "2",
@@ -1724,6 +1743,11 @@ def chart(report: dict[str, Any], path: Path) -> str:
             "ms over direct",
         )
         ax.axhline(TTFB_GOAL_MS, color="red", linestyle="--", linewidth=0.8)
+        floor_lines(
+            ax,
+            {n: e["added_p50_ms"] for n, e in floors.get("3", {}).get("late_head", {}).items()},
+            " (head with audio)",
+        )
         ax.set_title(title("3", "3. first byte after 100 ms: added p50"), fontsize=9)
     if "4" in results:
         ax = next(panels)
@@ -1759,6 +1783,9 @@ def chart(report: dict[str, Any], path: Path) -> str:
         drawn = ax.bar(labels, values, color=COLOURS[AISTACK])
         ax.bar_label(drawn, labels=[f"{v:.3g}" for v in values], fontsize=8)
         ax.axhline(BUSY_P99_GOAL_MS, color="red", linestyle="--", linewidth=0.8)
+        floor_lines(
+            ax, {n: e["p99_ms"] for n, e in floors.get("6", {}).items()}, ", fixed 503 (p99)"
+        )
         ax.set_ylabel("ms")
         ax.set_title(title("6", "6. aistack-tts 503 while the slot is held"), fontsize=9)
     if "7" in results:
@@ -1772,6 +1799,7 @@ def chart(report: dict[str, Any], path: Path) -> str:
             },
             "CPU s / GB",
         )
+        floor_lines(ax, {n: e["gateway_cpu_s_per_gb"] for n, e in floors.get("7", {}).items()})
         ax.set_title("7. gateway CPU per GB streamed", fontsize=9)
     for ax in panels:
         ax.axis("off")
