@@ -87,20 +87,44 @@ def test_retry_after_without_history_is_one_second() -> None:
 
 
 @pytest.mark.parametrize(
-    ("average", "elapsed", "seconds", "ms"),
+    ("average", "spread", "elapsed", "seconds", "ms"),
     [
-        (10.0, 2.5, 8, 7500),
-        (10.0, 9.95, 1, 100),  # almost done: at least 100 ms, 1 s
-        (10.0, 30.0, 1, 100),  # overdue
-        (500.0, 0.0, 60, 60000),  # clamped to a minute
+        (10.0, 0.0, 2.5, 8, 7500),
+        (10.0, 0.0, 9.95, 1, 100),  # almost done: at least 100 ms, 1 s
+        (10.0, 0.0, 30.0, 1, 100),  # overdue
+        (500.0, 0.0, 0.0, 60, 60000),  # clamped to a minute
+        (0.6, 0.7, 0.1, 2, 1900),  # quick calls and long ones: two spreads past the average
+        (0.6, 0.7, 5.0, 1, 700),  # overdue: one spread more
     ],
 )
-def test_retry_after_is_average_minus_elapsed_clamped(
-    average: float, elapsed: float, seconds: int, ms: int
+def test_retry_after_is_expected_end_minus_elapsed_clamped(
+    average: float, spread: float, elapsed: float, seconds: int, ms: int
 ) -> None:
     """Retry-After estimates the remaining time of the current holder, within 1..60 s."""
-    estimate = estimate_retry_after(average, elapsed)
+    estimate = estimate_retry_after(average, elapsed, spread)
     assert (estimate.seconds, estimate.milliseconds) == (seconds, ms)
+
+
+def test_slot_estimate_covers_a_mix_of_quick_and_long_calls() -> None:
+    """Voices lookups between 1.4 s generations: a 503 asks to wait past the next 1.4 s end.
+
+    With the plain average (~0.6 s here) an SDK with two retries came back twice before a
+    1.4 s generation had ended, and gave up.
+    """
+    clock = Clock()
+    slot = GPUSlot(DeferredSemaphore(1), clock)
+    for duration in (1.4, 0.005, 0.01, 1.4, 0.005):
+        hold = slot.try_take()
+        assert hold is not None
+        clock.advance(duration)
+        hold.release()
+    holder = slot.try_take()
+    assert holder is not None
+    clock.advance(0.1)
+    first = slot.retry_after().milliseconds
+    assert first >= 1300, "the first retry must come after the holder's likely end"
+    clock.advance(first / 1000)
+    assert slot.retry_after().milliseconds >= 400, "overdue: still a real wait, not 100 ms"
 
 
 def test_slot_learns_call_durations() -> None:

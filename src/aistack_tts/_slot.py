@@ -8,8 +8,12 @@ from attrs import define, field
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.interfaces import IReactorTime
 
-#: Weight of the newest call in the moving average of call durations.
+#: Weight of the newest call in the moving averages of call durations and of their spread.
 _ALPHA = 0.3
+#: How many spreads past the average a call is expected to end (as TCP's retransmission timer
+#: does, RFC 6298): a mix of quick calls (voices, errors) and long generations makes the
+#: average alone too short, and an SDK with two retries (openai's) then gives up too soon.
+_SPREADS = 2
 _MIN_S, _MAX_S = 1, 60
 #: A retry sooner than this would only spin: a TTS call never ends that fast.
 _MIN_MS = 100
@@ -30,13 +34,19 @@ class RetryAfter:
         ]
 
 
-def estimate_retry_after(average: float | None, elapsed: float | None) -> RetryAfter:
+def estimate_retry_after(
+    average: float | None, elapsed: float | None, spread: float = 0.0
+) -> RetryAfter:
     """Expected wait until the slot frees, clamped to the contract's range.
 
-    ``average`` is the moving average of recent call durations (``None``: no history yet);
-    ``elapsed`` how long the longest-running current holder we know of has held it.
+    ``average`` is the moving average of recent call durations (``None``: no history yet) and
+    ``spread`` that of their distance from it; ``elapsed`` how long the longest-running
+    current holder we know of has held it. A holder past the expected end gets one spread more.
     """
-    remaining = 1.0 if average is None else average - (elapsed or 0.0)
+    if average is None:
+        remaining = 1.0
+    else:
+        remaining = max(average + _SPREADS * spread - (elapsed or 0.0), spread)
     remaining = min(max(remaining, _MIN_MS / 1000), float(_MAX_S))
     seconds = min(max(math.ceil(remaining), _MIN_S), _MAX_S)
     return RetryAfter(seconds=seconds, milliseconds=round(remaining * 1000))
@@ -68,6 +78,7 @@ class GPUSlot:
     semaphore: DeferredSemaphore
     clock: IReactorTime
     _average: float | None = None
+    _spread: float = 0.0
     _holds: list[SlotHold] = field(factory=list)
 
     def try_take(self) -> SlotHold | None:
@@ -92,7 +103,7 @@ class GPUSlot:
         """The estimate to send with a 503 ``gpu_busy``."""
         now = self.clock.seconds()
         elapsed = max((now - h.started for h in self._holds), default=None)
-        return estimate_retry_after(self._average, elapsed)
+        return estimate_retry_after(self._average, elapsed, self._spread)
 
     @property
     def in_use(self) -> int:
@@ -102,7 +113,10 @@ class GPUSlot:
     def _released(self, hold: SlotHold) -> None:
         self._holds.remove(hold)
         duration = self.clock.seconds() - hold.started
-        self._average = (
-            duration if self._average is None else _ALPHA * duration + (1 - _ALPHA) * self._average
-        )
+        if self._average is None:
+            self._average = duration
+        else:
+            deviation = abs(duration - self._average)
+            self._spread = _ALPHA * deviation + (1 - _ALPHA) * self._spread
+            self._average = _ALPHA * duration + (1 - _ALPHA) * self._average
         self.semaphore.release()
