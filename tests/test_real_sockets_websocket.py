@@ -12,6 +12,7 @@ serving; the abrupt-close and slow-reader clients are raw sockets.
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import json
 import os
@@ -199,9 +200,9 @@ class Flood(Protocol):
 # --- the stack ------------------------------------------------------------------------------
 
 
-def listen_upstream(factory: Any) -> tuple[IListeningPort, list[Any]]:
-    """Listen with any factory on an ephemeral 127.0.0.1 port; also return the list that
-    collects each protocol it builds (its connections)."""
+def listen_upstream(factory: Any, tls: Any = None) -> tuple[IListeningPort, list[Any]]:
+    """Listen with any factory on an ephemeral 127.0.0.1 port (TLS with ``tls``, a
+    CertificateOptions); also return the list that collects each protocol it builds."""
     built: list[Any] = []
     build = factory.buildProtocol
 
@@ -211,6 +212,8 @@ def listen_upstream(factory: Any) -> tuple[IListeningPort, list[Any]]:
         return protocol
 
     factory.buildProtocol = tracking
+    if tls is not None:
+        return reactor.listenSSL(0, factory, tls, interface="127.0.0.1"), built
     return reactor.listenTCP(0, factory, interface="127.0.0.1"), built
 
 
@@ -252,19 +255,21 @@ class Stacks:
         self.started: list[Stack] = []
         self._calls_before = set(reactor.getDelayedCalls())
 
-    def start(self, upstream: Any, **proxy_kwargs: Any) -> Stack:
-        upstream_port, upstream_channels = listen_upstream(upstream)
+    def start(self, upstream: Any, tls: Any = None, **proxy_kwargs: Any) -> Stack:
+        """A gateway in front of ``upstream``; with ``tls``, an https upstream at localhost."""
+        upstream_port, upstream_channels = listen_upstream(upstream, tls)
         slot = DeferredSemaphore(1)
-        base = f"http://127.0.0.1:{upstream_port.getHost().port}"  # type: ignore[attr-defined]
+        port = upstream_port.getHost().port  # type: ignore[attr-defined]
+        base = f"https://localhost:{port}" if tls is not None else f"http://127.0.0.1:{port}"
         proxy = TTSProxy(upstream=base, slot=slot, reactor=reactor, **proxy_kwargs)
         listening, channels = listen_tracking(proxy.site())
         stack = Stack(upstream_port, upstream_channels, listening, proxy, slot, channels)
         self.started.append(stack)
         return stack
 
-    def demo(self, **proxy_kwargs: Any) -> Stack:
+    def demo(self, tls: Any = None, **proxy_kwargs: Any) -> Stack:
         site = DemoUpstream(reactor=reactor, first_chunk_delay=0.02, rtf=0.1).site()
-        return self.start(site, **proxy_kwargs)
+        return self.start(site, tls, **proxy_kwargs)
 
     async def close(self) -> None:
         for stack in self.started:
@@ -749,3 +754,112 @@ def read_slowly_then_fast(sock: socket.socket, total: int, stall: float) -> int:
         assert data, "the stream ended early"
         got += len(data)
     return got
+
+
+# --- an https upstream ----------------------------------------------------------------------
+
+
+def tls_files(directory: Path) -> tuple[Path, Any]:
+    """A test CA (its PEM file) and the options of a server certificate it signed for localhost."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from twisted.internet.ssl import PrivateCertificate
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "aistack-tts test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_file = directory / "ca.pem"
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    server = PrivateCertificate.loadPEM(key_pem + leaf.public_bytes(serialization.Encoding.PEM))
+    return ca_file, server.options()
+
+
+@pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")
+@twisted_test
+async def test_https_upstream_serves_calls_and_websocket_sessions(
+    stacks: Stacks, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An https upstream whose certificate verifies (a CA the gateway trusts through
+    SSL_CERT_FILE): HTTP calls go over TLS, and so does a WebSocket session, audio and all."""
+    ca_file, server = tls_files(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    stack = stacks.demo(tls=server)
+
+    def voices() -> dict[str, Any]:
+        url = f"http://127.0.0.1:{stack.port}/v1/audio/voices"
+        with urllib.request.urlopen(url, timeout=PATIENCE) as answer:
+            assert answer.status == 200
+            body: dict[str, Any] = json.loads(answer.read())
+            return body
+
+    assert "vivian" in (await deferToThread(voices))["voices"]
+    heard = await deferToThread(utterance, stack.url(), ["Hello over TLS."])
+    assert heard.audio[0] == speech_of("Hello over TLS.")
+    assert heard.events[-1]["type"] == "session.done"
+    await until(lambda: stack.slot_free, "the slot to come back", timeout=PATIENCE)
+
+
+@pytest.mark.filterwarnings("ignore:Passing pyOpenSSL:DeprecationWarning")
+@twisted_test
+async def test_https_upstream_whose_certificate_does_not_verify_gets_an_envelope(
+    stacks: Stacks, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A certificate from a CA the gateway does not trust: never a connection to it; the
+    client gets the gateway's envelope (HTTP call and WebSocket handshake alike)."""
+    _, server = tls_files(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "no-such-ca.pem"))
+    stack = stacks.demo(tls=server)
+
+    def voices() -> tuple[int, dict[str, Any]]:
+        url = f"http://127.0.0.1:{stack.port}/v1/audio/voices"
+        try:
+            urllib.request.urlopen(url, timeout=PATIENCE).close()
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+        raise AssertionError("the call was served by an upstream that did not verify")
+
+    status, body = await deferToThread(voices)
+    assert status == 502, body
+    assert (body["error"]["type"], body["error"]["provider"]) == ("upstream_error", "qwen3-tts")
+    assert "certificate verify failed" in body["error"]["message"]
+    refused = await deferToThread(rejection, stack.url())
+    assert refused.response.status_code == status
+    await until(lambda: stack.slot_free, "the slot to come back", timeout=PATIENCE)
