@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor as _reactor
@@ -36,24 +38,12 @@ from twisted.web.iweb import IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.fast_upstream import VOICES
+
 reactor: Any = _reactor
 
-VOICES = json.dumps(
-    {
-        "voices": [
-            "aiden",
-            "dylan",
-            "eric",
-            "ono_anna",
-            "ryan",
-            "serena",
-            "sohee",
-            "uncle_fu",
-            "vivian",
-        ],
-        "uploaded_voices": [],
-    }
-).encode()
 BUSY = json.dumps(
     {
         "error": {

@@ -61,7 +61,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -80,7 +79,8 @@ from bench.stall_and_disconnect import (  # noqa: E402
     percentile,
 )
 
-from gateway_process import listening_ports  # noqa: E402
+from gateway_process import aistack_command, listening_ports  # noqa: E402
+from upstream_server import UpstreamProcess  # noqa: E402
 
 MiB = 1024 * 1024
 MB = 1000 * 1000
@@ -202,92 +202,20 @@ def free_port() -> int:
 # The upstream
 
 
-@dataclass(frozen=True)
-class Event:
-    """One event line of ``fast_upstream.py``."""
-
-    kind: str
-    ident: str
-    t: float
-    fields: tuple[str, ...]
-
-    @property
-    def sent(self) -> int:
-        return int(self.fields[0])
-
-
-class Upstream:
-    """``bench/fast_upstream.py`` as a child process; a thread collects its events."""
-
-    def __init__(self, workdir: Path) -> None:
-        port_file = workdir / "upstream.port"
-        self._log = (workdir / "upstream.stderr").open("w")
-        self.process = subprocess.Popen(
-            [sys.executable, str(BENCH / "fast_upstream.py"), "--port-file", str(port_file)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-            bufsize=1,
-        )
-        self.pid = self.process.pid
-        self._events: dict[str, list[Event]] = {}
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, name="upstream-events", daemon=True)
-        self._reader.start()
-        try:
-            self.wait("-", {"LISTENING"}, 20)
-        except BaseException:
-            self.stop()
-            raise
-        self.port = int(port_file.read_text())
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            kind, ident, t, *fields = line.split()
-            with self._changed:
-                self._events.setdefault(ident, []).append(
-                    Event(kind, ident, float(t), tuple(fields))
-                )
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    def first(self, ident: str, kinds: Collection[str]) -> Event | None:
-        with self._changed:
-            for event in self._events.get(ident, ()):
-                if event.kind in kinds:
-                    return event
-        return None
-
-    def events(self, ident: str) -> list[Event]:
-        with self._changed:
-            return list(self._events.get(ident, ()))
-
-    def wait(self, ident: str, kinds: Collection[str], timeout: float) -> Event:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                event = self.first(ident, kinds)
-                if event is not None:
-                    return event
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._reader.is_alive():
-                    raise TimeoutError(f"no {sorted(kinds)} for {ident!r}: {self.events(ident)}")
-                self._changed.wait(min(left, 1.0))
-
-    def forget(self, ident: str) -> None:
-        with self._changed:
-            self._events.pop(ident, None)
-
-    def stop(self) -> None:
-        stop_process(self.process)
-        self._reader.join(10)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        self._log.close()
+def start_upstream(workdir: Path) -> UpstreamProcess:
+    """``bench/fast_upstream.py`` as a child process, its events collected as
+    ``tests/upstream_server.py``'s are (the two print the same event lines)."""
+    port_file = workdir / "upstream.port"
+    log = (workdir / "upstream.stderr").open("w")
+    process = subprocess.Popen(
+        [sys.executable, str(BENCH / "fast_upstream.py"), "--port-file", str(port_file)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        bufsize=1,
+    )
+    return UpstreamProcess(process, port_file, log)
 
 
 # The contenders
@@ -342,29 +270,17 @@ def _wait_listening(process: subprocess.Popen[bytes], name: str, log_path: Path)
         time.sleep(0.02)
 
 
-def start_aistack(upstream: Upstream, workdir: Path, slots: int) -> Contender:
-    twist = Path(sys.executable).with_name("twist")
-    launcher = [str(twist)] if twist.exists() else [sys.executable, "-m", "twisted"]
-    command = [
-        *launcher,
-        "aistack-tts",
-        "--listen",
-        "tcp:0:interface=127.0.0.1",
-        "--upstream",
-        upstream.url,
-        "--slots",
-        str(slots),
-    ]
-    return _start(AISTACK, command, workdir)
+def start_aistack(upstream: UpstreamProcess, workdir: Path, slots: int) -> Contender:
+    return _start(AISTACK, aistack_command(upstream.url, "--slots", str(slots)), workdir)
 
 
-def start_twisted(upstream: Upstream, workdir: Path) -> Contender:
+def start_twisted(upstream: UpstreamProcess, workdir: Path) -> Contender:
     script = ROOT / "tests" / "gateway_process.py"
     command = [sys.executable, str(script), "--upstream-port", str(upstream.port), "--port", "0"]
     return _start(TWISTED, command, workdir)
 
 
-def start_floor(name: str, upstream: Upstream, workdir: Path) -> Contender:
+def start_floor(name: str, upstream: UpstreamProcess, workdir: Path) -> Contender:
     script = BENCH / "floors.py"
     kind = FLOOR_KINDS[name]
     command = [sys.executable, str(script), kind, "--upstream-port", str(upstream.port)]
@@ -430,7 +346,7 @@ def nginx_binary() -> str | None:
     )
 
 
-def start_nginx(upstream: Upstream, workdir: Path, workers: int, buffer: str) -> Contender:
+def start_nginx(upstream: UpstreamProcess, workdir: Path, workers: int, buffer: str) -> Contender:
     binary = nginx_binary()
     assert binary is not None
     directory = workdir / f"nginx-{time.monotonic_ns()}"
@@ -716,7 +632,7 @@ class Bench:
         self.s = settings
         self.workdir = workdir
         self.names = names  # contenders taking part (nginx dropped where absent)
-        self.upstream = Upstream(workdir)
+        self.upstream = start_upstream(workdir)
         self.contenders: dict[str, Contender] = {}
         self.results: dict[str, Any] = {}
         self.buffer = memoryview(bytearray(1 << 20))

@@ -40,7 +40,6 @@ import random
 import shlex
 import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,7 +50,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from gateway_process import AISTACK_TTS, GatewayProcess, listening_ports  # noqa: E402
+from gateway_process import (  # noqa: E402
+    AISTACK_TTS,
+    LISTEN,
+    GatewayProcess,
+    tcp_sockets,
+)
 from upstream_server import UpstreamProcess  # noqa: E402
 
 MiB = 1024 * 1024
@@ -262,38 +266,9 @@ async def run_one(port: int, plan: Plan) -> str:
 
 def start_gateway(upstream_port: int, workdir: Path) -> tuple[GatewayProcess, str]:
     """``twist aistack-tts`` with a short idle timeout on an ephemeral port, and its command."""
-    twist = Path(sys.executable).with_name("twist")
-    launcher = [str(twist)] if twist.exists() else [sys.executable, "-m", "twisted"]
-    command = [
-        *launcher,
-        "aistack-tts",
-        "--listen",
-        "tcp:0:interface=127.0.0.1",
-        "--upstream",
-        f"http://127.0.0.1:{upstream_port}",
-        "--idle-timeout",
-        str(IDLE_TIMEOUT),
-    ]
-    log_path = workdir / "gateway.log"
-    log = log_path.open("wb")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AISTACK_TTS_")}
-    process = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
-    )
-    gateway = GatewayProcess(AISTACK_TTS, process, log, log_path)
-    deadline = time.monotonic() + 30
-    try:
-        while not (ports := listening_ports(process.pid)):
-            if process.poll() is not None:
-                raise RuntimeError(f"the gateway exited: {log_path.read_text()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError("the gateway did not listen in 30 s")
-            time.sleep(0.02)
-        gateway.port = min(ports)
-    except BaseException:
-        gateway.stop()
-        raise
-    return gateway, shlex.join(command)
+    options = ["--idle-timeout", str(IDLE_TIMEOUT)]
+    gateway = GatewayProcess.start(AISTACK_TTS, upstream_port, workdir, options=options)
+    return gateway, shlex.join(gateway.command)
 
 
 def fd_count(pid: int) -> int:
@@ -302,23 +277,7 @@ def fd_count(pid: int) -> int:
 
 def busy_sockets(pid: int) -> int:
     """TCP sockets of ``pid`` that are not listening (client and upstream connections)."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[len("socket:[") : -1])
-    count = 0
-    for table in ("tcp", "tcp6"):
-        path = Path(f"/proc/{pid}/net/{table}")
-        if path.exists():
-            for line in path.read_text().splitlines()[1:]:
-                fields = line.split()
-                if fields[9] in inodes and fields[3] != "0A":
-                    count += 1
-    return count
+    return sum(1 for state, _ in tcp_sockets(pid) if state != LISTEN)
 
 
 def wait_at_rest(pid: int, timeout: float = 15) -> float:

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any, cast
 
@@ -37,8 +38,13 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def listening_ports(pid: int) -> set[int]:
-    """TCP ports ``pid`` is listening on, from its socket fds and ``/proc/<pid>/net/tcp*``."""
+#: ``st`` of a listening socket in ``/proc/<pid>/net/tcp*``.
+LISTEN = "0A"
+
+
+def tcp_sockets(pid: int) -> list[tuple[str, int]]:
+    """(state, local port) of each TCP socket ``pid`` holds, from its socket fds and
+    ``/proc/<pid>/net/tcp*`` (state L{LISTEN} is a listening socket)."""
     inodes: set[str] = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
@@ -47,17 +53,22 @@ def listening_ports(pid: int) -> set[int]:
             continue
         if target.startswith("socket:["):
             inodes.add(target[len("socket:[") : -1])
-    ports: set[int] = set()
+    found: list[tuple[str, int]] = []
     for table in ("tcp", "tcp6"):
         path = Path(f"/proc/{pid}/net/{table}")
         if not path.exists():
             continue
         for line in path.read_text().splitlines()[1:]:
             fields = line.split()
-            # local_address is HEXIP:HEXPORT, st 0A is LISTEN, field 9 the inode.
-            if fields[3] == "0A" and fields[9] in inodes:
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
+            # local_address is HEXIP:HEXPORT, field 3 the state, field 9 the inode.
+            if fields[9] in inodes:
+                found.append((fields[3], int(fields[1].rsplit(":", 1)[1], 16)))
+    return found
+
+
+def listening_ports(pid: int) -> set[int]:
+    """TCP ports ``pid`` is listening on."""
+    return {port for state, port in tcp_sockets(pid) if state == LISTEN}
 
 
 def stop_process(process: subprocess.Popen[Any], grace: float = 10) -> None:
@@ -71,18 +82,17 @@ def stop_process(process: subprocess.Popen[Any], grace: float = 10) -> None:
             process.wait()
 
 
-def _command(kind: str, upstream_port: int) -> list[str]:
+def aistack_command(upstream: str, *options: str) -> list[str]:
+    """``twist aistack-tts`` on an ephemeral 127.0.0.1 port in front of ``upstream``."""
+    twist = Path(sys.executable).with_name("twist")
+    launcher = [str(twist)] if twist.exists() else [sys.executable, "-m", "twisted"]
+    listen = ["--listen", "tcp:0:interface=127.0.0.1"]
+    return [*launcher, "aistack-tts", *listen, "--upstream", upstream, *options]
+
+
+def _command(kind: str, upstream_port: int, options: Sequence[str]) -> list[str]:
     if kind == AISTACK_TTS:
-        twist = Path(sys.executable).with_name("twist")
-        launcher = [str(twist)] if twist.exists() else [sys.executable, "-m", "twisted"]
-        return [
-            *launcher,
-            "aistack-tts",
-            "--listen",
-            "tcp:0:interface=127.0.0.1",
-            "--upstream",
-            f"http://127.0.0.1:{upstream_port}",
-        ]
+        return aistack_command(f"http://127.0.0.1:{upstream_port}", *options)
     if kind == TWISTED_WEB_PROXY:
         return [
             sys.executable,
@@ -103,23 +113,32 @@ class GatewayProcess:
         self._log = log
         self.log_path = log_path
         self.port = 0
+        #: The command line it runs.
+        self.command: list[str] = []
 
     @classmethod
     def start(
-        cls, kind: str, upstream_port: int, workdir: Path, timeout: float = 30
+        cls,
+        kind: str,
+        upstream_port: int,
+        workdir: Path,
+        timeout: float = 30,
+        options: Sequence[str] = (),
     ) -> GatewayProcess:
-        """Start a gateway of ``kind``; return once it listens."""
+        """Start a gateway of ``kind`` (aistack-tts: with ``options``); return once it listens."""
         log_path = workdir / f"gateway-{kind}-{time.monotonic_ns()}.log"
         log = log_path.open("wb")
         env = {k: v for k, v in os.environ.items() if not k.startswith("AISTACK_TTS_")}
+        command = _command(kind, upstream_port, options)
         process = subprocess.Popen(
-            _command(kind, upstream_port),
+            command,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
         )
         gateway = cls(kind, process, log, log_path)
+        gateway.command = command
         deadline = time.monotonic() + timeout
         try:
             while True:

@@ -19,21 +19,23 @@ sys.path.insert(0, str(ROOT))
 
 from bench import run  # noqa: E402
 
+from upstream_server import UpstreamProcess  # noqa: E402
+
 pytestmark = [pytest.mark.real_sockets]
 
 FLOORS = (run.WEB_FLOOR, run.AGENT_FLOOR, run.RELAY_FLOOR)
 
 
 @pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[run.Upstream]:
-    up = run.Upstream(tmp_path_factory.mktemp("upstream"))
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamProcess]:
+    up = run.start_upstream(tmp_path_factory.mktemp("upstream"))
     yield up
     up.stop()
 
 
 @pytest.fixture(scope="module")
 def floors(
-    upstream: run.Upstream, tmp_path_factory: pytest.TempPathFactory
+    upstream: UpstreamProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, run.Contender]]:
     workdir = tmp_path_factory.mktemp("floors")
     started: dict[str, run.Contender] = {}
@@ -62,7 +64,7 @@ def body_of(answer: bytes) -> bytes:
 
 @pytest.mark.parametrize("name", FLOORS)
 def test_every_floor_answers_voices_like_the_upstream(
-    upstream: run.Upstream, floors: dict[str, run.Contender], name: str
+    upstream: UpstreamProcess, floors: dict[str, run.Contender], name: str
 ) -> None:
     """The same body as the upstream's own, through each floor."""
     direct = get(upstream.port, "/v1/audio/voices")

@@ -463,7 +463,10 @@ class UpstreamProcess:
     """``upstream_server.py`` as a child process, with its events collected by a thread."""
 
     def __init__(self, process: subprocess.Popen[str], port_file: Path, log: IO[str]) -> None:
+        """Collect the events of ``process`` (already started, printing event lines and its
+        port into ``port_file``); return once it is listening."""
         self.process = process
+        self.pid = process.pid
         self._log = log
         self._events: list[Event] = []
         self._changed = threading.Condition()
@@ -512,6 +515,11 @@ class UpstreamProcess:
                 self._changed.notify_all()
         with self._changed:
             self._changed.notify_all()
+
+    def forget(self, ident: str) -> None:
+        """Drop the events of ``ident`` (a long run need not keep them all)."""
+        with self._changed:
+            self._events = [e for e in self._events if e.ident != ident]
 
     def events(self, ident: str | None = None) -> list[Event]:
         """Events so far, optionally of one request id."""
