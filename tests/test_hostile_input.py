@@ -4,7 +4,8 @@ Each test drives the gateway through the Harness (a StringTransport client, the 
 a MemoryReactorClock) and looks at two things: what the client got, and what reached the
 upstream (its StringTransport's bytes, and whether a connection was attempted at all). Some
 malformed requests never reach the gateway's code: Twisted's HTTP parser answers them itself
-with a bare ``HTTP/1.1 400 Bad Request`` (no envelope) or closes the connection; those tests
+(the gateway's channel turns them into a 400 ``invalid_request`` envelope with ``Date`` and a
+close) or closes the connection; those tests
 assert that behaviour and that nothing reached the upstream, and RELIABILITY.rst lists them.
 """
 
@@ -24,7 +25,21 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from aistack_tts import TTSProxy
 from support import Harness, LogCapture, Peer, parse_response
 
-BARE_400 = b"HTTP/1.1 400 Bad Request\r\n\r\n"
+
+def is_parser_400(answer: bytes) -> bool:
+    """The channel's own 400 (not a resource's): an ``invalid_request`` envelope with ``Date``
+    and ``Connection: close``, written before any resource saw the request."""
+    if not answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"):
+        return False
+    _status, headers, body = parse_response(answer)
+    if headers.get(b"connection") != [b"close"] or b"server" in headers:
+        return False
+    error = json.loads(body)["error"]
+    assert (error["type"], error["provider"]) == ("invalid_request", "aistack"), error
+    assert len(headers[b"date"]) == 1
+    return True
+
+
 UPSTREAM_ADDRESS = ("127.0.0.1", 8091)
 HYPOTHESIS = settings(
     max_examples=400,
@@ -117,8 +132,8 @@ def resolve(target: bytes) -> bytes:
 
 def check_path_property(target: bytes) -> None:
     """Either the upstream gets ``target`` byte-exact and it stays under /v1/audio/, or
-    nothing reaches the upstream and the client gets a 400/404 envelope (or Twisted's bare
-    400 for bytes its parser refuses)."""
+    nothing reaches the upstream and the client gets a 400/404 envelope (the parser's 400 for
+    bytes it refuses)."""
     seen = Seen(get(target))
     assert not seen.failures
     if seen.forwarded:
@@ -129,8 +144,8 @@ def check_path_property(target: bytes) -> None:
         assert resolve(forwarded).startswith(b"/v1/audio/"), resolve(forwarded)
         return
     seen.assert_nothing_upstream()
-    if seen.answer == BARE_400:
-        assert re.search(rb"[^\x21-\x7e]", target), "only the parser's refusals are bare"
+    if is_parser_400(seen.answer):
+        assert re.search(rb"[^\x21-\x7e]", target), "only raw bytes reach the parser's 400"
         return
     status = parse_response(seen.answer)[0]
     assert status in (400, 404), seen.answer
@@ -233,7 +248,7 @@ def any_targets(draw: st.DrawFn) -> bytes:
 def test_generated_paths_never_reach_upstream_outside_v1_audio(target: bytes) -> None:
     """Dot-segments (plain and percent-encoded), encoded slashes and backslashes, NUL, raw
     non-UTF-8 bytes: the upstream only ever gets the target byte-exact and inside
-    /v1/audio/; everything else is a 400/404 envelope (Twisted's bare 400 for raw bytes)."""
+    /v1/audio/; everything else is a 400/404 envelope (the parser's 400 for raw bytes)."""
     check_path_property(target)
 
 
@@ -295,11 +310,11 @@ def test_encodings_that_stay_inside_are_forwarded_byte_exact(target: bytes) -> N
     "target",
     [b"/v1/audio/\xff\xfe", b"/v1/audio/caf\xc3\xa9", b"/v1/audio/a\x00b", b"/v1/audio/a\tb"],
 )
-def test_raw_non_ascii_and_control_bytes_get_twisteds_bare_400(target: bytes) -> None:
+def test_raw_non_ascii_and_control_bytes_get_parsers_400(target: bytes) -> None:
     """Raw non-UTF-8 (or any non-ASCII) bytes, NUL or a tab in the request line: Twisted's
-    parser answers a bare 400 (no envelope: the gateway never sees the request) and closes."""
+    parser refuses them (the channel's 400 envelope: no resource sees the request) and closes."""
     seen = Seen(get(target))
-    assert seen.answer == BARE_400
+    assert is_parser_400(seen.answer)
     assert seen.client.closed
     seen.assert_nothing_upstream()
 
@@ -443,20 +458,21 @@ def test_raw_fragment_is_refused_or_forwarded_byte_exact() -> None:
     ],
     ids=["bare-cr", "bare-lf", "nul", "space-before-colon", "first-line-folded"],
 )
-def test_header_injection_gets_twisteds_bare_400(headers: bytes) -> None:
+def test_header_injection_gets_parsers_400(headers: bytes) -> None:
     """A bare CR or LF inside a header line (header injection), a NUL, whitespace before the
     colon, a first header line that starts with whitespace (a fold with nothing to fold
-    into): Twisted's parser answers a bare 400 and closes; nothing reaches the upstream."""
+    into): Twisted's parser refuses it (the channel's 400) and closes; nothing reaches the
+    upstream."""
     seen = Seen(b"GET /v1/audio/voices HTTP/1.1\r\n" + headers + b"\r\n")
-    assert seen.answer == BARE_400
+    assert is_parser_400(seen.answer)
     assert seen.client.closed
     seen.assert_nothing_upstream()
 
 
-def test_crlf_in_request_line_gets_twisteds_bare_400() -> None:
-    """CR LF inside the request-target splits the request line: Twisted answers a bare 400."""
+def test_crlf_in_request_line_gets_parsers_400() -> None:
+    """CR LF inside the request-target splits the request line: the parser's 400."""
     seen = Seen(b"GET /v1/audio/x\r\nX-Injected: 1 HTTP/1.1\r\nHost: gw\r\n\r\n")
-    assert seen.answer == BARE_400
+    assert is_parser_400(seen.answer)
     seen.assert_nothing_upstream()
 
 
@@ -484,21 +500,21 @@ def test_header_line_over_16_kib_is_dropped_by_twisted() -> None:
     seen.assert_nothing_upstream()
 
 
-def test_header_block_over_16_kib_gets_twisteds_bare_400() -> None:
+def test_header_block_over_16_kib_gets_parsers_400() -> None:
     """Headers totalling over 16 KiB (HTTPChannel.totalHeadersSize) in lines under the line
-    limit: Twisted answers a bare 400 and closes."""
+    limit: the parser's 400, and a close."""
     headers = b"".join(b"X-%d: %s\r\n" % (i, b"a" * 2000) for i in range(10))
     seen = Seen(get(b"/v1/audio/voices", headers))
-    assert seen.answer == BARE_400
+    assert is_parser_400(seen.answer)
     assert seen.client.closed
     seen.assert_nothing_upstream()
 
 
-def test_more_than_500_headers_get_twisteds_bare_400() -> None:
-    """Over 500 header lines (HTTPChannel.maxHeaders): a bare 400 from Twisted."""
+def test_more_than_500_headers_get_parsers_400() -> None:
+    """Over 500 header lines (HTTPChannel.maxHeaders): the parser's 400."""
     headers = b"".join(b"X-%d: a\r\n" % i for i in range(600))
     seen = Seen(get(b"/v1/audio/voices", headers))
-    assert seen.answer == BARE_400
+    assert is_parser_400(seen.answer)
     seen.assert_nothing_upstream()
 
 
@@ -525,11 +541,11 @@ def test_header_block_just_under_the_limit_is_forwarded() -> None:
     ],
     ids=["conflicting", "duplicate", "list", "list-same", "negative", "plus", "hex"],
 )
-def test_bad_content_length_gets_twisteds_bare_400(lengths: bytes) -> None:
-    """Duplicate, conflicting, listed or non-decimal Content-Length: Twisted's parser answers
-    a bare 400 and closes before any body is read; nothing reaches the upstream."""
+def test_bad_content_length_gets_parsers_400(lengths: bytes) -> None:
+    """Duplicate, conflicting, listed or non-decimal Content-Length: Twisted's parser refuses
+    them (the channel's 400) and closes before any body is read; nothing reaches the upstream."""
     seen = Seen(b"POST /v1/audio/speech HTTP/1.1\r\nHost: gw\r\n" + lengths + b"\r\nabcde")
-    assert seen.answer == BARE_400
+    assert is_parser_400(seen.answer)
     assert seen.client.closed
     seen.assert_nothing_upstream()
 
@@ -545,6 +561,11 @@ def test_bad_content_length_gets_twisteds_bare_400(lengths: bytes) -> None:
         b"Transfer-Encoding: xchunked\r\n",
         b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
         b"Transfer-Encoding : chunked\r\n",
+        b"Transfer-Encoding: identity\r\n",
+        b"Transfer-Encoding: identity\r\nContent-Length: 3\r\n",
+        b"Content-Length: 3\r\nTransfer-Encoding: identity\r\n",
+        b"Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n",
+        b"Transfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n",
     ],
     ids=[
         "cl-then-te",
@@ -555,16 +576,21 @@ def test_bad_content_length_gets_twisteds_bare_400(lengths: bytes) -> None:
         "xchunked",
         "te-twice",
         "space-before-colon",
+        "identity",
+        "identity-then-cl",
+        "cl-then-identity",
+        "chunked-then-identity",
+        "identity-then-chunked",
     ],
 )
-def test_request_smuggling_framing_gets_twisteds_bare_400(framing: bytes) -> None:
+def test_request_smuggling_framing_gets_parsers_400(framing: bytes) -> None:
     """Content-Length together with Transfer-Encoding (both orders), transfer codings other
-    than a lone ``chunked``, a repeated Transfer-Encoding: Twisted refuses with a bare 400, so
+    than a lone ``chunked``, a repeated Transfer-Encoding: the channel refuses them with a 400, so
     the gateway never has to choose a framing, and never forwards both."""
     seen = Seen(
         b"POST /v1/audio/speech HTTP/1.1\r\nHost: gw\r\n" + framing + b"\r\n3\r\nabc\r\n0\r\n\r\n"
     )
-    assert seen.answer == BARE_400
+    assert is_parser_400(seen.answer)
     assert seen.client.closed
     seen.assert_nothing_upstream()
 
@@ -652,10 +678,34 @@ def test_upstream_connection_header_cannot_strip_the_response_framing() -> None:
     assert b"x-up-secret" not in headers
 
 
-def test_two_host_headers_reach_the_upstream_as_its_own_one() -> None:
-    """Twisted accepts two Host headers; the gateway replaces Host with the upstream's own,
-    so the upstream sees exactly one, whatever the client sent."""
-    seen = Seen(get(b"/v1/audio/voices", b"Host: evil.test\r\n"))
+@pytest.mark.parametrize(
+    "hosts",
+    [b"", b"Host: gw\r\nHost: evil.test\r\n", b"Host: a b\r\n", b"Host: gw/x\r\n", b"Host: @x\r\n"],
+    ids=["none", "two", "space", "slash", "at"],
+)
+def test_http11_request_without_exactly_one_valid_host_is_400(hosts: bytes) -> None:
+    """RFC 9112 section 3.2: an HTTP/1.1 request with no Host, two, or one that is no
+    host[:port] is a 400 (nginx's too); Twisted would pass it on."""
+    seen = Seen(b"GET /v1/audio/voices HTTP/1.1\r\n" + hosts + b"\r\n")
+    assert is_parser_400(seen.answer)
+    assert "Host" in json.loads(parse_response(seen.answer)[2])["error"]["message"]
+    seen.assert_nothing_upstream()
+
+
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        b"GET /v1/audio/voices HTTP/1.0\r\n\r\n",
+        b"GET /v1/audio/voices HTTP/1.1\r\nHost:\r\n\r\n",
+        b"GET /v1/audio/voices HTTP/1.1\r\nHost: [::1]:8000\r\n\r\n",
+        b"GET /v1/audio/voices HTTP/1.1\r\nHost: tts.example.com\r\n\r\n",
+    ],
+    ids=["http10-no-host", "empty-host", "ipv6-literal", "name"],
+)
+def test_valid_hosts_are_forwarded_with_the_upstreams_own(request_head: bytes) -> None:
+    """HTTP/1.0 needs no Host; an empty one is valid (RFC 9112 section 3.2); the upstream
+    always gets exactly its own Host."""
+    seen = Seen(request_head)
     assert [v for n, v in seen.upstream_headers() if n == b"host"] == [b"127.0.0.1:8091"]
 
 
@@ -687,7 +737,7 @@ def test_chunked_upload_over_limit_is_413_before_the_rest_is_spooled() -> None:
     assert client.received() == b""
     client.send(b"a" * 600)
     assert client.received().startswith(b"HTTP/1.1 413 ")
-    request = client.protocol._channel.requests[-1]  # type: ignore[attr-defined]
+    request = client.protocol.requests[-1]  # type: ignore[attr-defined]
     assert request.content.tell() == 600, "nothing past the limit was stored"
     client.send(b"a" * 100_000)
     assert request.content.tell() == 600
@@ -708,13 +758,14 @@ def test_chunked_upload_over_limit_is_413_before_the_rest_is_spooled() -> None:
     ],
     ids=["not-hex", "negative", "0x", "leading-space", "trailing-space", "overlong", "no-crlf"],
 )
-def test_malformed_chunking_gets_twisteds_bare_400(chunks: bytes) -> None:
+def test_malformed_chunking_gets_parsers_400(chunks: bytes) -> None:
     """Chunk sizes that are not bare hex, chunk data longer than declared or without its
-    CRLF: Twisted's parser answers a bare 400 and closes; nothing reaches the upstream."""
+    CRLF: Twisted's parser refuses it (the channel's 400) and closes; nothing reaches the
+    upstream."""
     seen = Seen(
         b"POST /v1/audio/speech HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks
     )
-    assert seen.answer == BARE_400
+    assert is_parser_400(seen.answer)
     assert seen.client.closed
     seen.assert_nothing_upstream()
 
@@ -735,7 +786,7 @@ def test_chunk_extensions_and_trailers_are_not_forwarded() -> None:
 
 def test_unterminated_chunked_body_is_never_forwarded() -> None:
     """A chunked body without its last chunk is not a request yet: nothing goes upstream,
-    and Twisted's idle timeout (60 s) closes the connection without an answer."""
+    and once the body has stalled for the client timeout (60 s) the client gets a 408."""
     seen = Seen(
         b"POST /v1/audio/speech HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"3\r\nabc\r\n"
@@ -744,7 +795,8 @@ def test_unterminated_chunked_body_is_never_forwarded() -> None:
     seen.assert_nothing_upstream()
     seen.harness.reactor.advance(61)
     assert seen.client.closed
-    assert seen.answer == b""
+    assert seen.answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    seen.assert_nothing_upstream()
     assert seen.harness.connection_attempts == 0
 
 
@@ -824,9 +876,9 @@ def test_lf_only_line_endings_are_not_a_request() -> None:
     ],
     ids=["leading-space", "double-space", "trailing-space", "extra-word", "http2", "no-version"],
 )
-def test_malformed_request_lines_get_twisteds_bare_400(line: bytes) -> None:
-    """A request line that is not exactly METHOD SP target SP HTTP/1.x: a bare 400 from
-    Twisted; nothing upstream."""
+def test_malformed_request_lines_get_parsers_400(line: bytes) -> None:
+    """A request line that is not exactly METHOD SP target SP HTTP/1.x: the parser's 400;
+    nothing upstream."""
     seen = Seen(line + b"\r\nHost: gw\r\n\r\n")
-    assert seen.answer == BARE_400
+    assert is_parser_400(seen.answer)
     seen.assert_nothing_upstream()

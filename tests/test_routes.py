@@ -109,7 +109,7 @@ def test_chunked_body_over_limit_is_413_while_it_arrives() -> None:
     assert client.received() == b""
     client.send(b"400\r\n" + b"a" * 0x400 + b"\r\n")
     assert client.received().startswith(b"HTTP/1.1 413 ")
-    request = client.protocol._channel.requests[-1]  # type: ignore[attr-defined]
+    request = client.protocol.requests[-1]  # type: ignore[attr-defined]
     assert request.content.tell() == 0x200, "nothing past the limit was stored"
     client.send(b"400\r\n" + b"a" * 0x400 + b"\r\n0\r\n\r\n")
     assert h.connection_attempts == 0

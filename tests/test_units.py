@@ -193,6 +193,8 @@ def test_error_mapping() -> None:
         ({"max_body": -5}, "max-body"),
         ({"slots": 0}, "slots"),
         ({"listen": ()}, "listen"),
+        ({"client_timeout": 0}, "client-timeout"),
+        ({"keepalive_timeout": -1}, "keepalive-timeout"),
     ],
 )
 def test_bad_config_fails_with_one_line(kwargs: dict[str, object], fragment: str) -> None:
@@ -210,9 +212,12 @@ def test_options_precedence_command_line_over_environment() -> None:
         "AISTACK_TTS_SLOTS": "2",
         "AISTACK_TTS_LISTEN": "tcp:1 tcp:2",
         "AISTACK_TTS_MAX_BODY": "100",
+        "AISTACK_TTS_CLIENT_TIMEOUT": "12",
+        "AISTACK_TTS_KEEPALIVE_TIMEOUT": "9",
     }
     options = Options(environ=env)
-    options.parseOptions(["--slots", "3", "--idle-timeout", "7.5"])  # type: ignore[no-untyped-call]
+    argv = ["--slots", "3", "--idle-timeout", "7.5", "--keepalive-timeout", "4"]
+    options.parseOptions(argv)  # type: ignore[no-untyped-call]
     config = options.config
     assert config.upstream == ("http://10.0.0.5:8091",)
     assert config.slots == 3
@@ -220,6 +225,7 @@ def test_options_precedence_command_line_over_environment() -> None:
     assert config.listen == ("tcp:1", "tcp:2")
     assert config.max_body == 100
     assert config.connect_timeout == 5.0
+    assert (config.client_timeout, config.keepalive_timeout) == (12.0, 4.0)
     assert not config.demo
 
 
@@ -237,6 +243,7 @@ def test_options_defaults() -> None:
     assert options.config == GatewayConfig()
     assert options.config.listen == ("tcp:8000:interface=127.0.0.1",)
     assert options.config.max_body == 26214400
+    assert (options.config.client_timeout, options.config.keepalive_timeout) == (60.0, 75.0)
 
 
 @pytest.mark.parametrize(

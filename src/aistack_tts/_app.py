@@ -93,6 +93,8 @@ class _Routes:
         """Prometheus metrics."""
         if self._proxy.metrics_route is None:
             raise NotFound("no route for /metrics")
+        # A scrape is a reading of now: no cache between here and Prometheus may keep it.
+        request.setHeader(b"Cache-Control", b"no-store")
         return self._proxy.metrics_route.render_GET(request)
 
     @app.handle_errors(GatewayError)

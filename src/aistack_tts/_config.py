@@ -18,6 +18,10 @@ DEFAULT_MAX_BODY = 25 * 1024 * 1024
 DEFAULT_SLOTS = 1
 DEFAULT_WS_IDLE_TIMEOUT = 300.0
 DEFAULT_DRAIN_TIMEOUT = 30.0
+#: nginx's client_header_timeout / client_body_timeout.
+DEFAULT_CLIENT_TIMEOUT = 60.0
+#: nginx's keepalive_timeout.
+DEFAULT_KEEPALIVE_TIMEOUT = 75.0
 
 
 class ConfigError(ValueError):
@@ -154,6 +158,12 @@ class GatewayConfig:
     )
     drain_timeout: float = field(
         default=DEFAULT_DRAIN_TIMEOUT, validator=_positive_seconds("drain-timeout")
+    )
+    client_timeout: float = field(
+        default=DEFAULT_CLIENT_TIMEOUT, validator=_positive_seconds("client-timeout")
+    )
+    keepalive_timeout: float = field(
+        default=DEFAULT_KEEPALIVE_TIMEOUT, validator=_positive_seconds("keepalive-timeout")
     )
     #: 0: a busy GPU is a 503 at once; more: wait that long, first come first served.
     queue_timeout: float = field(default=0.0, validator=_non_negative_seconds("queue-timeout"))

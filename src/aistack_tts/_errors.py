@@ -68,6 +68,11 @@ class MethodNotAllowed(GatewayError):
     type = "method_not_allowed"
 
 
+class RequestTimeout(GatewayError):
+    status = 408
+    type = "request_timeout"
+
+
 class RequestTooLarge(GatewayError):
     status = 413
     type = "request_too_large"

@@ -9,9 +9,11 @@ from typing import Any
 from twisted.python import usage
 
 from ._config import (
+    DEFAULT_CLIENT_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_BODY,
     DEFAULT_SLOTS,
     DEFAULT_WS_IDLE_TIMEOUT,
@@ -69,6 +71,23 @@ _SETTINGS: list[tuple[str, str, str, Callable[[str], Any], object, str]] = [
         float,
         DEFAULT_WS_IDLE_TIMEOUT,
         "Seconds an idle WebSocket session may hold the slot",
+    ),
+    (
+        "client-timeout",
+        "AISTACK_TTS_CLIENT_TIMEOUT",
+        "client_timeout",
+        float,
+        DEFAULT_CLIENT_TIMEOUT,
+        "Seconds a request head may take from its first byte, and a request body may stall;"
+        " 408 after that",
+    ),
+    (
+        "keepalive-timeout",
+        "AISTACK_TTS_KEEPALIVE_TIMEOUT",
+        "keepalive_timeout",
+        float,
+        DEFAULT_KEEPALIVE_TIMEOUT,
+        "Seconds an idle keep-alive client connection is kept open",
     ),
     (
         "drain-timeout",

@@ -18,8 +18,10 @@ from twisted.web.server import Request
 from ._accesslog import AccessLog
 from ._call import ProxiedCall
 from ._config import (
+    DEFAULT_CLIENT_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_BODY,
     DEFAULT_SLOTS,
     DEFAULT_UPSTREAM,
@@ -92,6 +94,8 @@ class TTSProxy:
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_body: int = DEFAULT_MAX_BODY,
         ws_idle_timeout: float = DEFAULT_WS_IDLE_TIMEOUT,
+        client_timeout: float = DEFAULT_CLIENT_TIMEOUT,
+        keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
         registry: CollectorRegistry | None = None,
         metrics: bool = True,
         health: bool = True,
@@ -102,6 +106,8 @@ class TTSProxy:
             idle_timeout=idle_timeout,
             max_body=max_body,
             ws_idle_timeout=ws_idle_timeout,
+            client_timeout=client_timeout,
+            keepalive_timeout=keepalive_timeout,
             slots=slots,
             queue_timeout=queue_timeout,
             slot_exempt=list(slot_exempt),
@@ -115,6 +121,8 @@ class TTSProxy:
         self.idle_timeout = config.idle_timeout
         self.max_body = config.max_body
         self.ws_idle_timeout = config.ws_idle_timeout
+        self.client_timeout = config.client_timeout
+        self.keepalive_timeout = config.keepalive_timeout
         self.queue_timeout = config.queue_timeout
         self.exempt = config.exempt_rules
         self.pool = UpstreamPool(
@@ -165,6 +173,8 @@ class TTSProxy:
             idle_timeout=config.idle_timeout,
             max_body=config.max_body,
             ws_idle_timeout=config.ws_idle_timeout,
+            client_timeout=config.client_timeout,
+            keepalive_timeout=config.keepalive_timeout,
             queue_timeout=config.queue_timeout,
             slot_exempt=config.slot_exempt,
             metrics=config.metrics,
@@ -181,7 +191,12 @@ class TTSProxy:
     def site(self) -> GatewaySite:
         """A ``Site`` for L{resource} that enforces the body limit while the body arrives."""
         return GatewaySite(
-            self.resource(), max_body=self.max_body, reactor=self.clock, access_log=self.access_log
+            self.resource(),
+            max_body=self.max_body,
+            reactor=self.clock,
+            access_log=self.access_log,
+            client_timeout=self.client_timeout,
+            keepalive_timeout=self.keepalive_timeout,
         )
 
     @property

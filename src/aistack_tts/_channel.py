@@ -1,0 +1,310 @@
+"""The client connection: request framing rules and client timeouts, before any routing.
+
+twisted.web's ``HTTPChannel`` parses requests; this subclass adds what a proxy in front of a
+GPU owes the server behind it and its other clients:
+
+- Deadlines instead of Twisted's one 60 s timer that every byte restarts (a client sending a
+  header byte every 55 s held its connection for ever): the request head must be whole within
+  ``client_timeout`` of its first byte; a body may not stall for ``client_timeout`` nor fall
+  under ``MIN_BODY_RATE`` on average after that grace; a connection with no request under way
+  is closed after ``keepalive_timeout``. A request that is being served has no client deadline
+  (the call's own ``--idle-timeout`` watches it).
+- Framing a trusted proxy enforces (RFC 9112): ``chunked`` is the only transfer coding, an
+  HTTP/1.1 request has exactly one valid ``Host``.
+- Early answers (400, 408, 413, written before the request reaches a resource) are the
+  contract's envelope with ``Date`` and ``Connection: close``; the connection is half-closed
+  so the client reads the answer, what it still sends is discarded unparsed, and after
+  ``LINGER_SECONDS`` it is cut.
+
+The hooks used (``_respondToBadRequestAndDisconnect``, ``_maybeChooseTransferDecoder``,
+``_failChooseTransferDecoder``, ``_handlingRequest``, ``_version``, ``_command``, ``_path``) are
+twisted.web's private API: it has no public hook for framing errors or timeouts per phase.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable
+from typing import Any
+
+from attrs import frozen
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel, datetimeToString
+from twisted.web.iweb import IRequest
+
+from ._accesslog import AccessLog, ensure_request_id
+from ._errors import GatewayError, InvalidRequest, RequestTimeout
+
+#: How long a refused client may keep sending (discarded) before its connection is cut. Closing
+#: at once would reset the connection under a client still writing, and it would never read
+#: the answer (a "lingering close", as nginx does).
+LINGER_SECONDS = 2.0
+
+#: The slowest mean rate a request body may arrive at once its ``client_timeout`` grace is
+#: over (Apache's mod_reqtimeout uses 500 B/s): a body dribbled at 1 byte/s is cut, a
+#: 25 MiB upload over a slow link is not.
+MIN_BODY_RATE = 1024.0
+
+#: ``Host`` = uri-host [ ":" port ] (RFC 9110 section 7.2): an IP literal or a reg-name.
+_HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(:[0-9]*)?")
+
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 413: b"Payload Too Large"}
+
+_LOST = Failure(ConnectionDone())
+
+
+@frozen
+class ClientLimits:
+    """What a client connection may take: its deadlines, and where its early answers are logged."""
+
+    clock: IReactorTime
+    client_timeout: float
+    keepalive_timeout: float
+    access_log: AccessLog | None = None
+
+
+class Phase(enum.Enum):
+    """Where a connection is between requests, and which deadline applies."""
+
+    #: No byte of a next request yet: ``keepalive_timeout`` (``client_timeout`` before the first).
+    IDLE = "idle"
+    #: A request head is arriving: whole within ``client_timeout`` of its first byte.
+    HEAD = "head"
+    #: A request body is arriving: no stall of ``client_timeout``, at least ``MIN_BODY_RATE``.
+    BODY = "body"
+    #: The request is being served: no client deadline.
+    SERVING = "serving"
+    #: An early answer was written (or the connection is going): nothing more is parsed.
+    CLOSING = "closing"
+
+
+def early_answer(error: GatewayError, now: float) -> bytes:
+    """The whole response for ``error`` written before any request object can answer."""
+    body = error.envelope()
+    reason = _REASONS.get(error.status, b"Error")
+    head = [
+        b"HTTP/1.1 %d %s" % (error.status, reason),
+        b"Date: " + datetimeToString(now),
+        b"Content-Type: application/json",
+        b"Content-Length: %d" % len(body),
+        b"Cache-Control: no-store",
+        b"Connection: close",
+    ]
+    head.extend(name + b": " + value for name, value in error.headers)
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+class GatewayChannel(HTTPChannel):
+    """An ``HTTPChannel`` with per-phase client deadlines and strict request framing."""
+
+    def __init__(self, limits: ClientLimits) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.limits = limits
+        self.phase = Phase.IDLE
+        self._served = 0
+        self._timer: IDelayedCall | None = None
+        self._linger: IDelayedCall | None = None
+        self._since = 0.0
+        self._last_body = 0.0
+        self._body_bytes = 0
+
+    # Phases and their deadlines.
+
+    def _enter(self, phase: Phase) -> None:
+        self.phase = phase
+        now = self.limits.clock.seconds()
+        self._since = self._last_body = now
+        self._body_bytes = 0
+        self._disarm()
+        if phase in (Phase.SERVING, Phase.CLOSING):
+            return
+        self._timer = self.limits.clock.callLater(self._deadline() - now, self._check)
+
+    def _deadline(self) -> float:
+        limits = self.limits
+        if self.phase is Phase.IDLE:
+            wait = limits.keepalive_timeout if self._served else limits.client_timeout
+            return self._since + wait
+        if self.phase is Phase.BODY:
+            stall = self._last_body + limits.client_timeout
+            rate = self._since + limits.client_timeout + self._body_bytes / MIN_BODY_RATE
+            return min(stall, rate)
+        return self._since + limits.client_timeout
+
+    def _check(self) -> None:
+        self._timer = None
+        now = self.limits.clock.seconds()
+        deadline = self._deadline()
+        if now < deadline:
+            # The body kept coming: look again when its deadline can next run out.
+            self._timer = self.limits.clock.callLater(deadline - now, self._check)
+            return
+        if self.phase is Phase.IDLE:
+            self.phase = Phase.CLOSING
+            self.loseConnection()  # type: ignore[no-untyped-call]
+            self._linger = self.limits.clock.callLater(LINGER_SECONDS, self._cut)
+            return
+        what = "request head" if self.phase is Phase.HEAD else "request body"
+        self.refuse(
+            RequestTimeout(
+                f"the {what} did not arrive in time: a request head must be whole within "
+                f"{self.limits.client_timeout:g} s of its first byte, and a body may not stall "
+                f"for {self.limits.client_timeout:g} s or arrive slower than "
+                f"{MIN_BODY_RATE:g} bytes/s"
+            )
+        )
+
+    def _disarm(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _cut(self) -> None:
+        self._linger = None
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
+
+    # twisted.web's parser, with the phase kept beside it.
+
+    def connectionMade(self) -> None:
+        """Arm the first deadline: a client must send its first request in time."""
+        super().connectionMade()  # type: ignore[no-untyped-call]
+        self._enter(Phase.IDLE)
+
+    def dataReceived(self, data: bytes) -> None:
+        """Bytes from the client: nothing after an early answer; a first byte starts the head."""
+        if self.phase is Phase.CLOSING:
+            return
+        if self.phase is Phase.IDLE and data and not self._handlingRequest:
+            self._enter(Phase.HEAD)
+        super().dataReceived(data)  # type: ignore[no-untyped-call]
+
+    def lineReceived(self, line: bytes) -> None:
+        """A line of a request head (pipelined heads replay here without ``dataReceived``)."""
+        if self.phase is Phase.CLOSING:
+            return
+        if self.phase is Phase.IDLE:
+            self._enter(Phase.HEAD)
+        super().lineReceived(line)  # type: ignore[no-untyped-call]
+
+    def rawDataReceived(self, data: bytes) -> None:
+        """Body bytes (or bytes pipelined behind a request being served)."""
+        if self.phase is Phase.CLOSING:
+            return
+        if self.phase is Phase.BODY:
+            self._last_body = self.limits.clock.seconds()
+            self._body_bytes += len(data)
+        super().rawDataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        """The head is in: check ``Host``, then let the body (if any) arrive under its deadline."""
+        problem = self._host_problem()
+        if problem is not None:
+            self.refuse(InvalidRequest(problem))
+            return
+        if self.length != 0:
+            self._enter(Phase.BODY)
+        super().allHeadersReceived()  # type: ignore[no-untyped-call]
+
+    def allContentReceived(self) -> None:
+        """The request is whole: it is served with no client deadline."""
+        if self.phase is Phase.CLOSING:
+            return
+        self._enter(Phase.SERVING)
+        self._served += 1
+        super().allContentReceived()  # type: ignore[no-untyped-call]
+
+    def requestDone(self, request: IRequest) -> None:
+        """A response is finished: a persistent connection waits for the next request."""
+        if self.phase is Phase.SERVING:
+            if self.persistent:
+                # Before the parent replays pipelined bytes, which may start the next head.
+                self._enter(Phase.IDLE)
+            else:
+                # The parent closes once the answer is flushed: a client that never reads
+                # the rest of it may not hold the connection for ever.
+                self._enter(Phase.CLOSING)
+                self._linger = self.limits.clock.callLater(self.limits.client_timeout, self._cut)
+        super().requestDone(request)  # type: ignore[no-untyped-call]
+
+    def connectionLost(self, reason: Failure = _LOST) -> None:
+        """Disarm every deadline."""
+        self.phase = Phase.CLOSING
+        self._disarm()
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        self._linger = None
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+
+    # Framing rules.
+
+    def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
+        # Twisted accepts ``identity`` (dropped from HTTP/1.1) and ignores it, so
+        # "Transfer-Encoding: identity" with a Content-Length, or after "chunked", frames the
+        # body differently than a proxy or server behind that reads RFC 9112 section 6.3.
+        if header == b"Transfer-Encoding" and data.lower() != b"chunked":
+            self._reject(f"Transfer-Encoding {data.decode('latin-1')!r}: only chunked is accepted")
+            self.length = None
+            return False
+        ok: bool = super()._maybeChooseTransferDecoder(header, data)  # type: ignore[no-untyped-call]
+        return ok
+
+    def _host_problem(self) -> str | None:
+        if getattr(self, "_version", b"") != b"HTTP/1.1":
+            return None
+        hosts = self.requests[-1].requestHeaders.getRawHeaders(b"Host") or []
+        if len(hosts) != 1:
+            return f"an HTTP/1.1 request needs exactly one Host header, not {len(hosts)}"
+        if not _HOST.fullmatch(hosts[0]):
+            return f"the Host header {hosts[0].decode('latin-1')!r} is not a valid host[:port]"
+        return None
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted's own answer is a bare "400 Bad Request" with no Date and no body.
+        self._reject("the request is not valid HTTP/1.1 (request line, headers or framing)")
+
+    def _reject(self, why: str) -> None:
+        self.refuse(InvalidRequest(why))
+
+    # Early answers.
+
+    def refuse(self, error: GatewayError, request: IRequest | None = None) -> None:
+        """Answer ``error`` now, before the request reaches a resource, and close lingering.
+
+        Logged as the request's access event; the request line is borrowed from the parser.
+        """
+        if self.phase is Phase.CLOSING:
+            return
+        self._enter(Phase.CLOSING)
+        transport: Any = self.transport
+        transport.write(early_answer(error, self.limits.clock.seconds()))
+        self.persistent = False
+        self._log_refusal(error, request)
+        # Half-close so the client sees the end of our answer, keep reading (and dropping)
+        # what it still sends for a moment, then cut the connection.
+        lose_write: Callable[[], None] | None = getattr(transport, "loseWriteConnection", None)
+        if lose_write is not None:
+            lose_write()
+        else:
+            transport.loseConnection()
+        self._linger = self.limits.clock.callLater(LINGER_SECONDS, self._cut)
+
+    def _log_refusal(self, error: GatewayError, request: IRequest | None) -> None:
+        access_log = self.limits.access_log
+        if access_log is None:
+            return
+        if request is None:
+            # Before its request line is whole, a request has no object yet: make one to log.
+            made: Any = self.requests[-1] if self.requests else self.requestFactory(self)
+            request = made
+        target: Any = request
+        ensure_request_id(target)
+        target.method = getattr(self, "_command", None) or b"-"
+        target.uri = getattr(self, "_path", None) or b"-"
+        access_log.finished(
+            target, status=error.status, outcome=error.type, provider=error.provider, slot="none"
+        )
