@@ -243,7 +243,7 @@ def test_options_defaults() -> None:
     assert options.config == GatewayConfig()
     assert options.config.listen == ("tcp:8000:interface=127.0.0.1",)
     assert options.config.max_body == 26214400
-    assert (options.config.client_timeout, options.config.keepalive_timeout) == (60.0, 75.0)
+    assert (options.config.client_timeout, options.config.keepalive_timeout) == (60.0, None)
 
 
 @pytest.mark.parametrize(

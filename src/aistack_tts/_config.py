@@ -20,8 +20,6 @@ DEFAULT_WS_IDLE_TIMEOUT = 300.0
 DEFAULT_DRAIN_TIMEOUT = 30.0
 #: nginx's client_header_timeout / client_body_timeout.
 DEFAULT_CLIENT_TIMEOUT = 60.0
-#: nginx's keepalive_timeout.
-DEFAULT_KEEPALIVE_TIMEOUT = 75.0
 
 
 class ConfigError(ValueError):
@@ -56,6 +54,16 @@ def _positive_seconds(name: str) -> Callable[[Any, Any, float], None]:
             raise ConfigError(f"{name} must be a positive number of seconds, not {value!r}")
 
     return check
+
+
+def _optional(
+    check: Callable[[Any, Any, float], None],
+) -> Callable[[Any, Any, float | None], None]:
+    def optional(instance: Any, attribute: Any, value: float | None) -> None:
+        if value is not None:
+            check(instance, attribute, value)
+
+    return optional
 
 
 def _strings(value: Iterable[str]) -> tuple[str, ...]:
@@ -162,8 +170,9 @@ class GatewayConfig:
     client_timeout: float = field(
         default=DEFAULT_CLIENT_TIMEOUT, validator=_positive_seconds("client-timeout")
     )
-    keepalive_timeout: float = field(
-        default=DEFAULT_KEEPALIVE_TIMEOUT, validator=_positive_seconds("keepalive-timeout")
+    #: None: ``client_timeout``'s value (the contract's one timeout for idle clients).
+    keepalive_timeout: float | None = field(
+        default=None, validator=_optional(_positive_seconds("keepalive-timeout"))
     )
     #: 0: a busy GPU is a 503 at once; more: wait that long, first come first served.
     queue_timeout: float = field(default=0.0, validator=_non_negative_seconds("queue-timeout"))

@@ -13,7 +13,6 @@ from ._config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_BODY,
     DEFAULT_SLOTS,
     DEFAULT_WS_IDLE_TIMEOUT,
@@ -86,7 +85,7 @@ _SETTINGS: list[tuple[str, str, str, Callable[[str], Any], object, str]] = [
         "AISTACK_TTS_KEEPALIVE_TIMEOUT",
         "keepalive_timeout",
         float,
-        DEFAULT_KEEPALIVE_TIMEOUT,
+        "--client-timeout's value",
         "Seconds an idle keep-alive client connection is kept open",
     ),
     (

@@ -21,7 +21,6 @@ from ._config import (
     DEFAULT_CLIENT_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_BODY,
     DEFAULT_SLOTS,
     DEFAULT_UPSTREAM,
@@ -95,7 +94,7 @@ class TTSProxy:
         max_body: int = DEFAULT_MAX_BODY,
         ws_idle_timeout: float = DEFAULT_WS_IDLE_TIMEOUT,
         client_timeout: float = DEFAULT_CLIENT_TIMEOUT,
-        keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
+        keepalive_timeout: float | None = None,
         registry: CollectorRegistry | None = None,
         metrics: bool = True,
         health: bool = True,
@@ -122,7 +121,7 @@ class TTSProxy:
         self.max_body = config.max_body
         self.ws_idle_timeout = config.ws_idle_timeout
         self.client_timeout = config.client_timeout
-        self.keepalive_timeout = config.keepalive_timeout
+        self.keepalive_timeout = config.keepalive_timeout or config.client_timeout
         self.queue_timeout = config.queue_timeout
         self.exempt = config.exempt_rules
         self.pool = UpstreamPool(

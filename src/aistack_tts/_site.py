@@ -21,7 +21,7 @@ from zope.interface import implementer
 
 from ._accesslog import AccessLog
 from ._channel import ClientLimits, GatewayChannel
-from ._config import DEFAULT_CLIENT_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT
+from ._config import DEFAULT_CLIENT_TIMEOUT
 from ._errors import InvalidRequest, NotFound, RequestTooLarge, write_error
 
 #: A chunked body may come in this many pieces before their mean size is checked.
@@ -150,7 +150,7 @@ class GatewaySite(server.Site):
         reactor: IReactorTime,
         access_log: AccessLog | None = None,
         client_timeout: float = DEFAULT_CLIENT_TIMEOUT,
-        keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
+        keepalive_timeout: float | None = None,
     ) -> None:
         super().__init__(  # type: ignore[no-untyped-call]
             resource,
@@ -161,7 +161,9 @@ class GatewaySite(server.Site):
             # The channel keeps its own deadlines; Twisted's timer restarts on every byte.
             timeout=None,
         )
-        self.limits = ClientLimits(reactor, client_timeout, keepalive_timeout, access_log)
+        self.limits = ClientLimits(
+            reactor, client_timeout, keepalive_timeout or client_timeout, access_log
+        )
 
     def protocol(self) -> GatewayChannel:  # type: ignore[override]
         """A channel with this site's client limits (``buildProtocol`` calls this)."""
