@@ -11,14 +11,16 @@ GPU owes the server behind it and its other clients:
   (the call's own ``--idle-timeout`` watches it).
 - Framing a trusted proxy enforces (RFC 9112): ``chunked`` is the only transfer coding, an
   HTTP/1.1 request has exactly one valid ``Host``.
-- Early answers (400, 408, 413, written before the request reaches a resource) are the
-  contract's envelope with ``Date`` and ``Connection: close``; the connection is half-closed
-  so the client reads the answer, what it still sends is discarded unparsed, and after
-  ``LINGER_SECONDS`` it is cut.
+- Early answers, written before the request reaches a resource (400; 408; 413; 414 and 431
+  for a request line or header block over 16 KiB, which Twisted closed without a word), are
+  the contract's envelope with ``Date`` and ``Connection: close``; the connection is
+  half-closed so the client reads the answer, what it still sends is discarded unparsed, and
+  after ``LINGER_SECONDS`` it is cut.
 
 The hooks used (``_respondToBadRequestAndDisconnect``, ``_maybeChooseTransferDecoder``,
-``_failChooseTransferDecoder``, ``_handlingRequest``, ``_version``, ``_command``, ``_path``) are
-twisted.web's private API: it has no public hook for framing errors or timeouts per phase.
+``_failChooseTransferDecoder``, ``_receivedHeaderSize``, ``_HTTPChannel__first_line``,
+``_handlingRequest``, ``_version``, ``_command``, ``_path``) are twisted.web's private API: it
+has no public hook for framing errors or timeouts per phase.
 """
 
 from __future__ import annotations
@@ -36,7 +38,13 @@ from twisted.web.http import HTTPChannel, datetimeToString
 from twisted.web.iweb import IRequest
 
 from ._accesslog import AccessLog, ensure_request_id
-from ._errors import GatewayError, InvalidRequest, RequestTimeout
+from ._errors import (
+    GatewayError,
+    HeaderTooLarge,
+    InvalidRequest,
+    RequestTimeout,
+    URITooLong,
+)
 
 #: How long a refused client may keep sending (discarded) before its connection is cut. Closing
 #: at once would reset the connection under a client still writing, and it would never read
@@ -51,7 +59,13 @@ MIN_BODY_RATE = 1024.0
 #: ``Host`` = uri-host [ ":" port ] (RFC 9110 section 7.2): an IP literal or a reg-name.
 _HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(:[0-9]*)?")
 
-_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 413: b"Payload Too Large"}
+_REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    413: b"Payload Too Large",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+}
 
 _LOST = Failure(ConnectionDone())
 
@@ -189,7 +203,24 @@ class GatewayChannel(HTTPChannel):
             return
         if self.phase is Phase.IDLE:
             self._enter(Phase.HEAD)
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            # Twisted's answer would be its bare 400.
+            self._too_long()
+            return
         super().lineReceived(line)  # type: ignore[no-untyped-call]
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """One line over 16 KiB: LineReceiver would close without a word."""
+        self._too_long()
+
+    def _too_long(self) -> None:
+        # twisted.web's name-mangled flag: still waiting for (or reading) the request line.
+        if getattr(self, "_HTTPChannel__first_line", 0):
+            self.refuse(URITooLong(f"the request line is over {self.totalHeadersSize} bytes"))
+        else:
+            self.refuse(
+                HeaderTooLarge(f"the request's header block is over {self.totalHeadersSize} bytes")
+            )
 
     def rawDataReceived(self, data: bytes) -> None:
         """Body bytes (or bytes pipelined behind a request being served)."""

@@ -73,6 +73,16 @@ class RequestTimeout(GatewayError):
     type = "request_timeout"
 
 
+class URITooLong(GatewayError):
+    status = 414
+    type = "uri_too_long"
+
+
+class HeaderTooLarge(GatewayError):
+    status = 431
+    type = "request_header_too_large"
+
+
 class RequestTooLarge(GatewayError):
     status = 413
     type = "request_too_large"
