@@ -285,3 +285,25 @@ def test_early_answers_have_date_and_metrics_are_not_cached(gateway: GatewayProc
         status, headers, _ = answer(read_all(sock))
     assert status == 200
     assert headers[b"cache-control"] == b"no-store"
+
+
+@pytest.mark.parametrize(
+    ("head", "status", "kind"),
+    [
+        (b"GET /v1/audio/" + b"a" * 17_000 + b" HTTP/1.1\r\nHost: gw\r\n\r\n", 414, "uri_too_long"),
+        (
+            b"GET /v1/audio/voices HTTP/1.1\r\nHost: gw\r\nX-Big: " + b"a" * 17_000 + b"\r\n\r\n",
+            431,
+            "request_header_too_large",
+        ),
+    ],
+    ids=["request-line", "header-line"],
+)
+def test_overlong_lines_get_an_answer(
+    gateway: GatewayProcess, head: bytes, status: int, kind: str
+) -> None:
+    """Twisted closed these without a word (curl: "Empty reply from server")."""
+    with connect(gateway) as sock:
+        sock.sendall(head)
+        got, _headers, error = answer(read_all(sock))
+    assert (got, error["type"]) == (status, kind)
