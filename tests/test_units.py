@@ -187,6 +187,8 @@ def test_error_mapping() -> None:
         ({"upstream": "ftp://x"}, "http://HOST:PORT"),
         ({"upstream": "http://x:99999"}, "not a valid URL"),
         ({"upstream": "http://x/?a=1"}, "query"),
+        ({"upstream": "http://127.0.0.1:8091/v1"}, "give the server's origin only"),
+        ({"upstream": "http://127.0.0.1:8091/v1/"}, "e.g. http://127.0.0.1:8091 "),
         ({"connect_timeout": -1}, "connect-timeout"),
         ({"idle_timeout": 0}, "idle-timeout"),
         ({"idle_timeout": float("nan")}, "idle-timeout"),

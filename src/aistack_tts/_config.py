@@ -41,6 +41,14 @@ def parse_upstream(url: str) -> bytes:
         raise ConfigError(f"upstream URL {url!r} must not carry a query, fragment or credentials")
     if port == 0:
         raise ConfigError(f"upstream URL {url!r} has port 0")
+    if parts.path.strip("/"):
+        # The request's own path (/v1/audio/...) is appended as it came: a base with a path,
+        # as OpenAI base URLs are written, would send every call to /v1/v1/audio/...
+        origin = f"{parts.scheme}://{parts.netloc}"
+        raise ConfigError(
+            f"upstream URL {url!r} has a path ({parts.path!r}): give the server's origin only, "
+            f"e.g. {origin} (requests keep their own /v1/audio/... path)"
+        )
     try:
         encoded = url.rstrip("/").encode("ascii")
     except UnicodeEncodeError:
