@@ -6,7 +6,7 @@ once on every path (a second release would raise in DeferredSemaphore or show up
 
 from __future__ import annotations
 
-from twisted.internet.error import ConnectionLost, DNSLookupError
+from twisted.internet.error import ConnectionDone, ConnectionLost, DNSLookupError
 from twisted.internet.testing import StringTransport
 
 from support import Harness, LogCapture, dechunk, envelope, parse_response, upstream_request
@@ -163,6 +163,38 @@ def test_short_content_length_body_aborts_client() -> None:
     up.lose(ConnectionLost)
     assert client.aborted
     assert h.tokens == 1
+
+
+CLOSE_DELIMITED_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: audio/wav\r\n\r\n"
+
+
+def test_close_delimited_body_cut_by_a_reset_aborts_client() -> None:
+    """No Content-Length, no chunking, then a reset: a truncated body, never a clean end."""
+    h = Harness()
+    client = h.request(GET)
+    up = h.upstream()
+    up.send(CLOSE_DELIMITED_HEAD + b"part")
+    with LogCapture() as logs:
+        up.lose(ConnectionLost)
+    assert client.aborted
+    assert dechunk(parse_response(client.received())[2]) == (b"part", False)
+    assert h.tokens == 1
+    assert [e["outcome"] for e in logs.access()] == ["upstream_error_mid_body"]
+    assert not logs.failures()
+
+
+def test_close_delimited_body_ended_by_a_clean_close_is_whole() -> None:
+    """No Content-Length, no chunking, then a clean close (FIN): the body ends cleanly."""
+    h = Harness()
+    client = h.request(GET)
+    up = h.upstream()
+    up.send(CLOSE_DELIMITED_HEAD + b"whole")
+    with LogCapture() as logs:
+        up.lose(ConnectionDone)
+    assert not client.aborted
+    assert dechunk(parse_response(client.received())[2]) == (b"whole", True)
+    assert h.tokens == 1
+    assert [e["outcome"] for e in logs.access()] == ["ok"]
 
 
 def test_client_gone_before_headers_aborts_upstream() -> None:
