@@ -13,8 +13,11 @@ from typing import ClassVar
 from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseNeverReceived
+from twisted.web._newclient import ParseError  # private: the Agent's parse error has no public name
+from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.web.iweb import IRequest
+
+from ._upstream_head import UpstreamProtocolError
 
 AISTACK = "aistack"
 QWEN3_TTS = "qwen3-tts"
@@ -139,6 +142,21 @@ def is_connect_failure(failure: Failure) -> bool:
     return False
 
 
+#: Said to the client when the upstream's response could not be relayed as HTTP/1.1.
+NOT_HTTP = "the upstream's response is not valid HTTP/1.1"
+
+
+def _protocol_error(failure: Failure) -> BaseException | None:
+    """The parse failure inside ``failure`` (Twisted wraps it in ``ResponseFailed``), if any."""
+    found = [failure]
+    if failure.check(ResponseFailed):
+        found += [r for r in getattr(failure.value, "reasons", []) if isinstance(r, Failure)]
+    for f in found:
+        if f.check(UpstreamProtocolError, ParseError):
+            return f.value
+    return None
+
+
 def error_for_upstream_failure(
     failure: Failure, *, timed_out: bool, retry_after: int
 ) -> GatewayError:
@@ -152,6 +170,11 @@ def error_for_upstream_failure(
         )
     if failure.check(CancelledError):
         return UpstreamError("CancelledError: the upstream call was cancelled")
+    parse_error = _protocol_error(failure)
+    if isinstance(parse_error, UpstreamProtocolError):
+        return UpstreamError(f"{NOT_HTTP}: {parse_error}")
+    if parse_error is not None:
+        return UpstreamError(f"{NOT_HTTP}: {describe(parse_error)}")
     return UpstreamError(describe(failure.value))
 
 

@@ -29,6 +29,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 
 from ._headers import connection_tokens
+from ._upstream_head import StrictParser
 
 #: How long an idle pooled connection is kept. Below uvicorn's (vLLM's server) 5 s keep-alive,
 #: so the gateway drops a connection before the upstream does and a POST is never sent on a
@@ -55,8 +56,9 @@ class _HygienicProtocol(HTTP11ClientProtocol):
 
     The Agent keeps ``Connection`` itself out of ``response.headers`` (it is in the parser's
     ``connHeaders``), so past this point nobody could tell which headers it declared
-    hop-by-hop (RFC 9110 section 7.6.1). A close-delimited body ends cleanly only on a clean
-    close of the connection (see L{_disconnectParser}).
+    hop-by-hop (RFC 9110 section 7.6.1). Its parser is a L{StrictParser} (bounded, valid
+    head), and a close-delimited body ends cleanly only on a clean close of the connection
+    (see L{_disconnectParser}).
     """
 
     def _disconnectParser(self, reason: Failure | Exception) -> None:
@@ -78,6 +80,8 @@ class _HygienicProtocol(HTTP11ClientProtocol):
     def request(self, request: _AgentRequest) -> Deferred[IResponse]:
         d = super().request(request)
         parser = self._parser
+        if parser is not None:
+            StrictParser.adopt(parser)
 
         def strip(response: IResponse) -> IResponse:
             if parser is not None:
