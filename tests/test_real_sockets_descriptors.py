@@ -138,4 +138,25 @@ def test_out_of_descriptors_is_a_503_from_the_gateway_and_recovers_at_once(
         raw = request(again)
     assert parse_response(raw)[0] == 200, raw[:300]
     warnings = [e for e in gateway.events() if e.get("log_namespace") == "aistack_tts.resources"]
-    assert len(warnings) == 1, warnings
+    assert [w["what"] for w in warnings] == [
+        "refusing new client connections",
+        "out of file descriptors",
+    ], warnings
+
+
+def test_connections_refused_for_want_of_descriptors_log_one_line(gateway: Gateway) -> None:
+    """Twisted closes each client it cannot keep (EMFILE at accept) and logs a line for each;
+    the gateway logs one line per interval instead, with the count."""
+    held = exhaust(gateway)
+    more = [socket.create_connection(("127.0.0.1", gateway.port), timeout=10) for _ in range(20)]
+    for sock in more:
+        assert sock.recv(1) == b"", "closed by the gateway at once"
+    for sock in held + more:
+        sock.close()
+    events = gateway.events()
+    per_connection = [e for e in events if "EMFILE" in str(e.get("log_format", ""))]
+    assert not per_connection, per_connection[:3]
+    [warning] = [e for e in events if e.get("log_namespace") == "aistack_tts.resources"]
+    assert warning["what"] == "refusing new client connections"
+    assert f"limit ({NOFILE})" in warning["detail"]
+    assert warning["count"] >= 1

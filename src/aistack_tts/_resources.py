@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import errno
 import resource
+from typing import Any
 
 from attrs import define, field
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, LogEvent, Logger
+from zope.interface import implementer
 
 #: At most one warning line per this many seconds for each kind of exhaustion.
 WARN_INTERVAL = 10.0
@@ -61,3 +63,53 @@ class RateLimitedWarning:
         )
         self._last = now
         self._unlogged = 0
+
+
+#: What Twisted's TCP ``Port`` logs while ``accept()`` fails for want of descriptors
+#: (``twisted.internet.tcp._accept``), and how many client connections each line stands for.
+#: With its reserved descriptor it accepts and closes every waiting client, one line each;
+#: without it, one line per read event of the listening socket.
+_ACCEPT_EXHAUSTION_LINES = {
+    "EMFILE encountered; releasing reserved file descriptor.": 0,
+    "EMFILE recovery: Closed socket from {address}": 1,
+    "Re-reserving EMFILE recovery file descriptor.": 0,
+    "Could not accept new connection ({acceptError})": 1,
+}
+
+
+@implementer(ILogObserver)
+@define
+class _AcceptExhaustionFilter:
+    """Passes a port's log events on, except the accept-exhaustion ones: those are counted."""
+
+    observer: ILogObserver
+    warning: RateLimitedWarning
+
+    def __call__(self, event: LogEvent) -> None:
+        closed = _ACCEPT_EXHAUSTION_LINES.get(event.get("log_format", ""))
+        if closed is None:
+            self.observer(event)
+        elif closed:
+            detail = (
+                f"new client connections are closed at once: {describe_exhaustion(errno.EMFILE)}"
+            )
+            self.warning.occurred(detail, closed)
+
+
+def quiet_accept_exhaustion(port: Any) -> Any:
+    """Make ``port`` log its accept-time ``EMFILE`` at most once per L{WARN_INTERVAL}.
+
+    Twisted's ``Port`` logs through its private ``_logger`` (there is no public way to filter
+    one port's events); an instance attribute of the same name, whose observer counts those
+    lines and passes the rest on, takes its place. Ports without one are left as they are.
+    """
+    logger = getattr(port, "_logger", None)
+    clock = getattr(port, "reactor", None)
+    if isinstance(logger, Logger) and clock is not None:
+        warning = RateLimitedWarning(clock, "refusing new client connections")
+        port._logger = Logger(
+            namespace=logger.namespace,
+            source=port,
+            observer=_AcceptExhaustionFilter(logger.observer, warning),
+        )
+    return port
