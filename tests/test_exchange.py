@@ -6,7 +6,8 @@ once on every path (a second release would raise in DeferredSemaphore or show up
 
 from __future__ import annotations
 
-from twisted.internet.error import ConnectionLost, DNSLookupError
+import pytest
+from twisted.internet.error import ConnectionDone, ConnectionLost, DNSLookupError
 from twisted.internet.testing import StringTransport
 
 from support import Harness, LogCapture, dechunk, envelope, parse_response, upstream_request
@@ -165,6 +166,38 @@ def test_short_content_length_body_aborts_client() -> None:
     assert h.tokens == 1
 
 
+CLOSE_DELIMITED_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: audio/wav\r\n\r\n"
+
+
+def test_close_delimited_body_cut_by_a_reset_aborts_client() -> None:
+    """No Content-Length, no chunking, then a reset: a truncated body, never a clean end."""
+    h = Harness()
+    client = h.request(GET)
+    up = h.upstream()
+    up.send(CLOSE_DELIMITED_HEAD + b"part")
+    with LogCapture() as logs:
+        up.lose(ConnectionLost)
+    assert client.aborted
+    assert dechunk(parse_response(client.received())[2]) == (b"part", False)
+    assert h.tokens == 1
+    assert [e["outcome"] for e in logs.access()] == ["upstream_error_mid_body"]
+    assert not logs.failures()
+
+
+def test_close_delimited_body_ended_by_a_clean_close_is_whole() -> None:
+    """No Content-Length, no chunking, then a clean close (FIN): the body ends cleanly."""
+    h = Harness()
+    client = h.request(GET)
+    up = h.upstream()
+    up.send(CLOSE_DELIMITED_HEAD + b"whole")
+    with LogCapture() as logs:
+        up.lose(ConnectionDone)
+    assert not client.aborted
+    assert dechunk(parse_response(client.received())[2]) == (b"whole", True)
+    assert h.tokens == 1
+    assert [e["outcome"] for e in logs.access()] == ["ok"]
+
+
 def test_client_gone_before_headers_aborts_upstream() -> None:
     """The client leaves while the upstream generates: the upstream connection is aborted."""
     h = Harness()
@@ -313,3 +346,101 @@ def test_stalled_transport_types() -> None:
     """The harness's transports are StringTransports (sanity for the assertions above)."""
     h = Harness()
     assert isinstance(h.request(GET).transport, StringTransport)
+
+
+BAD_UPSTREAM_HEADS = {
+    "over_the_head_limit": (
+        b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"p" * 1000 + b"\r\n" + b"X-More: 1\r\n" * 6000,
+        "over the gateway's limit of 65536 bytes",
+    ),
+    "one_line_over_the_head_limit": (
+        b"HTTP/1.1 200 OK\r\nX-Pad: " + b"p" * 70000 + b"\r\n",
+        "over the gateway's limit of 65536 bytes",
+    ),
+    "nul_in_a_value": (b"HTTP/1.1 200 OK\r\nX-Voice: al\x00loy\r\n", "control character 0x00"),
+    "bare_cr_in_a_value": (b"HTTP/1.1 200 OK\r\nX-Voice: a\rb\r\n", "control character 0x0d"),
+    "del_in_a_value": (b"HTTP/1.1 200 OK\r\nX-Voice: a\x7fb\r\n", "control character 0x7f"),
+    "space_in_a_name": (b"HTTP/1.1 200 OK\r\nX Voice: alloy\r\n", "invalid header name 'X Voice'"),
+    "space_before_the_colon": (b"HTTP/1.1 200 OK\r\nX-Voice : alloy\r\n", "invalid header name"),
+    "no_colon": (b"HTTP/1.1 200 OK\r\nX-Voice alloy\r\n", "without a colon"),
+    "obs_fold": (b"HTTP/1.1 200 OK\r\nX-Voice: a\r\n b\r\n", "obsolete line folding"),
+    "chunked_then_identity": (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, identity\r\n",
+        "unsupported Transfer-Encoding 'chunked, identity'",
+    ),
+    "identity": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n", "'identity'"),
+    "chunked_twice": (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+        "unsupported Transfer-Encoding 'chunked, chunked'",
+    ),
+    "chunked_and_content_length": (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+        "both Transfer-Encoding and Content-Length",
+    ),
+    "conflicting_content_lengths": (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n",
+        "invalid Content-Length '5, 6'",
+    ),
+    "negative_content_length": (
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n",
+        "invalid Content-Length '-1'",
+    ),
+    "not_http": (b"SSH-2.0-OpenSSH_9.6\r\n", "bad status line 'SSH-2.0-OpenSSH_9.6'"),
+    "http_2": (b"HTTP/2.0 200 OK\r\n", "bad status line"),
+    "two_digit_status": (b"HTTP/1.1 20 OK\r\n", "bad status line"),
+    "signed_status": (b"HTTP/1.1 +200 OK\r\n", "bad status line"),
+    "nul_in_the_reason": (b"HTTP/1.1 200 O\x00K\r\n", "bad status line"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_UPSTREAM_HEADS))
+def test_invalid_upstream_head_is_502_with_a_sane_message(name: str) -> None:
+    """A head the gateway will not relay: 502 saying what was wrong, upstream closed, no leak."""
+    head, reason = BAD_UPSTREAM_HEADS[name]
+    h = Harness()
+    client = h.request(GET)
+    up = h.upstream()
+    with LogCapture() as logs:
+        up.send(head + b"\r\nbody")
+    assert parse_response(client.received())[0] == 502
+    error = envelope(client.received())
+    assert (error["type"], error["provider"]) == ("upstream_error", "qwen3-tts")
+    assert error["message"].startswith("the upstream's response is not valid HTTP/1.1: ")
+    assert reason in error["message"]
+    assert "Error" not in error["message"], "no exception class names for the client"
+    assert up.closed, "the upstream connection is closed"
+    assert h.tokens == 1
+    assert [e["outcome"] for e in logs.access()] == ["upstream_error"]
+    assert not logs.failures()
+
+
+GOOD_ODD_HEADS = {
+    "no_reason_phrase": b"HTTP/1.1 200\r\nContent-Length: 2\r\n\r\nok",
+    "lf_line_ends": b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
+    "interim_100_first": b"HTTP/1.1 100 Continue\r\n\r\n"
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    "repeated_equal_lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok",
+    "obs_text_and_tab_in_a_value": b"HTTP/1.1 200 OK\r\nX-Name: caf\xe9\tau lait\r\n"
+    b"Content-Length: 2\r\n\r\nok",
+    "upper_case_chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n"
+    b"2\r\nok\r\n0\r\n\r\n",
+    "http_1_0": b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    "head_just_under_the_limit": b"HTTP/1.1 200 OK\r\n"
+    + b"X-Pad: "
+    + b"p" * 1000
+    + b"\r\n" * 1
+    + b"X-More: 1\r\n" * 5800
+    + b"Content-Length: 2\r\n\r\nok",
+}
+
+
+@pytest.mark.parametrize("name", sorted(GOOD_ODD_HEADS))
+def test_valid_but_unusual_upstream_heads_are_relayed(name: str) -> None:
+    """Strict, not brittle: what HTTP/1.1 allows (and Twisted accepted) still gets through."""
+    h = Harness()
+    client = h.request(GET)
+    h.upstream().send(GOOD_ODD_HEADS[name])
+    status, _headers, body = parse_response(client.received())
+    assert status == 200
+    assert body in (b"ok", b"2\r\nok\r\n0\r\n\r\n")
+    assert h.tokens == 1

@@ -177,6 +177,49 @@ def test_error_mapping() -> None:
     assert json.loads(error.envelope())["error"]["provider"] == "qwen3-tts"
 
 
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_out_of_descriptors_is_the_gateways_own_503(wrapped: bool) -> None:
+    """EMFILE making the upstream socket: 503 from aistack, not a refusal by the upstream."""
+    import errno
+
+    from twisted.internet.error import ConnectBindError
+
+    from aistack_tts._errors import is_connect_failure, local_exhaustion
+
+    bind = Failure(ConnectBindError(errno.EMFILE, "Too many open files"))
+    failure = Failure(ResponseNeverReceived([bind])) if wrapped else bind
+    assert local_exhaustion(failure) == errno.EMFILE
+    assert not is_connect_failure(failure), "so the upstream is not marked down"
+    error = error_for_upstream_failure(failure, timed_out=False, retry_after=5)
+    assert (error.status, error.type, error.provider) == (
+        503,
+        "local_resource_exhausted",
+        "aistack",
+    )
+    assert "open file descriptors (EMFILE)" in error.message
+    assert dict(error.headers) == {b"Retry-After": b"1"}
+    other_bind = Failure(ConnectBindError(errno.EADDRNOTAVAIL, "no address"))
+    assert local_exhaustion(other_bind) is None
+    assert is_connect_failure(other_bind)
+
+
+def test_rate_limited_warning_logs_once_per_interval_with_a_count() -> None:
+    """A flood of the same trouble: one line per interval, counting what it did not log."""
+    from aistack_tts._resources import RateLimitedWarning
+    from support import LogCapture
+
+    clock = Clock()
+    warning = RateLimitedWarning(clock, "out of file descriptors", interval=10)
+    with LogCapture() as logs:
+        for _ in range(5):
+            warning.occurred("EMFILE")
+            clock.advance(1)
+        clock.advance(10)
+        warning.occurred("EMFILE")
+    lines = [e for e in logs.events if e.get("log_namespace") == "aistack_tts.resources"]
+    assert [e["count"] for e in lines] == [1, 5]
+
+
 # Configuration and options
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from twisted.internet.defer import Deferred
 from twisted.web.server import Request
 
-from ._errors import GatewayError, write_error
+from ._errors import GatewayError, LocalResourceExhausted, write_error
 from ._slot import SlotHold
 from ._upstream import Watchdog
 
@@ -62,6 +62,8 @@ class ProxiedCall:
 
     def _answer_with(self, error: GatewayError) -> None:
         """End the call with the gateway's envelope for ``error``."""
+        if isinstance(error, LocalResourceExhausted):
+            self._proxy.exhaustion_warning.occurred(error.message)
         self._status = error.status
         self._provider = error.provider
         self._finish(error.type, then=lambda: write_error(self._request, error))

@@ -11,10 +11,14 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from twisted.internet.defer import CancelledError
-from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.error import ConnectBindError, ConnectError, DNSLookupError
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseNeverReceived
+from twisted.web._newclient import ParseError  # private: the Agent's parse error has no public name
+from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.web.iweb import IRequest
+
+from ._resources import OUT_OF_DESCRIPTORS, describe_exhaustion
+from ._upstream_head import UpstreamProtocolError
 
 AISTACK = "aistack"
 QWEN3_TTS = "qwen3-tts"
@@ -104,6 +108,11 @@ class NotReady(GatewayError):
     provider = QWEN3_TTS
 
 
+class LocalResourceExhausted(GatewayError):
+    status = 503
+    type = "local_resource_exhausted"
+
+
 class UpstreamUnavailable(GatewayError):
     status = 503
     type = "upstream_unavailable"
@@ -142,8 +151,35 @@ def describe(exc: BaseException | None) -> str:
 _UNREACHABLE = (ConnectError, DNSLookupError)
 
 
+def _failures(failure: Failure) -> list[Failure]:
+    """``failure`` and, for Twisted's wrappers (``ResponseNeverReceived``), the ones inside."""
+    reasons = getattr(failure.value, "reasons", None) if failure.check(ResponseFailed) else None
+    inner = [r for r in reasons if isinstance(r, Failure)] if isinstance(reasons, list) else []
+    return [failure, *inner]
+
+
+def local_exhaustion(failure: Failure) -> int | None:
+    """The errno when the upstream socket could not be made for want of descriptors.
+
+    Twisted's TCP client reports a failed ``socket()`` (``EMFILE``/``ENFILE``) as
+    ``ConnectBindError(errno, strerror)``.
+    """
+    for f in _failures(failure):
+        if f.check(ConnectBindError):
+            code = getattr(f.value, "osError", None)
+            if code in OUT_OF_DESCRIPTORS:
+                assert isinstance(code, int)
+                return code
+    return None
+
+
 def is_connect_failure(failure: Failure) -> bool:
-    """The upstream could not be reached at all (refused, DNS, connect timeout)."""
+    """The upstream could not be reached at all (refused, DNS, connect timeout).
+
+    Not when the gateway itself could not make a socket (L{local_exhaustion}).
+    """
+    if local_exhaustion(failure) is not None:
+        return False
     if failure.check(*_UNREACHABLE):
         return True
     # A pooled connection can be refused only when a new one is made; but the Agent wraps
@@ -154,12 +190,34 @@ def is_connect_failure(failure: Failure) -> bool:
     return False
 
 
+#: Said to the client when the upstream's response could not be relayed as HTTP/1.1.
+NOT_HTTP = "the upstream's response is not valid HTTP/1.1"
+
+
+def _protocol_error(failure: Failure) -> BaseException | None:
+    """The parse failure inside ``failure`` (Twisted wraps it in ``ResponseFailed``), if any."""
+    found = [failure]
+    if failure.check(ResponseFailed):
+        found += [r for r in getattr(failure.value, "reasons", []) if isinstance(r, Failure)]
+    for f in found:
+        if f.check(UpstreamProtocolError, ParseError):
+            return f.value
+    return None
+
+
 def error_for_upstream_failure(
     failure: Failure, *, timed_out: bool, retry_after: int
 ) -> GatewayError:
     """Map a failed upstream call (before response headers) to the envelope for the client."""
     if timed_out:
         return UpstreamTimeout("the Qwen3-TTS upstream did not answer in time")
+    exhausted = local_exhaustion(failure)
+    if exhausted is not None:
+        return LocalResourceExhausted(
+            f"{describe_exhaustion(exhausted)}, so it cannot open a connection to the "
+            "upstream; retry after the time in Retry-After",
+            headers=[(b"Retry-After", b"1")],
+        )
     if is_connect_failure(failure):
         return UpstreamUnavailable(
             f"cannot reach the Qwen3-TTS upstream ({describe(failure.value)}); {COMPOSE_HINT}",
@@ -167,6 +225,11 @@ def error_for_upstream_failure(
         )
     if failure.check(CancelledError):
         return UpstreamError("CancelledError: the upstream call was cancelled")
+    parse_error = _protocol_error(failure)
+    if isinstance(parse_error, UpstreamProtocolError):
+        return UpstreamError(f"{NOT_HTTP}: {parse_error}")
+    if parse_error is not None:
+        return UpstreamError(f"{NOT_HTTP}: {describe(parse_error)}")
     return UpstreamError(describe(failure.value))
 
 

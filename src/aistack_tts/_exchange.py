@@ -23,6 +23,7 @@ from ._call import ProxiedCall
 from ._errors import (
     QWEN3_TTS,
     GatewayError,
+    describe,
     error_for_upstream_failure,
     is_connect_failure,
 )
@@ -159,7 +160,7 @@ class _Exchange(ProxiedCall):
             _log.info(
                 "upstream failed mid-body for {path}: {why}",
                 path=self._request.uri.decode("latin-1"),
-                why=reason.getErrorMessage(),
+                why=describe(reason.value),
             )
             self._abort_client()
             self._finish("upstream_error_mid_body", fired=False)

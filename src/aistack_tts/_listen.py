@@ -19,6 +19,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
 
 from ._config import ConfigError
+from ._resources import quiet_accept_exhaustion
 
 _T = TypeVar("_T")
 
@@ -71,6 +72,9 @@ class _Listener(StreamServerEndpointService):
             super().startService()  # type: ignore[no-untyped-call]
         except CannotListenError as e:
             fail(self._program, ConfigError(f"--listen {self._description!r}: {e.socketError}"))
+        waiting = self._waitingForPort
+        if waiting is not None:
+            waiting.addCallback(quiet_accept_exhaustion)
 
 
 def add_listeners(

@@ -41,6 +41,7 @@ from ._exchange import RETRY_UNAVAILABLE_S, _Exchange
 from ._health import ReadinessProbe
 from ._metrics import GatewayMetrics, MetricsResource
 from ._pool import DEFAULT_DOWN_COOLDOWN, Grant, Upstream, UpstreamPool, WaitTimedOut
+from ._resources import RateLimitedWarning
 from ._site import GatewaySite
 from ._slot import GPUSlot
 from ._tunnel import TunnelTarget, WebSocketTunnel, is_websocket_request
@@ -160,6 +161,8 @@ class TTSProxy:
             ReadinessProbe(reactor, url, config.connect_timeout) for url in config.upstream
         ]
         self._in_flight: set[ProxiedCall] = set()
+        #: One log line per interval while upstream sockets fail for want of descriptors.
+        self.exhaustion_warning = RateLimitedWarning(reactor, "out of file descriptors")
         self._idle_waiters: list[Deferred[None]] = []
 
     @classmethod

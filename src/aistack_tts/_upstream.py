@@ -11,21 +11,25 @@ calls the ``Agent`` treq itself is built on, directly, with the same pool treq w
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from attrs import define, field
 from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.task import Cooperator
+from twisted.python.failure import Failure
 from twisted.web._newclient import HTTP11ClientProtocol
 from twisted.web._newclient import Request as _AgentRequest
 from twisted.web.client import URI, Agent, FileBodyProducer, HTTPConnectionPool
 from twisted.web.client import _HTTP11ClientFactory as _PoolFactory
 from twisted.web.error import SchemeNotSupported
+from twisted.web.http import _DataLoss, _IdentityTransferDecoder
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 
 from ._headers import connection_tokens
+from ._upstream_head import StrictParser
 
 #: How long an idle pooled connection is kept. Below uvicorn's (vLLM's server) 5 s keep-alive,
 #: so the gateway drops a connection before the upstream does and a POST is never sent on a
@@ -33,17 +37,51 @@ from ._headers import connection_tokens
 POOL_IDLE_SECONDS = 4
 
 
+class _LostBody:
+    """The decoder of a close-delimited body whose connection was not closed cleanly.
+
+    ``HTTPClientParser.connectionLost`` turns ``_DataLoss`` from ``noMoreData`` into a
+    ``ResponseFailed`` for the body protocol: the same failure as a short Content-Length body.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        raise RuntimeError("no body bytes are expected after the connection was lost")
+
+    def noMoreData(self) -> None:
+        raise _DataLoss()
+
+
 class _HygienicProtocol(HTTP11ClientProtocol):
     """Drops the response headers that the upstream's ``Connection`` header names.
 
     The Agent keeps ``Connection`` itself out of ``response.headers`` (it is in the parser's
     ``connHeaders``), so past this point nobody could tell which headers it declared
-    hop-by-hop (RFC 9110 section 7.6.1).
+    hop-by-hop (RFC 9110 section 7.6.1). Its parser is a L{StrictParser} (bounded, valid
+    head), and a close-delimited body ends cleanly only on a clean close of the connection
+    (see L{_disconnectParser}).
     """
+
+    def _disconnectParser(self, reason: Failure | Exception) -> None:
+        # A body with neither Content-Length nor chunking ends when the connection does, and is
+        # whole only if it closed cleanly (FIN: ConnectionDone). Twisted's parser tells the body
+        # protocol PotentialDataLoss for any loss, a reset (ConnectionLost) included, and no
+        # public API hands it the loss reason; so the parser's decoder for such a body
+        # (HTTPClientParser.bodyDecoder, twisted.web.http._IdentityTransferDecoder, both
+        # private) is swapped for one that reports data loss, just before the parser hears.
+        # (The quiescent path passes a bare ConnectionDone, not a Failure.)
+        lost = reason.value if isinstance(reason, Failure) else reason
+        parser = self._parser
+        if parser is not None and not isinstance(lost, ConnectionDone):
+            decoder = getattr(parser, "bodyDecoder", None)
+            if isinstance(decoder, _IdentityTransferDecoder) and decoder.contentLength is None:
+                cast(Any, parser).bodyDecoder = _LostBody()
+        super()._disconnectParser(reason)  # type: ignore[no-untyped-call]
 
     def request(self, request: _AgentRequest) -> Deferred[IResponse]:
         d = super().request(request)
         parser = self._parser
+        if parser is not None:
+            StrictParser.adopt(parser)
 
         def strip(response: IResponse) -> IResponse:
             if parser is not None:
