@@ -196,10 +196,7 @@ NOT_HTTP = "the upstream's response is not valid HTTP/1.1"
 
 def _protocol_error(failure: Failure) -> BaseException | None:
     """The parse failure inside ``failure`` (Twisted wraps it in ``ResponseFailed``), if any."""
-    found = [failure]
-    if failure.check(ResponseFailed):
-        found += [r for r in getattr(failure.value, "reasons", []) if isinstance(r, Failure)]
-    for f in found:
+    for f in _failures(failure):
         if f.check(UpstreamProtocolError, ParseError):
             return f.value
     return None
