@@ -49,6 +49,8 @@ def test_twist_lists_and_describes_the_plugin() -> None:
         "--max-body",
         "--slots",
         "--ws-idle-timeout",
+        "--client-timeout",
+        "--keepalive-timeout",
         "--demo",
     ):
         assert option in helptext
@@ -60,6 +62,8 @@ def test_twist_lists_and_describes_the_plugin() -> None:
         (["--listen", "tcp:notaport"], "--listen 'tcp:notaport' is not a valid endpoint"),
         (["--connect-timeout", "-3"], "connect-timeout must be a positive number"),
         (["--upstream", "127.0.0.1:8091"], "must look like http://HOST:PORT"),
+        (["--upstream", "http://127.0.0.1:8091/v1"], "e.g. http://127.0.0.1:8091 (requests"),
+        (["--client-timeout", "0"], "client-timeout must be a positive number"),
     ],
 )
 def test_bad_values_exit_with_one_line(argv: list[str], fragment: str) -> None:
