@@ -20,6 +20,7 @@ from twisted.web.resource import IResource
 from zope.interface import implementer
 
 from ._accesslog import AccessLog
+from ._connections import ConnectionRegistry
 from ._errors import NotFound, RequestTooLarge, write_error
 
 #: How long a refused upload may keep sending (discarded) before its connection is cut. Closing
@@ -42,11 +43,13 @@ class GatewayRequest(server.Request):
         *args: Any,
         max_body: int,
         access_log: AccessLog | None = None,
+        connections: ConnectionRegistry | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(channel, *args, **kw)  # type: ignore[no-untyped-call]
         self.max_body = max_body
         self.access_log = access_log
+        self.connections = connections
         self.body_received = 0
         self.refused = False
 
@@ -90,6 +93,12 @@ class GatewayRequest(server.Request):
             return
         super().process()  # type: ignore[no-untyped-call]
 
+    def write(self, data: bytes) -> None:
+        """Write body bytes; the first write sends the headers, which may end keep-alive."""
+        if not self.startedWriting and self.connections is not None:
+            self.connections.response_starting(self)
+        super().write(data)  # type: ignore[no-untyped-call]
+
     def _refuse(self, why: str) -> None:
         self.refused = True
         error = RequestTooLarge(f"{why}: at most {self.max_body} bytes are accepted")
@@ -130,13 +139,22 @@ class GatewayRequestFactory:
 
     max_body: int
     access_log: AccessLog | None = None
+    connections: ConnectionRegistry | None = None
 
     def __call__(self, channel: HTTPChannel) -> GatewayRequest:
-        return GatewayRequest(channel, max_body=self.max_body, access_log=self.access_log)
+        return GatewayRequest(
+            channel,
+            max_body=self.max_body,
+            access_log=self.access_log,
+            connections=self.connections,
+        )
 
 
 class GatewaySite(server.Site):
-    """A ``Site`` for the gateway: body limit on arrival, multipart left unparsed, quiet."""
+    """A ``Site`` for the gateway: body limit on arrival, multipart left unparsed, quiet.
+
+    Its open connections are in ``connections`` (a new registry unless one is given).
+    """
 
     noisy = False
     displayTracebacks = False
@@ -148,14 +166,23 @@ class GatewaySite(server.Site):
         max_body: int,
         reactor: IReactorTime,
         access_log: AccessLog | None = None,
+        connections: ConnectionRegistry | None = None,
     ) -> None:
+        self.connections = ConnectionRegistry() if connections is None else connections
         super().__init__(  # type: ignore[no-untyped-call]
             resource,
-            requestFactory=GatewayRequestFactory(max_body, access_log),
+            requestFactory=GatewayRequestFactory(max_body, access_log, self.connections),
             reactor=reactor,
             # Voice-clone uploads are multipart: keep them as opaque bytes for the upstream.
             parsePOSTFormSubmission=False,
         )
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """A channel for a new connection, tracked in ``connections``."""
+        protocol = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
+        if protocol is not None:
+            self.connections.add(protocol)
+        return protocol
 
     def log(self, request: Any) -> None:
         """No combined-log line: the gateway emits its own structured access event."""
