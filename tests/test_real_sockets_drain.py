@@ -307,3 +307,34 @@ def test_drain_closes_keep_alive_connections(
         status, _, body, reset = read_all(long, long_start)
         assert (status, reset, *dechunk(body)) == (200, False, pattern(400000), True)
     assert gateway.process.wait(timeout=20) == -signal.SIGTERM
+
+
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_a_second_signal_cuts_the_drain_at_once(
+    upstream: UpstreamProcess, gateways: list[Gateway], tmp_path: Path, second: int
+) -> None:
+    """A second SIGTERM or SIGINT during the drain cuts what is left now (nginx's fast
+    shutdown): one log line, no traceback, the upstream call closed, the process gone within
+    a second or two, and it exits by the first signal."""
+    gateway = Gateway(upstream, tmp_path)
+    gateways.append(gateway)
+    with gateway.connect() as sock:
+        # 20 s of streaming, under the default 30 s --drain-timeout.
+        sock.sendall(get_request("/v1/audio/stream?id=cut&bytes=8000000&rate=400000"))
+        assert read_head(sock).startswith(b"HTTP/1.1 200 ")
+        gateway.signal(signal.SIGTERM)
+        gateway.wait_not_listening()
+        time.sleep(0.2)  # the drain is under way
+        sent = time.monotonic()
+        gateway.signal(second)
+        rest, reset = read_rest(sock)
+        assert reset or not rest.endswith(b"\r\n0\r\n\r\n"), "a cut stream never ends cleanly"
+        status = gateway.process.wait(timeout=10)
+        gone = time.monotonic() - sent
+    assert upstream.wait("cut", {"CLOSED"}, timeout=10).t - sent < 2
+    log = gateway.log()
+    assert "Traceback" not in log, log
+    assert "ReactorNotRunning" not in log, log
+    assert log.count("second signal") == 1, log
+    assert gone < 2, f"the process took {gone:.1f} s to exit after the second signal"
+    assert status == -signal.SIGTERM
