@@ -69,7 +69,7 @@ class Harness:
 
     def client(self) -> Peer:
         """A new client connection to the gateway."""
-        protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))  # type: ignore[no-untyped-call]
+        protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
         assert protocol is not None
         transport = StringTransport(
             hostAddress=IPv4Address("TCP", "127.0.0.1", 8000),

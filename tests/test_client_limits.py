@@ -222,3 +222,24 @@ def test_metrics_are_not_cached() -> None:
     status, headers, _body = parse_response(client.received())
     assert status == 200
     assert headers[b"cache-control"] == [b"no-store"]
+
+
+def test_connections_over_max_connections_are_closed_at_once() -> None:
+    """``buildProtocol`` answers ``None`` (the port closes the socket) once ``max_connections``
+    are open; a slot frees as soon as one closes; one warning per interval, with a count."""
+    h = Harness(max_connections=2)
+    first, _second = h.client(), h.client()
+    with LogCapture() as logs:
+        assert h.site.buildProtocol(None) is None
+        assert h.site.buildProtocol(None) is None
+        first.lose()
+        assert h.site.buildProtocol(None) is not None
+    [warning] = [e for e in logs.events if e.get("log_namespace") == "aistack_tts.resources"]
+    assert "2 client connections are open" in warning["detail"]
+
+
+def test_max_connections_defaults_to_what_the_descriptor_limit_allows() -> None:
+    from aistack_tts._resources import default_max_connections
+
+    assert Harness().site.max_connections == default_max_connections()
+    assert [default_max_connections(n) for n in (64, 256, 1024, -1)] == [24, 96, 480, 524256]

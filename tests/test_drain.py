@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredSemaphore
+from twisted.web.server import Site
 
-from support import Harness, LogCapture, dechunk, envelope, parse_response
+from aistack_tts._drain import ABORT_GRACE
+from support import ConnectionDone, Harness, LogCapture, dechunk, envelope, parse_response
 
 GET = b"GET /v1/audio/speech HTTP/1.1\r\nHost: gw\r\n\r\n"
 CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -29,7 +31,7 @@ def test_drain_with_nothing_in_flight_is_immediate() -> None:
 
 
 def test_drain_lets_a_stream_finish() -> None:
-    """A stream under way finishes whole; the drain completes when it does."""
+    """A stream under way finishes whole; the drain completes once its connection is closed."""
     h = Harness()
     client = h.request(GET)
     up = h.upstream()
@@ -42,8 +44,14 @@ def test_drain_lets_a_stream_finish() -> None:
     assert envelope(late.received())["type"] == "draining"
     up.send(b"3\r\ndef\r\n0\r\n\r\n")
     assert dechunk(parse_response(client.received())[2]) == (b"abcdef", True)
-    assert fired(drained)
     assert h.tokens == 1
+    # Both connections are closed after their response, which may still be unsent.
+    assert client.closed
+    assert late.closed
+    assert not fired(drained)
+    client.lose(ConnectionDone)
+    late.lose(ConnectionDone)
+    assert fired(drained)
     # The drain deadline was disarmed.
     assert [c for c in h.reactor.getDelayedCalls() if "cut" in repr(c)] == []
 
@@ -59,8 +67,9 @@ def test_drain_timeout_cuts_a_stream_short() -> None:
         h.reactor.advance(4.9)
         assert not fired(drained)
         h.reactor.advance(0.1)
-    assert fired(drained)
     assert client.aborted
+    client.lose()
+    assert fired(drained)
     assert up.transport.producerState == "stopped"
     assert h.tokens == 1
     assert [e["outcome"] for e in logs.access()] == ["draining_cut"]
@@ -74,7 +83,155 @@ def test_drain_timeout_answers_a_waiting_client_with_an_envelope() -> None:
     up = h.upstream()
     drained = h.proxy.drain(5)
     h.reactor.advance(5)
-    assert fired(drained)
     assert envelope(client.received())["type"] == "draining"
+    client.lose()
+    assert fired(drained)
     assert up.aborted
     assert h.tokens == 1
+
+
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n"
+LENGTH_HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n"
+
+
+def test_registry_tracks_connections_until_they_are_lost() -> None:
+    """The site's registry counts each client connection until it is lost, and says when
+    none is left."""
+    h = Harness()
+    first, second = h.client(), h.client()
+    registry = h.proxy.connections
+    assert registry.count == 2
+    empty = registry.when_empty()
+    first.lose(ConnectionDone)
+    assert registry.count == 1
+    assert not fired(empty)
+    second.lose()
+    assert registry.count == 0
+    assert fired(empty)
+    assert fired(registry.when_empty())
+
+
+def test_registry_closes_idle_and_aborts_all() -> None:
+    """Only a connection with no request under way is idle; abort_all cuts every one."""
+    h = Harness()
+    idle = h.request(HEALTHZ)
+    assert parse_response(idle.received())[0] == 200
+    arriving = h.request(b"GET /healthz HTTP/1.1\r\n")
+    busy = h.request(GET)
+    registry = h.proxy.connections
+    assert [registry.is_idle(p.protocol) for p in (idle, arriving, busy)] == [True, False, False]
+    assert registry.close_idle() == 1
+    assert (idle.closed, arriving.closed, busy.closed) == (True, False, False)
+    assert registry.abort_all() == 3
+    assert (idle.aborted, arriving.aborted, busy.aborted) == (True, True, True)
+
+
+def test_drain_ends_keep_alive() -> None:
+    """The drain closes an idle keep-alive connection at once; a response begun during the
+    drain says Connection: close, and each connection closes after its response."""
+    h = Harness(slots=2, slot=DeferredSemaphore(2))
+    idle = h.request(HEALTHZ)
+    streaming = h.request(GET)
+    h.upstream(0).send(CHUNKED_HEAD + b"3\r\nabc\r\n")
+    waiting = h.request(GET)
+    arriving = h.request(b"GET /healthz HTTP/1.1\r\n")
+    h.proxy.drain(30)
+    assert idle.closed
+    assert (streaming.closed, waiting.closed, arriving.closed) == (False, False, False)
+    h.upstream(1).send(LENGTH_HEAD + b"xyz")
+    status, headers, body = parse_response(waiting.received())
+    assert (status, headers.get(b"connection"), body) == (200, [b"close"], b"xyz")
+    assert waiting.closed
+    arriving.send(b"Host: gw\r\n\r\n")
+    status, headers, _ = parse_response(arriving.received())
+    assert (status, headers.get(b"connection")) == (200, [b"close"])
+    assert arriving.closed
+    # Its headers went out before the drain: no Connection header, but closed after.
+    h.upstream(0).send(b"0\r\n\r\n")
+    assert dechunk(parse_response(streaming.received())[2]) == (b"abc", True)
+    assert streaming.closed
+
+
+def test_drain_waits_for_connections_then_aborts_them_at_the_deadline() -> None:
+    """A finished call's connection that has not closed (a slow reader) holds the drain up to
+    its timeout; then it is aborted, and the drain ends once it is gone."""
+    h = Harness()
+    client = h.request(GET)
+    h.upstream().send(LENGTH_HEAD + b"xyz")
+    assert not client.closed
+    drained = h.proxy.drain(5)
+    # Idle now: closed once what it has to send is sent, which a slow reader delays.
+    assert client.closed
+    h.reactor.advance(4.9)
+    assert not fired(drained)
+    assert not client.aborted
+    with LogCapture() as logs:
+        h.reactor.advance(0.1)
+    assert client.aborted
+    assert not fired(drained)
+    client.lose()
+    assert fired(drained)
+    assert not logs.failures()
+    assert [c for c in h.reactor.getDelayedCalls() if c.active()] == []
+
+
+def test_drain_gives_up_on_a_connection_that_never_reports_its_loss() -> None:
+    """An aborted connection that never reports its loss ends the drain ABORT_GRACE later."""
+    h = Harness()
+    client = h.request(GET)
+    h.upstream().send(CHUNKED_HEAD + b"3\r\nabc\r\n")
+    drained = h.proxy.drain(5)
+    h.reactor.advance(5)
+    assert client.aborted
+    h.reactor.advance(ABORT_GRACE - 0.01)
+    assert not fired(drained)
+    h.reactor.advance(0.01)
+    assert fired(drained)
+
+
+def test_cut_now_ends_the_drain_at_once() -> None:
+    """cut_now (a second signal) cuts the calls and aborts the connections without waiting
+    for the drain timeout; the slot is free."""
+    h = Harness()
+    client = h.request(GET)
+    up = h.upstream()
+    up.send(CHUNKED_HEAD + b"3\r\nabc\r\n")
+    drained = h.proxy.drain(30)
+    with LogCapture() as logs:
+        assert h.proxy.cut_now() == 1
+        h.reactor.advance(0)
+    assert client.aborted
+    assert up.transport.producerState == "stopped"
+    assert h.tokens == 1
+    client.lose()
+    assert fired(drained)
+    assert [e["outcome"] for e in logs.access()] == ["draining_cut"]
+    assert h.proxy.cut_now() == 0
+    assert [c for c in h.reactor.getDelayedCalls() if c.active()] == []
+
+
+def test_cut_now_before_the_drain_began_starts_and_cuts_it() -> None:
+    """A cut that comes before the drain began still refuses new calls and cuts the rest;
+    the drain begun afterwards is the same, already over."""
+    h = Harness()
+    client = h.request(GET)
+    h.upstream()
+    assert h.proxy.cut_now() == 1
+    h.reactor.advance(0)
+    assert envelope(client.received())["type"] == "draining"
+    client.lose()
+    assert fired(h.proxy.drain(30))
+
+
+def test_drain_in_an_embedder_site_waits_only_for_the_calls() -> None:
+    """Mounted in someone else's Site there is no registry: the drain ends with the calls."""
+    h = Harness()
+    h.site = Site(h.proxy.resource())  # type: ignore[assignment]
+    client = h.request(GET)
+    up = h.upstream()
+    up.send(CHUNKED_HEAD + b"3\r\nabc\r\n")
+    drained = h.proxy.drain(30)
+    up.send(b"0\r\n\r\n")
+    assert dechunk(parse_response(client.received())[2]) == (b"abc", True)
+    assert fired(drained)
+    assert h.proxy.connections.count == 0

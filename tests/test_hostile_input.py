@@ -382,7 +382,7 @@ def test_encoded_or_doubled_prefix_is_refused(target: bytes) -> None:
 def _connect_attempts(upstream: str, target: bytes) -> tuple[list[tuple[str, int]], bytes]:
     reactor = MemoryReactorClock()
     proxy = TTSProxy(upstream, reactor=reactor)
-    protocol = proxy.site().buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))  # type: ignore[no-untyped-call]
+    protocol = proxy.site().buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
     assert protocol is not None
     transport = StringTransport()
     protocol.makeConnection(transport)

@@ -51,6 +51,7 @@ def test_twist_lists_and_describes_the_plugin() -> None:
         "--ws-idle-timeout",
         "--client-timeout",
         "--keepalive-timeout",
+        "--max-connections",
         "--demo",
     ):
         assert option in helptext

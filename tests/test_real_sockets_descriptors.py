@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from aistack_tts._resources import default_max_connections
 from gateway_process import aistack_command, listening_ports, stop_process
 from raw_upstream import Reply, raw_upstream, wait_for
 from support import parse_response
@@ -37,7 +38,7 @@ def open_fds(pid: int) -> int:
 class Gateway:
     """``twist --log-format=json aistack-tts`` with ``RLIMIT_NOFILE`` = L{NOFILE}."""
 
-    def __init__(self, upstream: str, workdir: Path) -> None:
+    def __init__(self, upstream: str, workdir: Path, *options: str) -> None:
         self.log_path = workdir / "gateway.log"
         self._log = self.log_path.open("wb")
 
@@ -46,7 +47,7 @@ class Gateway:
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("AISTACK_TTS_")}
         self.process = subprocess.Popen(
-            aistack_command(upstream),
+            aistack_command(upstream, *options),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -73,7 +74,9 @@ class Gateway:
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[Gateway]:
     with raw_upstream(Reply(OK, end="fin")) as upstream:
-        started = Gateway(upstream.url, tmp_path)
+        # A --max-connections over what the descriptors allow (its default would refuse the
+        # connections first, which is the point of that default: see the last test).
+        started = Gateway(upstream.url, tmp_path, "--max-connections", str(NOFILE * 4))
         try:
             yield started
         finally:
@@ -160,3 +163,35 @@ def test_connections_refused_for_want_of_descriptors_log_one_line(gateway: Gatew
     assert warning["what"] == "refusing new client connections"
     assert f"limit ({NOFILE})" in warning["detail"]
     assert warning["count"] >= 1
+
+
+def test_max_connections_by_default_keeps_descriptors_for_the_calls(tmp_path: Path) -> None:
+    """With no --max-connections, the limit comes from the descriptors ((64 - 16) / 2 = 24
+    here): the 25th client connection is closed at once, the held ones can still make their
+    calls (an upstream socket each), and one line is logged for the refusals. The gateway
+    before accepted every connection until it could open no upstream socket."""
+    most = default_max_connections(NOFILE)
+    with raw_upstream(Reply(OK, end="fin")) as upstream:
+        gateway = Gateway(upstream.url, tmp_path)
+        try:
+            held = [
+                socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+                for _ in range(most)
+            ]
+            extra = [
+                socket.create_connection(("127.0.0.1", gateway.port), timeout=10) for _ in range(10)
+            ]
+            for sock in extra:
+                assert sock.recv(1) == b"", "closed by the gateway at once"
+                sock.close()
+            answers = [request(sock) for sock in held[:3]]
+            for sock in held:
+                sock.close()
+            assert [parse_response(raw)[0] for raw in answers] == [200, 200, 200]
+            with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as again:
+                assert parse_response(request(again))[0] == 200
+        finally:
+            gateway.stop()
+    warnings = [e for e in gateway.events() if e.get("log_namespace") == "aistack_tts.resources"]
+    assert [w["what"] for w in warnings] == ["refusing new client connections"], warnings
+    assert f"{most} client connections are open" in warnings[0]["detail"]

@@ -134,7 +134,7 @@ def test_refused_upload_is_cut_after_a_linger() -> None:
             self.write_closed = True
 
     h = Harness(max_body=10)
-    protocol = h.site.buildProtocol(None)  # type: ignore[no-untyped-call]
+    protocol = h.site.buildProtocol(None)
     assert protocol is not None
     transport = HalfCloseable()  # type: ignore[no-untyped-call]
     protocol.makeConnection(transport)

@@ -394,9 +394,12 @@ def test_drain_waits_for_an_open_session_then_cuts_it() -> None:
         assert not fired
         assert not client.closed
         h.reactor.advance(1)
-        assert fired == [None]
         assert (client.aborted, up.aborted) == (True, True)
         assert_released_once(h, slot)
+        # The drain is over once the aborted client connection is gone.
+        assert not fired
+        client.lose()
+        assert fired == [None]
     assert outcome(logs) == (101, "draining_cut", "held")
 
 

@@ -240,6 +240,7 @@ def test_rate_limited_warning_logs_once_per_interval_with_a_count() -> None:
         ({"listen": ()}, "listen"),
         ({"client_timeout": 0}, "client-timeout"),
         ({"keepalive_timeout": -1}, "keepalive-timeout"),
+        ({"max_connections": 0}, "max-connections"),
     ],
 )
 def test_bad_config_fails_with_one_line(kwargs: dict[str, object], fragment: str) -> None:
@@ -262,6 +263,7 @@ def test_options_precedence_command_line_over_environment() -> None:
     }
     options = Options(environ=env)
     argv = ["--slots", "3", "--idle-timeout", "7.5", "--keepalive-timeout", "4"]
+    argv += ["--max-connections", "300"]
     options.parseOptions(argv)  # type: ignore[no-untyped-call]
     config = options.config
     assert config.upstream == ("http://10.0.0.5:8091",)
@@ -271,6 +273,7 @@ def test_options_precedence_command_line_over_environment() -> None:
     assert config.max_body == 100
     assert config.connect_timeout == 5.0
     assert (config.client_timeout, config.keepalive_timeout) == (12.0, 4.0)
+    assert config.max_connections == 300
     assert not config.demo
 
 

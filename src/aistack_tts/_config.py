@@ -145,6 +145,13 @@ def _check_slots(_instance: Any, _attribute: Any, value: int) -> None:
         raise ConfigError(f"slots must be a whole number >= 1, not {value!r}")
 
 
+def _check_max_connections(_instance: Any, _attribute: Any, value: int | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"max-connections must be a whole number >= 1, not {value!r}")
+
+
 def _check_listen(_instance: Any, _attribute: Any, value: tuple[str, ...]) -> None:
     if not value or any(not isinstance(v, str) or not v.strip() for v in value):
         raise ConfigError("listen needs at least one endpoint description, e.g. tcp:8000")
@@ -182,6 +189,8 @@ class GatewayConfig:
     keepalive_timeout: float | None = field(
         default=None, validator=_optional(_positive_seconds("keepalive-timeout"))
     )
+    #: None: from the descriptor limit (``default_max_connections``).
+    max_connections: int | None = field(default=None, validator=_check_max_connections)
     #: 0: a busy GPU is a 503 at once; more: wait that long, first come first served.
     queue_timeout: float = field(default=0.0, validator=_non_negative_seconds("queue-timeout"))
     slot_exempt: tuple[str, ...] = field(default=(), converter=_strings, validator=_check_exempt)

@@ -89,6 +89,14 @@ _SETTINGS: list[tuple[str, str, str, Callable[[str], Any], object, str]] = [
         "Seconds an idle keep-alive client connection is kept open",
     ),
     (
+        "max-connections",
+        "AISTACK_TTS_MAX_CONNECTIONS",
+        "max_connections",
+        int,
+        "(descriptor limit - 64) / 2",
+        "Open client connections beyond which new ones are closed at once",
+    ),
+    (
         "drain-timeout",
         "AISTACK_TTS_DRAIN_TIMEOUT",
         "drain_timeout",

@@ -29,6 +29,8 @@ from ._config import (
     GatewayConfig,
     parse_upstream,
 )
+from ._connections import ConnectionRegistry
+from ._drain import Drain
 from ._errors import (
     COMPOSE_HINT,
     Draining,
@@ -96,6 +98,7 @@ class TTSProxy:
         ws_idle_timeout: float = DEFAULT_WS_IDLE_TIMEOUT,
         client_timeout: float = DEFAULT_CLIENT_TIMEOUT,
         keepalive_timeout: float | None = None,
+        max_connections: int | None = None,
         registry: CollectorRegistry | None = None,
         metrics: bool = True,
         health: bool = True,
@@ -108,6 +111,7 @@ class TTSProxy:
             ws_idle_timeout=ws_idle_timeout,
             client_timeout=client_timeout,
             keepalive_timeout=keepalive_timeout,
+            max_connections=max_connections,
             slots=slots,
             queue_timeout=queue_timeout,
             slot_exempt=list(slot_exempt),
@@ -123,6 +127,7 @@ class TTSProxy:
         self.ws_idle_timeout = config.ws_idle_timeout
         self.client_timeout = config.client_timeout
         self.keepalive_timeout = config.keepalive_timeout or config.client_timeout
+        self.max_connections = config.max_connections
         self.queue_timeout = config.queue_timeout
         self.exempt = config.exempt_rules
         self.pool = UpstreamPool(
@@ -164,6 +169,9 @@ class TTSProxy:
         #: One log line per interval while upstream sockets fail for want of descriptors.
         self.exhaustion_warning = RateLimitedWarning(reactor, "out of file descriptors")
         self._idle_waiters: list[Deferred[None]] = []
+        #: The client connections of L{site}'s sites (none when mounted in another Site).
+        self.connections = ConnectionRegistry()
+        self._drain: Drain | None = None
 
     @classmethod
     def from_config(cls, config: GatewayConfig, **kwargs: Any) -> TTSProxy:
@@ -177,6 +185,7 @@ class TTSProxy:
             ws_idle_timeout=config.ws_idle_timeout,
             client_timeout=config.client_timeout,
             keepalive_timeout=config.keepalive_timeout,
+            max_connections=config.max_connections,
             queue_timeout=config.queue_timeout,
             slot_exempt=config.slot_exempt,
             metrics=config.metrics,
@@ -199,6 +208,8 @@ class TTSProxy:
             access_log=self.access_log,
             client_timeout=self.client_timeout,
             keepalive_timeout=self.keepalive_timeout,
+            connections=self.connections,
+            max_connections=self.max_connections,
         )
 
     @property
@@ -209,31 +220,43 @@ class TTSProxy:
     def drain(self, timeout: float) -> Deferred[None]:
         """Refuse new calls, let those under way finish, cut the rest after ``timeout`` s.
 
-        New requests get 503 ``draining``. Fires once no call is left (the slot is free then).
+        New requests get 503 ``draining``. On L{site}'s connections keep-alive ends (idle ones
+        are closed now, the others after their response) and the drain also waits for each
+        to deliver its response and close; at the deadline what is left is aborted. Fires
+        once no call (the slot is free then) and no such connection is left.
         """
+        return self._start_drain(timeout).when_done()
+
+    def cut_now(self) -> int:
+        """Cut every call and client connection now (a second signal during the drain).
+
+        Starts the drain if it had not begun. Returns how many calls were cut.
+        """
+        return self._start_drain(0).cut_now()
+
+    def _start_drain(self, timeout: float) -> Drain:
         self.draining = True
+        if self._drain is None:
+            self._drain = Drain(
+                self.clock,
+                self.connections,
+                in_flight=lambda: len(self._in_flight),
+                when_idle=self._when_idle,
+                cut_calls=self._cut_calls,
+            )
+            self._drain.start(timeout)
+        return self._drain
+
+    def _when_idle(self) -> Deferred[None]:
         if not self._in_flight:
             return succeed(None)
-        _log.info(
-            "draining: waiting up to {timeout}s for {count} call(s)",
-            timeout=timeout,
-            count=len(self._in_flight),
-        )
         idle: Deferred[None] = Deferred()
         self._idle_waiters.append(idle)
+        return idle
 
-        def cut() -> None:
-            _log.warn("drain timeout: cutting {count} call(s) short", count=len(self._in_flight))
-            for exchange in list(self._in_flight):
-                exchange.cut_short(Draining("the gateway is shutting down"))
-
-        deadline = self.clock.callLater(timeout, cut)
-
-        def disarm(result: None) -> None:
-            if deadline.active():
-                deadline.cancel()
-
-        return idle.addCallback(disarm)
+    def _cut_calls(self) -> None:
+        for exchange in list(self._in_flight):
+            exchange.cut_short(Draining("the gateway is shutting down"))
 
     def _exchange_done(self, exchange: ProxiedCall) -> None:
         self._in_flight.discard(exchange)

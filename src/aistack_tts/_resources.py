@@ -32,6 +32,24 @@ def descriptor_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+#: Descriptors kept back from client connections (listeners, pooled upstream connections,
+#: log files, the reactor's own): this many, or a quarter of a smaller limit.
+RESERVED_DESCRIPTORS = 64
+#: Python's own ceiling for an unlimited (or absurd) ``RLIMIT_NOFILE``.
+_MOST_CONNECTIONS = 1 << 20
+
+
+def default_max_connections(limit: int | None = None) -> int:
+    """How many client connections the descriptor limit allows.
+
+    Two descriptors each (the socket, and a spooled request body or an upstream connection),
+    after ``RESERVED_DESCRIPTORS``.
+    """
+    nofile = descriptor_limit() if limit is None else limit
+    nofile = _MOST_CONNECTIONS if nofile < 0 else min(nofile, _MOST_CONNECTIONS)
+    return max(1, (nofile - min(RESERVED_DESCRIPTORS, nofile // 4)) // 2)
+
+
 def describe_exhaustion(code: int) -> str:
     """What ran out, for a client's message or the log, naming the limit."""
     if code == errno.ENFILE:

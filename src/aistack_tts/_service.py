@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from ._config import DEFAULT_DRAIN_TIMEOUT, GatewayConfig
 from ._listen import Listen, add_listeners, or_fail, parse_endpoints
 from ._proxy import TTSProxy
+from ._shutdown import FastShutdown
 
 _log = Logger()
 
@@ -34,12 +35,17 @@ class GatewayService(MultiService):
     def stopService(self) -> Deferred[None]:
         """Graceful drain: stop listening, let calls under way finish, close the pool.
 
-        Calls still going after the drain timeout are cut short.
+        The drain also waits for their responses to reach the clients. What is still going
+        after the drain timeout (or L{cut_now}) is cut short.
         """
         d = maybeDeferred(super().stopService)
         d.addBoth(lambda _: self.proxy.drain(self.drain_timeout))
         d.addBoth(lambda _: self.proxy.close())
         return d
+
+    def cut_now(self) -> int:
+        """Cut every call and client connection now; how many calls were cut."""
+        return self.proxy.cut_now()
 
 
 class DemoGatewayService(MultiService):
@@ -51,6 +57,7 @@ class DemoGatewayService(MultiService):
         self._endpoints = endpoints
         self._reactor = reactor
         self._demo_port: IListeningPort | None = None
+        self._gateway: GatewayService | None = None
 
     def startService(self) -> None:
         """Listen for the demo first: the gateway's upstream URL needs its port."""
@@ -66,6 +73,7 @@ class DemoGatewayService(MultiService):
         proxy = TTSProxy.from_config(evolve(self._config, upstream=(url,)), reactor=self._reactor)
         gateway = GatewayService(proxy, self._endpoints, self._config.drain_timeout)
         gateway.setServiceParent(self)  # type: ignore[no-untyped-call]
+        self._gateway = gateway
         super().startService()  # type: ignore[no-untyped-call]
 
     def stopService(self) -> Deferred[None]:
@@ -76,8 +84,14 @@ class DemoGatewayService(MultiService):
             d.addBoth(lambda _: port.stopListening())
         return d
 
+    def cut_now(self) -> int:
+        """Cut the gateway's calls and client connections now; how many calls were cut."""
+        return 0 if self._gateway is None else self._gateway.cut_now()
 
-def make_gateway_service(config: GatewayConfig, reactor: Any) -> IService:
+
+def make_gateway_service(
+    config: GatewayConfig, reactor: Any
+) -> GatewayService | DemoGatewayService:
     """Build the service for ``config``; a bad listen description raises L{ConfigError}."""
     endpoints = parse_endpoints(reactor, config.listen)
     if config.demo:
@@ -87,7 +101,14 @@ def make_gateway_service(config: GatewayConfig, reactor: Any) -> IService:
 
 
 def makeService(options: Any) -> IService:
-    """Entry point for the ``twist`` plugin (imported lazily by the ServiceMaker)."""
+    """Entry point for the ``twist`` plugin (imported lazily by the ServiceMaker).
+
+    The first SIGTERM/SIGINT drains (the reactor's handlers stop it, which stops the service);
+    a second one cuts the drain short (L{FastShutdown}, installed once the reactor runs,
+    after the reactor's own handlers).
+    """
     from twisted.internet import reactor
 
-    return or_fail("aistack-tts", lambda: make_gateway_service(options.config, reactor))
+    service = or_fail("aistack-tts", lambda: make_gateway_service(options.config, reactor))
+    reactor.callWhenRunning(FastShutdown(reactor, service.cut_now).install)
+    return service

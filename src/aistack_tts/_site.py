@@ -22,7 +22,9 @@ from zope.interface import implementer
 from ._accesslog import AccessLog
 from ._channel import ClientLimits, GatewayChannel
 from ._config import DEFAULT_CLIENT_TIMEOUT
+from ._connections import ConnectionRegistry
 from ._errors import InvalidRequest, NotFound, RequestTooLarge, write_error
+from ._resources import RateLimitedWarning, default_max_connections
 
 #: A chunked body may come in this many pieces before their mean size is checked.
 CHUNKS_BEFORE_CHECK = 1024
@@ -45,11 +47,13 @@ class GatewayRequest(server.Request):
         *args: Any,
         max_body: int,
         access_log: AccessLog | None = None,
+        connections: ConnectionRegistry | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(channel, *args, **kw)  # type: ignore[no-untyped-call]
         self.max_body = max_body
         self.access_log = access_log
+        self.connections = connections
         self.body_received = 0
         self.body_pieces = 0
         self.body_chunked = False
@@ -113,6 +117,12 @@ class GatewayRequest(server.Request):
             return
         super().process()  # type: ignore[no-untyped-call]
 
+    def write(self, data: bytes) -> None:
+        """Write body bytes; the first write sends the headers, which may end keep-alive."""
+        if not self.startedWriting and self.connections is not None:
+            self.connections.response_starting(self)
+        super().write(data)  # type: ignore[no-untyped-call]
+
     def _refuse(self, why: str) -> None:
         self.refused = True
         # No "100 Continue" after our answer: the channel looks at Expect right after gotLength.
@@ -131,13 +141,22 @@ class GatewayRequestFactory:
 
     max_body: int
     access_log: AccessLog | None = None
+    connections: ConnectionRegistry | None = None
 
     def __call__(self, channel: HTTPChannel) -> GatewayRequest:
-        return GatewayRequest(channel, max_body=self.max_body, access_log=self.access_log)
+        return GatewayRequest(
+            channel,
+            max_body=self.max_body,
+            access_log=self.access_log,
+            connections=self.connections,
+        )
 
 
 class GatewaySite(server.Site):
-    """A ``Site`` for the gateway: body limit on arrival, multipart left unparsed, quiet."""
+    """A ``Site`` for the gateway: body limit on arrival, multipart left unparsed, quiet.
+
+    Its open connections are in ``connections`` (a new registry unless one is given).
+    """
 
     noisy = False
     displayTracebacks = False
@@ -151,10 +170,13 @@ class GatewaySite(server.Site):
         access_log: AccessLog | None = None,
         client_timeout: float = DEFAULT_CLIENT_TIMEOUT,
         keepalive_timeout: float | None = None,
+        connections: ConnectionRegistry | None = None,
+        max_connections: int | None = None,
     ) -> None:
+        self.connections = ConnectionRegistry() if connections is None else connections
         super().__init__(  # type: ignore[no-untyped-call]
             resource,
-            requestFactory=GatewayRequestFactory(max_body, access_log),
+            requestFactory=GatewayRequestFactory(max_body, access_log, self.connections),
             reactor=reactor,
             # Voice-clone uploads are multipart: keep them as opaque bytes for the upstream.
             parsePOSTFormSubmission=False,
@@ -164,10 +186,30 @@ class GatewaySite(server.Site):
         self.limits = ClientLimits(
             reactor, client_timeout, keepalive_timeout or client_timeout, access_log
         )
+        #: Beyond this many open client connections, new ones are closed at once: each holds
+        #: descriptors, and running out of them fails everyone's calls.
+        self.max_connections = max_connections or default_max_connections()
+        self._refusing = RateLimitedWarning(reactor, "refusing new client connections")
 
     def protocol(self) -> GatewayChannel:  # type: ignore[override]
         """A channel with this site's client limits (``buildProtocol`` calls this)."""
         return GatewayChannel(self.limits)
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """A channel for a new connection, tracked in ``connections``.
+
+        ``None`` (the port closes the connection at once) when ``max_connections`` are open.
+        """
+        if self.connections.count >= self.max_connections:
+            self._refusing.occurred(
+                f"{self.connections.count} client connections are open, the most "
+                f"--max-connections allows: new ones are closed at once"
+            )
+            return None
+        protocol = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
+        if protocol is not None:
+            self.connections.add(protocol)
+        return protocol
 
     def log(self, request: Any) -> None:
         """No combined-log line: the gateway emits its own structured access event."""
