@@ -208,6 +208,17 @@ def open_stream(
     return sock
 
 
+def read_to_close(sock: socket.socket) -> tuple[bytes, bool]:
+    """Read until the gateway closes; the bytes, and whether it reset the connection."""
+    data = b""
+    try:
+        while more := sock.recv(1 << 20):
+            data += more
+    except ConnectionResetError:
+        return data, True
+    return data, False
+
+
 def fetch(port: int, target: str, timeout: float = 10) -> bytes:
     """``GET target`` and read until the gateway closes the connection; the raw response."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway_process import GatewayProcess
+from gateway_process import GatewayProcess, read_to_close
 from upstream_server import UpstreamProcess
 
 pytestmark = pytest.mark.real_sockets
@@ -66,13 +66,7 @@ def connect(gateway: GatewayProcess) -> socket.socket:
 
 def read_all(sock: socket.socket) -> bytes:
     """Everything until the gateway closes (a reset after its answer counts as a close)."""
-    data = b""
-    try:
-        while more := sock.recv(65536):
-            data += more
-    except ConnectionResetError:
-        pass
-    return data
+    return read_to_close(sock)[0]
 
 
 def answer(raw: bytes) -> tuple[int, dict[bytes, bytes], dict[str, str]]:

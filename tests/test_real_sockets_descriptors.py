@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from aistack_tts._resources import default_max_connections
-from gateway_process import aistack_command, listening_ports, stop_process
+from gateway_process import aistack_command, listening_ports, read_to_close, stop_process
 from raw_upstream import Reply, raw_upstream, wait_for
 from support import parse_response
 
@@ -88,13 +88,7 @@ def request(sock: socket.socket) -> bytes:
     sock.sendall(
         b"GET /v1/audio/voices HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
     )
-    data = b""
-    try:
-        while more := sock.recv(65536):
-            data += more
-    except ConnectionResetError:
-        pass
-    return data
+    return read_to_close(sock)[0]
 
 
 def exhaust(gateway: Gateway) -> list[socket.socket]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway_process import aistack_command, get_request, listening_ports
+from gateway_process import aistack_command, get_request, listening_ports, read_to_close
 from support import dechunk, parse_response
 from upstream_server import UpstreamProcess, pattern
 
@@ -55,17 +55,6 @@ def read_head(sock: socket.socket) -> bytes:
     return data
 
 
-def read_rest(sock: socket.socket) -> tuple[bytes, bool]:
-    """Read to EOF; say whether the connection was reset instead of closed cleanly."""
-    data = b""
-    try:
-        while more := sock.recv(1 << 20):
-            data += more
-    except ConnectionResetError:
-        return data, True
-    return data, False
-
-
 def test_sigterm_lets_a_stream_finish_and_refuses_new_connections(
     upstream: UpstreamProcess,
 ) -> None:
@@ -84,7 +73,7 @@ def test_sigterm_lets_a_stream_finish_and_refuses_new_connections(
                 time.sleep(0.01)
             with pytest.raises(ConnectionRefusedError):
                 socket.create_connection(("127.0.0.1", port), timeout=5).close()
-            rest, reset = read_rest(sock)
+            rest, reset = read_to_close(sock)
         assert not reset
         assert rest.endswith(b"\r\n0\r\n\r\n"), "the chunked body ended with its last chunk"
         upstream.wait("drain1", {"DONE"}, timeout=10)
@@ -108,7 +97,7 @@ def test_drain_timeout_cuts_a_long_stream_and_closes_the_upstream(
             assert read_head(sock).startswith(b"HTTP/1.1 200 ")
             sent = time.monotonic()
             gateway.send_signal(signal.SIGTERM)
-            rest, reset = read_rest(sock)
+            rest, reset = read_to_close(sock)
         assert reset or not rest.endswith(b"\r\n0\r\n\r\n"), "a cut stream never ends cleanly"
         closed = upstream.wait("drain2", {"CLOSED"}, timeout=10)
         assert closed.t - sent < 5
@@ -224,7 +213,7 @@ def read_all(
     sock: socket.socket, start: bytes
 ) -> tuple[int, dict[bytes, list[bytes]], bytes, bool]:
     """Read to EOF after ``start`` (what came already); status, headers, raw body, reset."""
-    rest, reset = read_rest(sock)
+    rest, reset = read_to_close(sock)
     status, headers, body = parse_response(start + rest)
     return status, headers, body, reset
 
@@ -327,7 +316,7 @@ def test_a_second_signal_cuts_the_drain_at_once(
         time.sleep(0.2)  # the drain is under way
         sent = time.monotonic()
         gateway.signal(second)
-        rest, reset = read_rest(sock)
+        rest, reset = read_to_close(sock)
         assert reset or not rest.endswith(b"\r\n0\r\n\r\n"), "a cut stream never ends cleanly"
         status = gateway.process.wait(timeout=10)
         gone = time.monotonic() - sent

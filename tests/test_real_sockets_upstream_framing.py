@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gateway_process import AISTACK_TTS, GatewayProcess, get_request
+from gateway_process import AISTACK_TTS, GatewayProcess, get_request, read_to_close
 from raw_upstream import RawUpstream, Reply, raw_upstream, wait_for
 from support import dechunk, parse_response
 
@@ -39,13 +39,7 @@ def call(port: int, target: str = "/v1/audio/speech") -> tuple[bytes, bool]:
     """``GET target``; the raw response and whether the connection was reset (not closed)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(get_request(target))
-        data = b""
-        try:
-            while more := sock.recv(1 << 20):
-                data += more
-        except ConnectionResetError:
-            return data, True
-    return data, False
+        return read_to_close(sock)
 
 
 def log_events(gateway: GatewayProcess) -> list[dict[str, Any]]:
