@@ -16,6 +16,7 @@ L{stop_process} ends a process started here (or the upstream's, in ``upstream_se
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import subprocess
@@ -206,6 +207,17 @@ def open_stream(
         sock.close()
         raise
     return sock
+
+
+def log_events(path: Path) -> list[dict[str, Any]]:
+    """The JSON log events a gateway process wrote to ``path`` so far (other lines skipped)."""
+    events = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    return events
 
 
 def read_to_close(sock: socket.socket) -> tuple[bytes, bool]:

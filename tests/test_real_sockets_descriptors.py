@@ -20,7 +20,13 @@ from typing import Any
 import pytest
 
 from aistack_tts._resources import default_max_connections
-from gateway_process import aistack_command, listening_ports, read_to_close, stop_process
+from gateway_process import (
+    aistack_command,
+    listening_ports,
+    log_events,
+    read_to_close,
+    stop_process,
+)
 from raw_upstream import Reply, raw_upstream, wait_for
 from support import parse_response
 
@@ -62,13 +68,7 @@ class Gateway:
         self._log.close()
 
     def events(self) -> list[dict[str, Any]]:
-        events = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            try:
-                events.append(json.loads(line))
-            except ValueError:
-                continue
-        return events
+        return log_events(self.log_path)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gateway_process import AISTACK_TTS, GatewayProcess, get_request, read_to_close
+from gateway_process import AISTACK_TTS, GatewayProcess, get_request, log_events, read_to_close
 from raw_upstream import RawUpstream, Reply, raw_upstream, wait_for
 from support import dechunk, parse_response
 
@@ -42,21 +42,12 @@ def call(port: int, target: str = "/v1/audio/speech") -> tuple[bytes, bool]:
         return read_to_close(sock)
 
 
-def log_events(gateway: GatewayProcess) -> list[dict[str, Any]]:
-    """The (JSON) log events the gateway wrote so far."""
-    events = []
-    for line in gateway.log_path.read_text(errors="replace").splitlines():
-        try:
-            events.append(json.loads(line))
-        except ValueError:
-            continue
-    return events
-
-
 def access_outcomes(gateway: GatewayProcess) -> list[str]:
     """The outcome of each access event the gateway logged so far."""
     return [
-        e["outcome"] for e in log_events(gateway) if e.get("log_namespace") == "aistack_tts.access"
+        e["outcome"]
+        for e in log_events(gateway.log_path)
+        if e.get("log_namespace") == "aistack_tts.access"
     ]
 
 
