@@ -180,12 +180,24 @@ def test_a_flood_of_one_byte_chunks_is_refused_and_no_longer_parsed() -> None:
     pieces under the mean size the body is refused, and what follows is dropped unparsed."""
     h = harness()
     with LogCapture() as logs:
-        client = h.request(chunked(b"1\r\nx\r\n" * (CHUNKS_BEFORE_CHECK + 1)))
+        client = h.request(chunked(b""))
+        request = client.protocol.requests[-1]  # type: ignore[attr-defined]
+        calls: list[bytes] = []
+        decoder = client.protocol._transferDecoder  # type: ignore[attr-defined]
+        handle = decoder.dataCallback
+
+        def counted(data: bytes) -> None:
+            calls.append(data)
+            handle(data)
+
+        decoder.dataCallback = counted
+        # All in one read: what follows the refusal in it is not walked chunk by chunk.
+        client.send(b"1\r\nx\r\n" * (CHUNKS_BEFORE_CHECK + 5000))
+        assert len(calls) == CHUNKS_BEFORE_CHECK + 1
         status, _headers, body = parse_response(client.received())
         assert status == 400
         assert "chunked request body" in json.loads(body)["error"]["message"]
         assert client.closed
-        request = client.protocol.requests[-1]  # type: ignore[attr-defined]
         stored = request.content.tell()
         client.send(b"1\r\nx\r\n" * 10_000 + b"0\r\n\r\n")
         assert request.content.tell() == stored

@@ -19,8 +19,9 @@ GPU owes the server behind it and its other clients:
 
 The hooks used (``_respondToBadRequestAndDisconnect``, ``_maybeChooseTransferDecoder``,
 ``_failChooseTransferDecoder``, ``_receivedHeaderSize``, ``_HTTPChannel__first_line``,
-``_handlingRequest``, ``_version``, ``_command``, ``_path``) are twisted.web's private API: it
-has no public hook for framing errors or timeouts per phase.
+``_handlingRequest``, ``_transferDecoder`` and its ``_buffer``, ``_version``, ``_command``,
+``_path``) are twisted.web's private API: it has no public hook for framing errors or timeouts
+per phase.
 """
 
 from __future__ import annotations
@@ -311,6 +312,11 @@ class GatewayChannel(HTTPChannel):
         if self.phase is Phase.CLOSING:
             return
         self._enter(Phase.CLOSING)
+        # A refusal from inside the chunked decoder (a body of tiny chunks) would otherwise
+        # let it walk the rest of what it holds, chunk by chunk, for nothing.
+        undecoded = getattr(self._transferDecoder, "_buffer", None)
+        if isinstance(undecoded, bytearray):
+            del undecoded[:]
         transport: Any = self.transport
         transport.write(early_answer(error, self.limits.clock.seconds()))
         self.persistent = False
