@@ -61,9 +61,7 @@ def log_events(gateway: GatewayProcess) -> list[dict[str, Any]]:
 
 def access_outcomes(gateway: GatewayProcess) -> list[str]:
     """The outcome of each access event the gateway logged so far."""
-    return [
-        e["outcome"] for e in log_events(gateway) if e.get("log_namespace") == "aistack_tts.access"
-    ]
+    return [e["outcome"] for e in log_events(gateway) if e.get("namespace") == "aistack_tts.access"]
 
 
 def answer(stack: tuple[RawUpstream, GatewayProcess], reply: Reply) -> tuple[bytes, bool, str]:
