@@ -109,7 +109,10 @@ def test_metrics_count_faults_and_client_aborts() -> None:
     h.upstream()
     client.lose()
     text = parse_response(get(h, b"/metrics"))[2].decode()
-    assert 'aistack_tts_upstream_faults_total{type="unavailable"} 1.0' in text
+    faults = (
+        'aistack_tts_upstream_faults_total{type="unavailable",upstream="http://127.0.0.1:8091"}'
+    )
+    assert f"{faults} 1.0" in text
     assert "aistack_tts_client_aborts_total 1.0" in text
 
 
