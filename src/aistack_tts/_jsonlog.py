@@ -23,6 +23,19 @@ _RESERVED = frozenset({"time", "level", "namespace", "message", "system", "trace
 _LEGACY = frozenset({"isError", "format", "why"})
 
 
+class Preformatted:
+    """An event's text made beforehand.
+
+    ``"{text}"`` shows it; JSON lines leave it out (it is their ``message`` already).
+    """
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+
+    def __format__(self, spec: str) -> str:
+        return self._text
+
+
 def iso_time(timestamp: float | None) -> str | None:
     """``timestamp`` (seconds since the epoch) as ISO 8601 in UTC, to the microsecond."""
     if timestamp is None:

@@ -7,6 +7,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from ._config import GatewayConfig
+from ._jsonlog import Preformatted
 
 log = Logger(namespace="aistack_tts.startup")
 
@@ -63,4 +64,4 @@ def log_startup(config: GatewayConfig) -> None:
     from . import __version__
 
     fields = startup_fields(config, __version__)
-    log.info("{text}", text=startup_line(fields), **fields)
+    log.info("{text}", text=Preformatted(startup_line(fields)), **fields)

@@ -645,7 +645,7 @@ def _non_negative(name: str) -> Any:
     return check
 
 
-class _DemoSite(Site):
+class DemoUpstreamSite(Site):
     """A ``Site`` whose combined-log lines say they are the demo upstream's."""
 
     def log(self, request: Any) -> None:
@@ -681,7 +681,7 @@ class DemoUpstream:
 
     def site(self) -> Site:
         """A ``Site`` serving L{resource} (multipart bodies left to the route to parse)."""
-        site = _DemoSite(  # type: ignore[no-untyped-call]
+        site = DemoUpstreamSite(  # type: ignore[no-untyped-call]
             self.resource(), reactor=self.reactor, parsePOSTFormSubmission=False
         )
         site.displayTracebacks = False
