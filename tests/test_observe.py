@@ -109,7 +109,10 @@ def test_metrics_count_faults_and_client_aborts() -> None:
     h.upstream()
     client.lose()
     text = parse_response(get(h, b"/metrics"))[2].decode()
-    assert 'aistack_tts_upstream_faults_total{type="unavailable"} 1.0' in text
+    faults = (
+        'aistack_tts_upstream_faults_total{type="unavailable",upstream="http://127.0.0.1:8091"}'
+    )
+    assert f"{faults} 1.0" in text
     assert "aistack_tts_client_aborts_total 1.0" in text
 
 
@@ -162,3 +165,37 @@ def test_insane_request_id_is_replaced() -> None:
     [sent] = [v for n, v in upstream_request(h.upstream())[1] if n == b"x-request-id"]
     assert sent != b"a b"
     assert len(sent) == 32
+
+
+def test_queue_wait_and_slot_hold_add_up_to_the_logged_duration() -> None:
+    """A call that waited 2 s for the GPU and held it 1 s logs duration 3 s, with both parts."""
+    h = Harness(queue_timeout=10)
+    h.slot.acquire()
+    with LogCapture() as logs:
+        client = h.request(GET_VOICES)
+        h.reactor.advance(2)
+        h.slot.release()
+        up = h.upstream()
+        h.reactor.advance(1)
+        up.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert parse_response(client.received())[0] == 200
+    [event] = logs.access()
+    assert (event["queue_wait"], event["slot_held"], event["duration"]) == (2.0, 1.0, 3.0)
+    assert event["upstream"] == "http://127.0.0.1:8091"
+    text = parse_response(get(h, b"/metrics"))[2].decode()
+    assert "aistack_tts_queue_wait_seconds_sum 2.0" in text
+
+
+def test_a_queued_call_that_times_out_logs_its_wait() -> None:
+    """The 503 after the queue timeout says how long the request waited."""
+    h = Harness(queue_timeout=4)
+    h.slot.acquire()
+    with LogCapture() as logs:
+        client = h.request(GET_VOICES)
+        h.reactor.advance(4)
+    raw = client.received()
+    assert envelope(raw)["type"] == "gpu_busy"
+    [event] = logs.access()
+    assert (event["queue_wait"], event["duration"], event["slot"]) == (4.0, 4.0, "busy")
+    assert event["bytes_out"] == len(parse_response(raw)[2])
+    assert parse_response(raw)[1][b"x-request-id"] == [event["request_id"].encode()]

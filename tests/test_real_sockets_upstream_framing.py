@@ -47,7 +47,7 @@ def access_outcomes(gateway: GatewayProcess) -> list[str]:
     return [
         e["outcome"]
         for e in log_events(gateway.log_path)
-        if e.get("log_namespace") == "aistack_tts.access"
+        if e.get("namespace") == "aistack_tts.access"
     ]
 
 

@@ -59,6 +59,8 @@ SWITCHING = (
     b"Server: qwen3-tts\r\n"
     b"\r\n"
 )
+#: What the client gets: the upstream's 101 as it is, with the request's id added at the end.
+SWITCHED = SWITCHING[:-2] + b"X-Request-Id: ws-1\r\n\r\n"
 #: An unmasked server text frame and a masked client binary frame: bytes the gateway never reads.
 SERVER_FRAME = b"\x81\x05hello"
 CLIENT_FRAME = b"\x82\x84\x01\x02\x03\x04" + bytes([0x61 ^ 1, 0x62 ^ 2, 0x63 ^ 3, 0x64 ^ 4])
@@ -224,20 +226,21 @@ def test_handshake_goes_upstream_with_websocket_headers_and_byte_exact_target() 
 
 
 def test_101_is_relayed_verbatim_then_bytes_flow_both_ways_unchanged() -> None:
-    """The upstream's 101 reaches the client byte for byte; then the connection is a tunnel."""
+    """The upstream's 101 reaches the client byte for byte (plus the request's X-Request-Id);
+    then the connection is a tunnel."""
     h, slot = harness()
     client = h.request(HANDSHAKE + CLIENT_FRAME[:3])  # the client did not wait for the 101
     up = h.upstream()
     handshake = up.received()
     up.send(SWITCHING + SERVER_FRAME)
-    assert client.received() == SWITCHING + SERVER_FRAME
+    assert client.received() == SWITCHED + SERVER_FRAME
     assert up.received() == handshake + CLIENT_FRAME[:3], "bytes sent early follow the handshake"
     client.send(CLIENT_FRAME[3:])
     assert up.received() == handshake + CLIENT_FRAME
     big = bytes(range(256)) * 4096  # 1 MiB, in one piece: relayed as it is, never parsed
     up.send(big)
     client.send(big)
-    assert client.received() == SWITCHING + SERVER_FRAME + big
+    assert client.received() == SWITCHED + SERVER_FRAME + big
     assert up.received() == handshake + CLIENT_FRAME + big
     session = tunnel(h)
     assert session.state == "open"
@@ -547,8 +550,22 @@ def test_an_interim_answer_is_skipped() -> None:
     client = h.request(HANDSHAKE)
     up = h.upstream()
     up.send(b"HTTP/1.1 100 Continue\r\n\r\n" + SWITCHING)
-    assert client.received() == SWITCHING
+    assert client.received() == SWITCHED
     assert tunnel(h).state == "open"
+
+
+def test_the_upstreams_own_request_id_on_a_101_is_kept() -> None:
+    """A 101 that carries the upstream's own X-Request-Id goes to the client as it is."""
+    h, _slot = harness()
+    with LogCapture() as logs:
+        client = h.request(HANDSHAKE)
+        up = h.upstream()
+        own = SWITCHING[:-2] + b"x-request-id: up-9\r\n\r\n"
+        up.send(own)
+        assert client.received() == own
+        client.lose(ConnectionDone)
+    [event] = logs.access()
+    assert (event["request_id"], event["gateway_request_id"]) == ("up-9", "ws-1")
 
 
 # --- another answer than 101 ----------------------------------------------------------------

@@ -21,7 +21,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
-from ._accesslog import AccessLog, ensure_request_id
+from ._accesslog import AccessLog, tag_response
 from ._errors import (
     AISTACK,
     COMPOSE_HINT,
@@ -124,14 +124,19 @@ class _Routes:
         return self._answer(request, GatewayError("the gateway failed; see its log"))
 
     def _answer(self, request: IRequest, error: GatewayError) -> bytes:
+        body = apply_error(request, error)
         self._proxy.access_log.finished(
             request,
             status=error.status,
             outcome=error.type,
             provider=error.provider,
             slot="busy" if isinstance(error, GPUBusy) else "none",
+            bytes_out=len(body),
+            envelope=True,
+            cause=error.message,
+            queue_wait=error.queue_wait if isinstance(error, GPUBusy) else None,
         )
-        return apply_error(request, error)
+        return body
 
 
 def _json(request: IRequest, body: dict[str, str]) -> bytes:
@@ -153,12 +158,20 @@ class _Guard(Resource):
         self._access_log = access_log
 
     def render(self, request: Request) -> Any:
-        ensure_request_id(request)
+        self._access_log.arrived(request)
+        tag_response(request)
         try:
             check_target(request.uri)
         except InvalidRequest as error:
             self._access_log.finished(
-                request, status=error.status, outcome=error.type, provider=AISTACK, slot="none"
+                request,
+                status=error.status,
+                outcome=error.type,
+                provider=AISTACK,
+                slot="none",
+                bytes_out=len(error.envelope()),
+                envelope=True,
+                cause=error.message,
             )
             write_error(request, error)
             return NOT_DONE_YET

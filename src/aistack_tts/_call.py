@@ -36,6 +36,11 @@ class ProxiedCall:
         self._hold = hold
         self._clock = proxy.clock
         self._started = self._clock.seconds()
+        #: From the request's arrival to now, when the slot (if any) was just taken.
+        self._queue_wait = proxy.access_log.since_arrival(request)
+        #: Why the call did not end ``ok`` (for the access event).
+        self._cause: str | None = None
+        self._envelope_bytes = 0
         self._state = "connecting"
         self._status: int | None = None
         self._provider = "none"
@@ -56,6 +61,10 @@ class ProxiedCall:
         """Body bytes relayed to the client so far."""
         raise NotImplementedError
 
+    def _upstream_url(self) -> str | None:
+        """The upstream this call went to."""
+        raise NotImplementedError
+
     def cut_short(self, error: GatewayError) -> None:
         """End the call now (the gateway is shutting down), telling a waiting client ``error``."""
         raise NotImplementedError
@@ -66,6 +75,8 @@ class ProxiedCall:
             self._proxy.exhaustion_warning.occurred(error.message)
         self._status = error.status
         self._provider = error.provider
+        self._cause = self._cause or error.message
+        self._envelope_bytes = len(error.envelope())
         self._finish(error.type, then=lambda: write_error(self._request, error))
 
     def _finish(
@@ -86,19 +97,24 @@ class ProxiedCall:
         self._proxy._exchange_done(self)
         if then is not None:
             then()
-        duration = self._clock.seconds() - self._started
+        held = self._clock.seconds() - self._started
         metrics = self._proxy.metrics
-        metrics.upstream_total.observe(duration)
+        metrics.upstream_total.observe(held)
         if self._hold is not None:
-            metrics.slot_held.observe(duration)
+            metrics.slot_held.observe(held)
+        slotted = self._hold is not None
         self._proxy.access_log.finished(
             self._request,
             status=self._status,
             outcome=outcome,
             provider=self._provider,
-            slot="held" if self._hold is not None else "exempt",
-            bytes_out=self._bytes_out(),
-            duration=duration,
+            slot="held" if slotted else "exempt",
+            bytes_out=self._bytes_out() + self._envelope_bytes,
+            envelope=self._envelope_bytes > 0,
+            upstream=self._upstream_url(),
+            cause=None if outcome == "ok" else self._cause,
+            queue_wait=self._queue_wait if slotted else None,
+            slot_held=held if slotted else None,
         )
         if fired and not self.done.called:
             self.done.callback(None)

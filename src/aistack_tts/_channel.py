@@ -38,7 +38,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel, datetimeToString
 from twisted.web.iweb import IRequest
 
-from ._accesslog import AccessLog, ensure_request_id
+from ._accesslog import REQUEST_ID, AccessLog, ensure_request_id
 from ._errors import (
     GatewayError,
     HeaderTooLarge,
@@ -96,7 +96,7 @@ class Phase(enum.Enum):
     CLOSING = "closing"
 
 
-def early_answer(error: GatewayError, now: float) -> bytes:
+def early_answer(error: GatewayError, now: float, request_id: str | None = None) -> bytes:
     """The whole response for ``error`` written before any request object can answer."""
     body = error.envelope()
     reason = _REASONS.get(error.status, b"Error")
@@ -108,6 +108,8 @@ def early_answer(error: GatewayError, now: float) -> bytes:
         b"Cache-Control: no-store",
         b"Connection: close",
     ]
+    if request_id is not None:
+        head.append(REQUEST_ID + b": " + request_id.encode("ascii"))
     head.extend(name + b": " + value for name, value in error.headers)
     return b"\r\n".join(head) + b"\r\n\r\n" + body
 
@@ -317,10 +319,13 @@ class GatewayChannel(HTTPChannel):
         undecoded = getattr(self._transferDecoder, "_buffer", None)
         if isinstance(undecoded, bytearray):
             del undecoded[:]
+        target = self._refused(request)
+        request_id = ensure_request_id(target)
+        target.responseHeaders.setRawHeaders(REQUEST_ID, [request_id.encode("ascii")])
         transport: Any = self.transport
-        transport.write(early_answer(error, self.limits.clock.seconds()))
+        transport.write(early_answer(error, self.limits.clock.seconds(), request_id))
         self.persistent = False
-        self._log_refusal(error, request)
+        self._log_refusal(error, target)
         # Half-close so the client sees the end of our answer, keep reading (and dropping)
         # what it still sends for a moment, then cut the connection.
         lose_write: Callable[[], None] | None = getattr(transport, "loseWriteConnection", None)
@@ -330,18 +335,28 @@ class GatewayChannel(HTTPChannel):
             transport.loseConnection()
         self._linger = self.limits.clock.callLater(LINGER_SECONDS, self._cut)
 
-    def _log_refusal(self, error: GatewayError, request: IRequest | None) -> None:
-        access_log = self.limits.access_log
-        if access_log is None:
-            return
+    def _refused(self, request: IRequest | None) -> Any:
+        """The request being refused, with the request line borrowed from the parser."""
         if request is None:
             # Before its request line is whole, a request has no object yet: make one to log.
             made: Any = self.requests[-1] if self.requests else self.requestFactory(self)
             request = made
         target: Any = request
-        ensure_request_id(target)
         target.method = getattr(self, "_command", None) or b"-"
         target.uri = getattr(self, "_path", None) or b"-"
+        return target
+
+    def _log_refusal(self, error: GatewayError, target: IRequest) -> None:
+        access_log = self.limits.access_log
+        if access_log is None:
+            return
         access_log.finished(
-            target, status=error.status, outcome=error.type, provider=error.provider, slot="none"
+            target,
+            status=error.status,
+            outcome=error.type,
+            provider=error.provider,
+            slot="none",
+            bytes_out=len(error.envelope()),
+            envelope=True,
+            cause=error.message,
         )

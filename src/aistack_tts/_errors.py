@@ -11,7 +11,13 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from twisted.internet.defer import CancelledError
-from twisted.internet.error import ConnectBindError, ConnectError, DNSLookupError
+from twisted.internet.error import (
+    ConnectBindError,
+    ConnectError,
+    DNSLookupError,
+    TCPTimedOutError,
+    TimeoutError,
+)
 from twisted.python.failure import Failure
 from twisted.web._newclient import ParseError  # private: the Agent's parse error has no public name
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
@@ -95,6 +101,8 @@ class RequestTooLarge(GatewayError):
 class GPUBusy(GatewayError):
     status = 503
     type = "gpu_busy"
+    #: Seconds the request waited in the queue before this answer (None: it did not queue).
+    queue_wait: float | None = None
 
 
 class Draining(GatewayError):
@@ -228,6 +236,30 @@ def error_for_upstream_failure(
     if parse_error is not None:
         return UpstreamError(f"{NOT_HTTP}: {describe(parse_error)}")
     return UpstreamError(describe(failure.value))
+
+
+def failure_cause(
+    failure: Failure, *, timed_out: bool, idle_timeout: float, connect_timeout: float
+) -> str:
+    """Why an upstream call failed before its headers, for the access event's ``cause``.
+
+    The exception the client's envelope names, and which of the gateway's timeouts fired.
+    """
+    if timed_out:
+        return f"--idle-timeout: no byte from the upstream for {idle_timeout:g} s"
+    if any(f.check(TimeoutError, TCPTimedOutError) for f in _failures(failure)):
+        return (
+            f"--connect-timeout: no connection within {connect_timeout:g} s "
+            f"({describe(failure.value)})"
+        )
+    return describe(failure.value)
+
+
+def stall_cause(kind: str, idle_timeout: float) -> str:
+    """Why a call was cut by its watchdog: who went quiet, and for how long."""
+    if kind == "client":
+        return f"--idle-timeout: the client read nothing for {idle_timeout:g} s"
+    return f"--idle-timeout: no byte from the upstream for {idle_timeout:g} s"
 
 
 def apply_error(request: IRequest, error: GatewayError) -> bytes:

@@ -25,7 +25,9 @@ from ._errors import (
     GatewayError,
     describe,
     error_for_upstream_failure,
+    failure_cause,
     is_connect_failure,
+    stall_cause,
 )
 from ._headers import client_response_headers, upstream_request_headers
 from ._pool import Upstream
@@ -63,6 +65,9 @@ class _Exchange(ProxiedCall):
 
     def _bytes_out(self) -> int:
         return self._bridge.bytes_out if self._bridge is not None else 0
+
+    def _upstream_url(self) -> str:
+        return self._upstream.url
 
     def start(self) -> Deferred[None]:
         """Send the request upstream; the returned Deferred fires when the client has its answer."""
@@ -138,10 +143,21 @@ class _Exchange(ProxiedCall):
         self._watchdog.stop()
         if self._client_gone:
             # We cancelled the call ourselves because the client left.
+            self._cause = "the client closed the connection before the upstream answered"
             self._finish("client_abort")
             return
         if self._cut_short is None and is_connect_failure(failure) and self._fail_over():
             return
+        self._cause = (
+            self._cut_short.message
+            if self._cut_short is not None
+            else failure_cause(
+                failure,
+                timed_out=self._timed_out,
+                idle_timeout=self._proxy.idle_timeout,
+                connect_timeout=self._proxy.connect_timeout,
+            )
+        )
         error = self._cut_short or error_for_upstream_failure(
             failure, timed_out=self._timed_out, retry_after=RETRY_UNAVAILABLE_S
         )
@@ -163,6 +179,7 @@ class _Exchange(ProxiedCall):
                 why=describe(reason.value),
             )
             self._abort_client()
+            self._cause = describe(reason.value)
             self._finish("upstream_error_mid_body", fired=False)
 
     # Either side.
@@ -178,6 +195,7 @@ class _Exchange(ProxiedCall):
         else:
             assert self._bridge is not None
             self._bridge.stop_upstream()
+            self._cause = "the client closed the connection during the body"
             self._finish("client_abort", fired=False)
 
     def _stalled(self, kind: str) -> None:
@@ -189,6 +207,7 @@ class _Exchange(ProxiedCall):
             assert self._bridge is not None
             self._bridge.stop_upstream()
             self._abort_client()
+            self._cause = stall_cause(kind, self._proxy.idle_timeout)
             self._finish(f"{kind}_stalled", fired=False)
 
     def cut_short(self, error: GatewayError) -> None:
@@ -204,6 +223,7 @@ class _Exchange(ProxiedCall):
             assert self._bridge is not None
             self._bridge.stop_upstream()
             self._abort_client()
+            self._cause = error.message
             self._finish(f"{error.type}_cut", fired=False)
 
     def _unexpected(self, failure: Failure) -> None:
@@ -216,6 +236,7 @@ class _Exchange(ProxiedCall):
         if self._bridge is not None:
             self._bridge.stop_upstream()
         self._abort_client()
+        self._cause = describe(failure.value)
         self._finish("internal_error", fired=False)
 
     # The ways out.

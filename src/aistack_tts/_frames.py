@@ -3,7 +3,9 @@
 The tunnel relays bytes unchanged; it reads only frame headers (RFC 6455 section 5.2), to know
 whether the bytes relayed so far in one direction end on a frame boundary. Only there can the
 gateway end an idle session with a close frame instead of a bare TCP close (which clients
-report as 1006, "abnormal closure").
+report as 1006, "abnormal closure"). It also notes the first close frame each way and its
+code (two payload bytes), so a session's end is put down to the side that said goodbye
+first, not to the side that dropped TCP first.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ import os
 
 #: Close code and reason for a session ended by ``--ws-idle-timeout`` (1001: going away).
 IDLE_CLOSE = (1001, b"idle timeout")
+
+#: The close frame's opcode.
+_CLOSE = 0x8
 
 #: The longest frame header: 2 bytes, an 8-byte extended length, a 4-byte mask.
 _MAX_HEADER = 14
@@ -44,6 +49,13 @@ class FrameBoundary:
     def __init__(self) -> None:
         self._head = b""
         self._left = 0
+        #: A close frame has been relayed in this direction.
+        self.closed = False
+        #: The first close frame's status code, once its first two payload bytes went by.
+        self.close_code: int | None = None
+        self._code = b""
+        self._capture = 0
+        self._mask = b""
 
     @property
     def at_boundary(self) -> bool:
@@ -56,6 +68,8 @@ class FrameBoundary:
         while i < end:
             if self._left:
                 step = min(self._left, end - i)
+                if self._capture:
+                    self._take_code(data[i : i + min(step, self._capture)])
                 self._left -= step
                 i += step
                 continue
@@ -67,6 +81,20 @@ class FrameBoundary:
             i += size - len(self._head)
             self._left = _payload_size(head[:size])
             self._head = b""
+            if head[0] & 0x0F == _CLOSE and not self.closed:
+                self.closed = True
+                self._capture = 2 if self._left >= 2 else 0
+                self._mask = head[size - 4 : size] if head[1] & 0x80 else b""
+
+    def _take_code(self, data: bytes) -> None:
+        """Keep the close frame's first payload bytes: its status code (unmasked)."""
+        offset = len(self._code)
+        if self._mask:
+            data = bytes(b ^ self._mask[(offset + j) % 4] for j, b in enumerate(data))
+        self._code += data
+        self._capture -= len(data)
+        if not self._capture:
+            self.close_code = int.from_bytes(self._code, "big")
 
 
 def close_frame(code: int, reason: bytes, *, masked: bool) -> bytes:

@@ -12,6 +12,14 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
+
+class _QuietFactory(Factory):
+    """Its connections log nothing: a probe loop would log two lines every few seconds."""
+
+    noisy = False
+    protocol = Protocol
+
+
 #: How long one probe's answer is reused: probes come from every load balancer health check.
 CACHE_SECONDS = 3.0
 
@@ -45,7 +53,7 @@ class ReadinessProbe:
         parts = urlsplit(self.upstream)
         port = parts.port or (443 if parts.scheme == "https" else 80)
         endpoint = HostnameEndpoint(self.reactor, parts.hostname or "", port, timeout=self.timeout)
-        connecting = endpoint.connect(Factory.forProtocol(Protocol))
+        connecting = endpoint.connect(_QuietFactory())
         connecting.addCallbacks(self._connected, self._failed)
         return answer
 

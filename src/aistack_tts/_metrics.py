@@ -66,8 +66,20 @@ class GatewayMetrics:
         )
         self.upstream_faults = Counter(
             "aistack_tts_upstream_faults",
-            "Upstream failures, by type.",
-            ["type"],
+            "Upstream failures, by type and upstream (none: every upstream was cooling down).",
+            ["type", "upstream"],
+            registry=r,
+        )
+        self.upstream_calls = Counter(
+            "aistack_tts_upstream_calls",
+            "Calls sent to each upstream, by how they ended (the access event's outcome).",
+            ["upstream", "outcome"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "aistack_tts_queue_wait_seconds",
+            "How long calls waited for the GPU slot (from arrival; 0-ish when it was free).",
+            buckets=_SECONDS,
             registry=r,
         )
 

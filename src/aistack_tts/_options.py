@@ -19,6 +19,7 @@ from ._config import (
     ConfigError,
     GatewayConfig,
 )
+from ._jsonlog import use_json_lines
 from ._listen import or_fail
 
 #: option name -> (environment variable, GatewayConfig field, parser, default, help)
@@ -163,6 +164,8 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         """Build and check the config; a bad value ends the program with one line."""
         self.config = or_fail("aistack-tts", self.build_config)
+        # Under twist, its JSON log format (the default off a terminal) becomes JSON lines.
+        use_json_lines(getattr(self, "parent", None))
 
     def build_config(self) -> GatewayConfig:
         """Command line over environment over defaults; raises L{ConfigError}."""

@@ -123,6 +123,7 @@ class TTSProxy:
             reactor = _global_reactor
         self.clock: IReactorTime = reactor
         self.idle_timeout = config.idle_timeout
+        self.connect_timeout = config.connect_timeout
         self.max_body = config.max_body
         self.ws_idle_timeout = config.ws_idle_timeout
         self.client_timeout = config.client_timeout
@@ -159,7 +160,7 @@ class TTSProxy:
         self.metrics.watch(
             lambda: sum(u.slot.in_use for u in self.pool.upstreams), lambda: len(self._in_flight)
         )
-        self.access_log = AccessLog(self.metrics)
+        self.access_log = AccessLog(self.metrics, reactor)
         self.metrics_route = MetricsResource(self.metrics.registry) if metrics else None
         self.health_routes = health
         self.readiness = [
@@ -321,11 +322,13 @@ class TTSProxy:
             return WebSocketTunnel(self, request, grant.hold, target).start()
         return _Exchange(self, request, grant.upstream, grant.hold).start()
 
-    def _busy(self) -> GPUBusy:
-        return GPUBusy(
+    def _busy(self, queue_wait: float | None = None) -> GPUBusy:
+        busy = GPUBusy(
             "the GPU is busy with another inference; retry after the time in Retry-After",
             headers=self.pool.retry_after().headers(),
         )
+        busy.queue_wait = queue_wait
+        return busy
 
     def _queue(self, request: Request, websocket: bool) -> Deferred[None]:
         """Wait up to the queue timeout for a slot; a client that leaves leaves the queue."""
@@ -333,13 +336,19 @@ class TTSProxy:
 
         def timed_out(failure: Failure) -> None:
             failure.trap(WaitTimedOut)
-            raise self._busy()
+            raise self._busy(self.access_log.since_arrival(request))
 
         def left(failure: Failure) -> None:
             # The router cancels this when the client disconnects while it waits.
             failure.trap(CancelledError)
             self.access_log.finished(
-                request, status=None, outcome="client_abort_queued", provider="none", slot="none"
+                request,
+                status=None,
+                outcome="client_abort_queued",
+                provider="none",
+                slot="none",
+                cause="the client closed the connection while waiting for the GPU",
+                queue_wait=self.access_log.since_arrival(request),
             )
 
         started: Deferred[None] = waited.addCallbacks(

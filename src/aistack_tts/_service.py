@@ -14,6 +14,7 @@ from ._config import DEFAULT_DRAIN_TIMEOUT, GatewayConfig
 from ._listen import Listen, add_listeners, or_fail, parse_endpoints
 from ._proxy import TTSProxy
 from ._shutdown import FastShutdown
+from ._startup import log_startup
 
 _log = Logger()
 
@@ -70,7 +71,9 @@ class DemoGatewayService(MultiService):
         address: Any = self._demo_port.getHost()
         url = f"http://127.0.0.1:{address.port}"
         _log.info("demo upstream (synthetic Qwen3-TTS voice) listening on {url}", url=url)
-        proxy = TTSProxy.from_config(evolve(self._config, upstream=(url,)), reactor=self._reactor)
+        config = evolve(self._config, upstream=(url,))
+        log_startup(config)
+        proxy = TTSProxy.from_config(config, reactor=self._reactor)
         gateway = GatewayService(proxy, self._endpoints, self._config.drain_timeout)
         gateway.setServiceParent(self)  # type: ignore[no-untyped-call]
         self._gateway = gateway
@@ -97,6 +100,7 @@ def make_gateway_service(
     if config.demo:
         return DemoGatewayService(config, endpoints, reactor)
     proxy = TTSProxy.from_config(config, reactor=reactor)
+    log_startup(config)
     return GatewayService(proxy, endpoints, config.drain_timeout)
 
 

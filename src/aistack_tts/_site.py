@@ -19,7 +19,7 @@ from twisted.web.iweb import INonQueuedRequestFactory
 from twisted.web.resource import IResource
 from zope.interface import implementer
 
-from ._accesslog import AccessLog
+from ._accesslog import AccessLog, tag_response
 from ._channel import ClientLimits, GatewayChannel
 from ._config import DEFAULT_CLIENT_TIMEOUT
 from ._connections import ConnectionRegistry
@@ -54,6 +54,9 @@ class GatewayRequest(server.Request):
         self.max_body = max_body
         self.access_log = access_log
         self.connections = connections
+        if access_log is not None:
+            # The request line is in: what the client waits from, uploads included.
+            access_log.arrived(self)
         self.body_received = 0
         self.body_pieces = 0
         self.body_chunked = False
@@ -105,6 +108,7 @@ class GatewayRequest(server.Request):
         if self.path == b"*":
             # twisted.web would answer it itself (a bare 405 or 200), bypassing the envelope.
             error = NotFound("no route for *")
+            tag_response(self)
             if self.access_log is not None:
                 self.access_log.finished(
                     self,
@@ -112,6 +116,9 @@ class GatewayRequest(server.Request):
                     outcome=error.type,
                     provider=error.provider,
                     slot="none",
+                    bytes_out=len(error.envelope()),
+                    envelope=True,
+                    cause=error.message,
                 )
             write_error(self, error)
             return

@@ -44,6 +44,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from ._accesslog import REQUEST_ID
 from ._call import ProxiedCall
 from ._errors import (
     QWEN3_TTS,
@@ -52,6 +53,8 @@ from ._errors import (
     UpstreamTimeout,
     describe,
     error_for_upstream_failure,
+    failure_cause,
+    stall_cause,
 )
 from ._exchange import CLIENT_SEND_BUFFER, NO_BODY_STATUS, RETRY_UNAVAILABLE_S
 from ._frames import IDLE_CLOSE, FrameBoundary, close_frame
@@ -93,6 +96,8 @@ class TunnelTarget:
 
     endpoint: IStreamClientEndpoint
     host: bytes
+    #: The upstream's URL (for the access log).
+    url: str = ""
 
     @classmethod
     def for_upstream(cls, reactor: Any, upstream: str, *, connect_timeout: float) -> TunnelTarget:
@@ -108,7 +113,7 @@ class TunnelTarget:
             from twisted.internet.ssl import optionsForClientTLS
 
             endpoint = wrapClientTLS(optionsForClientTLS(hostname), endpoint)
-        return cls(endpoint=endpoint, host=parts.netloc.encode("ascii"))
+        return cls(endpoint=endpoint, host=parts.netloc.encode("ascii"), url=upstream)
 
 
 class BadAnswer(ValueError):
@@ -151,6 +156,13 @@ def parse_head(raw: bytes) -> AnswerHead:
             raise BadAnswer(f"malformed header line: {line[:80]!r}")
         headers.addRawHeader(name, value.strip(b" \t"))
     return AnswerHead(raw, int(match.group(1)), match.group(2) or b"", headers)
+
+
+def with_request_id(head: AnswerHead, request_id: bytes) -> bytes:
+    """``head``'s bytes, with ``X-Request-Id`` added unless the upstream sent its own."""
+    if head.headers.hasHeader(REQUEST_ID):
+        return head.raw
+    return head.raw[:-2] + REQUEST_ID + b": " + request_id + b"\r\n\r\n"
 
 
 _Decoder = _IdentityTransferDecoder | _ChunkedTransferDecoder
@@ -344,9 +356,38 @@ class WebSocketTunnel(ProxiedCall):
         self._to_upstream = FrameBoundary()
         self.bytes_out = 0
         self.bytes_in = 0
+        #: Who sent the first close frame: ``client`` or ``upstream``.
+        self._closer: str | None = None
 
     def _bytes_out(self) -> int:
         return self.bytes_out
+
+    def _upstream_url(self) -> str:
+        return self._target.url
+
+    def _to_client_feed(self, data: bytes) -> None:
+        self._to_client.feed(data)
+        if self._closer is None and self._to_client.closed:
+            self._closer = "upstream"
+
+    def _to_upstream_feed(self, data: bytes) -> None:
+        self._to_upstream.feed(data)
+        if self._closer is None and self._to_upstream.closed:
+            self._closer = "client"
+
+    def _closed_by(self, dropped: str) -> str:
+        """The outcome for a session whose ``dropped`` side ended its TCP connection first.
+
+        It is put down to the side that sent the first close frame, if one did.
+        """
+        closer = self._closer
+        if closer is None:
+            self._cause = f"the {dropped} closed the connection without a close frame"
+            return f"ws_closed_by_{dropped}"
+        frames = self._to_upstream if closer == "client" else self._to_client
+        code = frames.close_code
+        self._cause = f"the {closer} sent the first close frame (code {code or 'none'})"
+        return f"ws_closed_by_{closer}"
 
     def start(self) -> Deferred[None]:
         """Connect to the upstream; the returned Deferred fires when an HTTP answer is done."""
@@ -395,6 +436,13 @@ class WebSocketTunnel(ProxiedCall):
         error = self._cut_short or error_for_upstream_failure(
             failure, timed_out=self._timed_out, retry_after=RETRY_UNAVAILABLE_S
         )
+        if self._cut_short is None:
+            self._cause = failure_cause(
+                failure,
+                timed_out=self._timed_out,
+                idle_timeout=self._proxy.idle_timeout,
+                connect_timeout=self._proxy.connect_timeout,
+            )
         self._answer_with(error)
 
     def _upstream_data(self, protocol: _UpstreamProtocol, data: bytes) -> None:
@@ -403,7 +451,7 @@ class WebSocketTunnel(ProxiedCall):
         if self._state == "open":
             self.bytes_out += len(data)
             self._watchdog.touch("upstream")
-            self._to_client.feed(data)
+            self._to_client_feed(data)
             self.client.transport.write(data)
         elif self._state == "relaying":
             self._watchdog.touch("upstream")
@@ -455,11 +503,16 @@ class WebSocketTunnel(ProxiedCall):
         upstream.registerProducer(self.upstream.producer, True)
         rest, self._buffer = self._buffer, b""
         self.bytes_out += len(rest)
-        self._to_client.feed(rest)
-        transport.write(head.raw + rest)
+        self._to_client_feed(rest)
+        # The client's id comes back on the 101 too (or the upstream's own, if it set one).
+        own = head.headers.getRawHeaders(REQUEST_ID)
+        if own:
+            request.responseHeaders.setRawHeaders(REQUEST_ID, own)
+        ours = (request.responseHeaders.getRawHeaders(REQUEST_ID) or [b"-"])[0]
+        transport.write(with_request_id(head, ours) + rest)
         if early:
             self.bytes_in += len(early)
-            self._to_upstream.feed(early)
+            self._to_upstream_feed(early)
             upstream.write(early)
         # The channel may have paused reading while it held bytes back.
         if not self.upstream.producer.paused:
@@ -474,7 +527,7 @@ class WebSocketTunnel(ProxiedCall):
             return
         self.bytes_in += len(data)
         self._watchdog.touch("client")
-        self._to_upstream.feed(data)
+        self._to_upstream_feed(data)
         self.upstream.transport.write(data)
 
     def _idle(self, kind: str) -> None:
@@ -487,6 +540,7 @@ class WebSocketTunnel(ProxiedCall):
             self.client.transport.write(close_frame(code, reason, masked=False))
         if self.upstream.open and self._to_upstream.at_boundary:
             self.upstream.transport.write(close_frame(code, reason, masked=True))
+        self._cause = f"--ws-idle-timeout: no byte either way for {self._proxy.ws_idle_timeout:g} s"
         self._end("ws_idle", abort=False)
 
     def _end(self, outcome: str, *, abort: bool) -> None:
@@ -540,6 +594,7 @@ class WebSocketTunnel(ProxiedCall):
             self._request.unregisterProducer()
         # The connection carried a handshake that was refused: it is not reused.
         self.upstream.close(self._clock, abort=False)
+        self._cause = f"the upstream answered the handshake with {self._status}"
         self._finish("ws_rejected", then=self._request.finish)
 
     def _relay_broken(self, why: str) -> None:
@@ -551,6 +606,7 @@ class WebSocketTunnel(ProxiedCall):
         )
         self.upstream.close(self._clock, abort=True)
         self._abort_client()
+        self._cause = why
         self._finish("upstream_error_mid_body", fired=False)
 
     # Either side goes, or time runs out.
@@ -570,13 +626,13 @@ class WebSocketTunnel(ProxiedCall):
             except Exception as e:
                 self._relay_broken(describe(e))
         elif self._state == "open":
-            self._end("ws_closed_by_upstream", abort=False)
+            self._end(self._closed_by("upstream"), abort=False)
 
     def _client_lost(self, reason: Failure) -> None:
         """The client's connection ended after the 101."""
         self.client.gone()
         if self._state == "open":
-            self._end("ws_closed_by_client", abort=False)
+            self._end(self._closed_by("client"), abort=False)
 
     def _client_left(self) -> None:
         """The client went away (or Klein gave up on it) before the tunnel opened."""
@@ -601,6 +657,7 @@ class WebSocketTunnel(ProxiedCall):
         elif self._state == "relaying":
             self.upstream.close(self._clock, abort=True)
             self._abort_client()
+            self._cause = stall_cause(kind, self._proxy.idle_timeout)
             self._finish(f"{kind}_stalled", fired=False)
 
     def cut_short(self, error: GatewayError) -> None:

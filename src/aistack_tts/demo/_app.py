@@ -49,6 +49,8 @@ from ._synth import (
 )
 
 log = Logger(namespace="aistack_tts.demo")
+#: The demo's access lines, marked as the demo's: in front of it, the gateway logs its own.
+access_log = Logger(namespace="aistack_tts.demo.access")
 
 #: The model the real container serves; requests naming another model get 404, as from vLLM.
 MODEL_NAME = "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"
@@ -643,6 +645,14 @@ def _non_negative(name: str) -> Any:
     return check
 
 
+class DemoUpstreamSite(Site):
+    """A ``Site`` whose combined-log lines say they are the demo upstream's."""
+
+    def log(self, request: Any) -> None:
+        line = self._logFormatter(self._logDateTime, request)
+        access_log.info("demo upstream: {line}", line=line)
+
+
 @frozen
 class DemoUpstream:
     """A stand-in for the Qwen3-TTS container, to serve or embed.
@@ -671,7 +681,9 @@ class DemoUpstream:
 
     def site(self) -> Site:
         """A ``Site`` serving L{resource} (multipart bodies left to the route to parse)."""
-        site = Site(self.resource(), reactor=self.reactor, parsePOSTFormSubmission=False)
+        site = DemoUpstreamSite(  # type: ignore[no-untyped-call]
+            self.resource(), reactor=self.reactor, parsePOSTFormSubmission=False
+        )
         site.displayTracebacks = False
         site.noisy = False
         return site

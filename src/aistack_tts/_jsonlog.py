@@ -1,0 +1,87 @@
+"""JSON lines: one log event per line, as ``jq``, Loki and Fluent Bit read them.
+
+``twist``'s own JSON output is RFC 7464 (each record starts with 0x1E) and nests every field
+under Twisted's own names, which a ``json.loads`` per line rejects. Each line here is one
+object: ``time`` (ISO 8601, UTC), ``level``, ``namespace``, ``message`` (the event as text),
+``system`` where Twisted set one, ``traceback`` for a failure, and the event's own fields whose
+values are JSON scalars at the top level (an access event's ``status``, ``duration``, ...).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from twisted.logger import FileLogObserver, LogEvent, formatEvent
+from twisted.python.failure import Failure
+
+_SCALARS = (str, int, float, bool, type(None))
+#: The keys every line has; an event's own field of that name does not replace them.
+_RESERVED = frozenset({"time", "level", "namespace", "message", "system", "traceback"})
+#: Keys of events Twisted logs through its legacy ``log.msg`` bridge that repeat ``message``.
+_LEGACY = frozenset({"isError", "format", "why"})
+
+
+class Preformatted:
+    """An event's text made beforehand.
+
+    ``"{text}"`` shows it; JSON lines leave it out (it is their ``message`` already).
+    """
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+
+    def __format__(self, spec: str) -> str:
+        return self._text
+
+
+def iso_time(timestamp: float | None) -> str | None:
+    """``timestamp`` (seconds since the epoch) as ISO 8601 in UTC, to the microsecond."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="microseconds")
+
+
+def event_as_json_line(event: LogEvent) -> str:
+    """``event`` as one line of JSON, ending with a newline."""
+    level = event.get("log_level")
+    record: dict[str, Any] = {
+        "time": iso_time(event.get("log_time")),
+        "level": getattr(level, "name", "info"),
+        "namespace": event.get("log_namespace", "-"),
+        "message": formatEvent(event),
+    }
+    system = event.get("log_system")
+    if isinstance(system, str) and system != "-":
+        record["system"] = system
+    failure = event.get("log_failure")
+    if isinstance(failure, Failure):
+        record["traceback"] = failure.getTraceback()
+    for key, value in event.items():
+        if (
+            isinstance(value, _SCALARS)
+            and not key.startswith("log_")
+            and key not in _RESERVED
+            and key not in _LEGACY
+        ):
+            record[key] = value
+    return json.dumps(record, default=str, ensure_ascii=False) + "\n"
+
+
+def json_lines_observer(out: IO[Any]) -> FileLogObserver:
+    """A log observer writing L{event_as_json_line} for each event to ``out``."""
+    return FileLogObserver(out, event_as_json_line)
+
+
+def use_json_lines(twist_options: Any) -> None:
+    """Make ``twist``'s JSON log format (its default when stdout is not a terminal) JSON lines.
+
+    ``twist`` has settled the format (``--log-format``, or by whether its log file is a tty)
+    before it parses the plugin's options; it starts logging only after the service is made.
+    Text stays Twisted's own. Nothing changes under other runners (``twistd``).
+    """
+    if getattr(twist_options, "get", None) is None:
+        return
+    if twist_options.get("logFormat") == "json":
+        twist_options["fileLogObserverFactory"] = json_lines_observer
