@@ -252,3 +252,56 @@ def test_voices_as_the_customvoice_checkpoint(gateway: int) -> None:
     gone = connection.getresponse()
     assert gone.status == 404
     assert json.loads(gone.read()) == {"success": False, "error": "Voice 'twin' not found"}
+
+
+def test_batch_through_the_gateway(gateway: int) -> None:
+    """``POST /v1/audio/speech/batch``: shared defaults, per-item overrides, an item that fails
+    its checks is an ``error`` result, successes carry base64 audio that decodes, and usage."""
+    items = [{"input": "Hello."}, {"input": "Bye.", "response_format": "mp3"}, {"input": " "}]
+    response = post(gateway, "/v1/audio/speech/batch", {"items": items, "voice": "ryan"})
+    assert response.status == 200
+    answer = json.loads(response.read())
+    assert (answer["total"], answer["succeeded"], answer["failed"]) == (3, 2, 1)
+    first, second, third = answer["results"]
+    assert (first["media_type"], second["media_type"]) == ("audio/wav", "audio/mpeg")
+    for result in (first, second):
+        info = soundfile.info(io.BytesIO(base64.b64decode(result["audio_data"])))
+        assert info.samplerate == SAMPLE_RATE
+        assert result["usage"]["output_tokens"] > 0
+    assert third == {"index": 2, "status": "error", "error": "Input text cannot be empty"}
+
+
+def test_health_and_models_on_the_demo_upstream() -> None:
+    """``twist aistack-tts-demo-upstream`` answers ``GET /health`` (compose.yaml's check) and
+    ``GET /v1/models`` as vLLM does."""
+    port = free_port()
+    twist = str(Path(sys.executable).parent / "twist")
+    listen = f"tcp:{port}:interface=127.0.0.1"
+    process = subprocess.Popen(
+        [twist, "aistack-tts-demo-upstream", "--listen", listen],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert process.poll() is None
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", "/health")
+        health = connection.getresponse()
+        assert (health.status, json.loads(health.read())) == (200, {"status": "healthy"})
+        connection.request("GET", "/v1/models")
+        models = connection.getresponse()
+        assert models.status == 200
+        listing = json.loads(models.read())
+        assert listing["object"] == "list"
+        assert [m["id"] for m in listing["data"]] == ["Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"]
+    finally:
+        process.terminate()
+        process.wait(timeout=15)

@@ -482,6 +482,78 @@ class _Generation:
         self._pacer.stop()
 
 
+#: ``BatchSpeechRequest``: its shared defaults (each item may override them) and its limit.
+_BATCH_DEFAULTS = (
+    "voice",
+    "response_format",
+    "speed",
+    "task_type",
+    "language",
+    "instructions",
+    "ref_audio",
+    "ref_text",
+    "max_new_tokens",
+)
+MAX_BATCH_ITEMS = 32
+
+
+def speech_batch(raw: bytes, voices: VoiceRegistry, model_name: str = MODEL_NAME) -> Any:
+    """``POST /v1/audio/speech/batch``: each item spoken whole, results in order.
+
+    An item that fails its checks is an ``"error"`` result, not a failed batch, as in
+    vLLM-Omni; the audio is made at once (no pacing: the batch answers when all are done).
+    """
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise APIError(f"The request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise APIError("The request body must be a JSON object")
+    items = body.get("items")
+    if not isinstance(items, list) or not items:
+        raise APIError("items: List should have at least 1 item after validation", param="items")
+    if len(items) > MAX_BATCH_ITEMS:
+        raise APIError(
+            f"Batch contains {len(items)} items, exceeding the maximum of {MAX_BATCH_ITEMS}."
+        )
+    model = body.get("model")
+    if isinstance(model, str) and model and model != model_name:
+        raise _not_found(f"The model `{model}` does not exist.", param="model")
+    results: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise APIError(f"items.{index}: Input should be a valid dictionary", param="items")
+        merged = {k: body[k] for k in _BATCH_DEFAULTS if body.get(k) is not None}
+        merged.update({k: v for k, v in item.items() if v is not None})
+        merged["stream"] = False
+        merged.pop("stream_format", None)
+        try:
+            speech = parse_speech_request(json.dumps(merged).encode(), voices, model_name)
+        except APIError as e:
+            results.append({"index": index, "status": "error", "error": e.message})
+            continue
+        renderer = synthesize(speech.input, speech.voice, speech.speed)
+        data = encode(b"".join(renderer.frames()), speech.response_format)
+        results.append(
+            {
+                "index": index,
+                "status": "success",
+                "audio_data": base64.b64encode(data).decode("ascii"),
+                "media_type": CONTENT_TYPES[speech.response_format].decode(),
+                "usage": usage(speech, renderer.total_frames),
+            }
+        )
+    succeeded = sum(1 for r in results if r["status"] == "success")
+    batch_id = hashlib.sha256(raw).hexdigest()[:32]
+    return {
+        "id": f"speech-batch-{batch_id}",
+        "results": results,
+        "total": len(results),
+        "succeeded": succeeded,
+        "failed": len(results) - succeeded,
+    }
+
+
 # --- /v1/audio/voices ----------------------------------------------------------------------
 
 
@@ -704,6 +776,28 @@ class _Routes:
             voice=speech.voice.name,
         )
         return generation.start()
+
+    @app.route("/v1/audio/speech/batch", methods=["POST"])
+    def speech_batch(self, request: IRequest) -> bytes:
+        answer = speech_batch(_body(request), self._voices, self._upstream.model_name)
+        return _json(request, answer)
+
+    @app.route("/health", methods=["GET"])
+    def health(self, request: IRequest) -> bytes:
+        return _json(request, {"status": "healthy"})
+
+    @app.route("/v1/models", methods=["GET"])
+    def models(self, request: IRequest) -> bytes:
+        name = self._upstream.model_name
+        model = {
+            "id": name,
+            "object": "model",
+            "created": int(self._upstream.reactor.seconds()),
+            "owned_by": "vllm",
+            "root": name,
+            "parent": None,
+        }
+        return _json(request, {"object": "list", "data": [model]})
 
     @app.route("/v1/audio/voices", methods=["GET"])
     def list_voices(self, request: IRequest) -> bytes:
