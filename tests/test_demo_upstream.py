@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
 import pytest
+import soundfile
 import treq
 from treq.client import HTTPClient
 from treq.testing import RequestTraversalAgent
@@ -166,11 +167,15 @@ def duration(wav: bytes) -> float:
 
 
 def sse_events(body: bytes) -> list[dict[str, Any]]:
+    """The events of an SSE body; each is an ``event:`` line naming it and a ``data:`` line."""
     events = []
     for block in body.decode().split("\n\n"):
         if block.strip():
-            assert block.startswith("data: "), block
-            events.append(json.loads(block[len("data: ") :]))
+            event_line, data_line = block.split("\n")
+            assert data_line.startswith("data: "), block
+            event = json.loads(data_line[len("data: ") :])
+            assert event_line == f"event: {event['type']}"
+            events.append(event)
     return events
 
 
@@ -206,6 +211,12 @@ def multipart(
             + b"\r\n"
         )
     return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
+
+
+def silent_wav(seconds: float) -> bytes:
+    """A WAV file of ``seconds`` of silence (24 kHz mono 16-bit)."""
+    data = bytes(2 * round(seconds * SAMPLE_RATE))
+    return wav_header(len(data)) + data
 
 
 def check_error(response: IResponse, body: bytes, status: int) -> dict[str, Any]:
@@ -260,10 +271,15 @@ class _Body:
 class Demo:
     """A L{DemoUpstream} behind treq's in-memory agent; time moves only when the test says."""
 
-    def __init__(self, first_chunk_delay: float = FIRST, rtf: float = RTF) -> None:
+    def __init__(
+        self, first_chunk_delay: float = FIRST, rtf: float = RTF, chunk_frames: int = 25
+    ) -> None:
         self.clock = Clock()
         self.upstream = DemoUpstream(
-            reactor=self.clock, first_chunk_delay=first_chunk_delay, rtf=rtf
+            reactor=self.clock,
+            first_chunk_delay=first_chunk_delay,
+            rtf=rtf,
+            chunk_frames=chunk_frames,
         )
         self.agent = RequestTraversalAgent(self.upstream.resource())
         self.client = HTTPClient(self.agent, data_to_body_producer=_Body)
@@ -314,11 +330,16 @@ class Demo:
 
 
 class Wire:
-    """The demo's Site on a StringTransport; the test plays the client's TCP connection."""
+    """The demo's Site on a StringTransport; the test plays the client's TCP connection.
+
+    Streamed chunks are one codec frame each here (``chunk_frames=1``), so each tick shows.
+    """
 
     def __init__(self) -> None:
         self.clock = Clock()
-        self.upstream = DemoUpstream(reactor=self.clock, first_chunk_delay=FIRST, rtf=RTF)
+        self.upstream = DemoUpstream(
+            reactor=self.clock, first_chunk_delay=FIRST, rtf=RTF, chunk_frames=1
+        )
         protocol = self.upstream.site().buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
         assert protocol is not None
         self.protocol = protocol
@@ -479,9 +500,10 @@ def test_whole_file_only_after_generation_at_the_configured_pace() -> None:
 
 
 def test_stream_sends_the_first_chunk_before_generation_ends() -> None:
-    """stream=true: headers and one frame after the first-chunk delay, then a frame per tick."""
-    demo = Demo()
-    d = demo.speech(input=TEXT, stream=True)
+    """stream_format=audio, one-frame chunks: headers and a frame after the first-chunk delay,
+    then a frame per tick."""
+    demo = Demo(chunk_frames=1)
+    d = demo.speech(input=TEXT, stream_format="audio")
     advance(demo.clock, FIRST - 0.001)
     demo.flush()
     assert not has_result(d)
@@ -513,19 +535,51 @@ def test_stream_sends_the_first_chunk_before_generation_ends() -> None:
     assert pcm == demo.audio(input=TEXT)[44:]
 
 
+def test_stream_chunks_are_one_frame_then_25() -> None:
+    """The default cadence is vLLM-Omni's: the first chunk one codec frame (after the WAV
+    header), then 25 frames (2 s) at a time, the last one what is left."""
+    demo = Demo(rtf=0)
+    text = TEXT * 2
+    frames = synthesize(text, VIVIAN).total_frames
+    assert frames > 26
+    d = demo.speech(input=text, stream_format="audio", response_format="pcm")
+    advance(demo.clock, FIRST)
+    demo.flush()
+    chunks: list[bytes] = []
+    done = treq.collect(result_of(d), chunks.append)
+    run_generation(demo.clock)
+    demo.flush()
+    result_of(done)
+    sizes = [len(c) // FRAME_BYTES for c in chunks]
+    rest = (frames - 1) % 25
+    assert sizes == [1] + [25] * ((frames - 1) // 25) + ([rest] if rest else [])
+
+
+def test_stream_true_alone_is_sse() -> None:
+    """``stream: true`` without ``stream_format`` answers Server-Sent Events, as vLLM-Omni."""
+    demo = Demo()
+    response, body = demo.finish(demo.speech(input=TEXT, stream=True, response_format="pcm"))
+    assert response.headers.getRawHeaders("content-type") == ["text/event-stream; charset=utf-8"]
+    *deltas, done = sse_events(body)
+    assert {(e["type"], e["response_format"]) for e in deltas} == {("speech.audio.delta", "pcm")}
+    assert done["type"] == "speech.audio.done"
+
+
 @pytest.mark.parametrize("response_format", ["wav", "pcm"])
 def test_sse_events_carry_the_same_audio_as_the_raw_stream(response_format: str) -> None:
     """stream_format=sse: base64 ``speech.audio.delta`` events, then ``speech.audio.done``."""
     demo = Demo()
-    raw = demo.audio(input=TEXT, stream=True, response_format=response_format)
+    raw = demo.audio(input=TEXT, stream_format="audio", response_format=response_format)
     response, body = demo.finish(
         demo.speech(input=TEXT, stream=True, stream_format="sse", response_format=response_format)
     )
-    assert response.headers.getRawHeaders("content-type") == ["text/event-stream"]
+    assert response.headers.getRawHeaders("content-type") == ["text/event-stream; charset=utf-8"]
     *deltas, done = sse_events(body)
     assert {e["type"] for e in deltas} == {"speech.audio.delta"}
     assert done["type"] == "speech.audio.done"
-    assert done["usage"]["output_tokens"] == len(deltas)
+    frames = synthesize(TEXT, VIVIAN).total_frames
+    assert done["usage"]["output_tokens"] == frames
+    assert done["usage"]["input_token_details"]["audio_tokens"] == 0
     assert b"".join(base64.b64decode(e["audio"]) for e in deltas) == raw
 
 
@@ -558,20 +612,34 @@ def test_unknown_voice() -> None:
     """An OpenAI voice such as ``alloy`` is a 400 listing the model's speakers."""
     demo = Demo()
     error = demo.error(demo.speech(input="Hi", voice="alloy"), 400)
-    assert (error["type"], error["param"]) == ("BadRequestError", "voice")
-    assert "alloy" in error["message"]
+    assert (error["type"], error["param"]) == ("BadRequestError", None)
+    assert error["message"].startswith("Invalid voice 'alloy'. Supported: aiden, dylan,")
     assert all(voice.lower() in error["message"] for voice in VOICES)
 
 
-@pytest.mark.parametrize("response_format", ["mp3", "opus", "flac", "aac", "ogg"])
+@pytest.mark.parametrize("response_format", ["aac", "ogg", "MP3"])
 def test_unsupported_format_names_the_supported_ones(response_format: str) -> None:
-    """mp3 and friends are 400, and the message says wav and pcm work."""
+    """aac (which OpenAI has and vLLM-Omni not) and other names are pydantic's 400."""
     demo = Demo()
     error = demo.error(demo.speech(input="Hi", response_format=response_format), 400)
     assert error["param"] == "response_format"
-    assert response_format in error["message"]
-    assert "wav" in error["message"]
-    assert "pcm" in error["message"]
+    assert error["message"] == (
+        "response_format: Input should be 'wav', 'pcm', 'flac', 'mp3' or 'opus'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("response_format", "container"),
+    [("wav", "WAV"), ("flac", "FLAC"), ("mp3", "MP3"), ("opus", "OGG")],
+)
+def test_every_format_is_encoded_by_libsndfile(response_format: str, container: str) -> None:
+    """Each file format decodes in libsndfile at 24 kHz mono, as long as the pcm."""
+    demo = Demo(rtf=0)
+    pcm = demo.audio(input=TEXT, response_format="pcm")
+    data = demo.audio(input=TEXT, response_format=response_format)
+    info = soundfile.info(io.BytesIO(data))
+    assert (info.format, info.samplerate, info.channels) == (container, SAMPLE_RATE, 1)
+    assert abs(info.frames - len(pcm) // 2) < SAMPLE_RATE // 10
 
 
 @pytest.mark.parametrize("speed", [0.2, 4.5, 0, -1, "fast", True])
@@ -590,13 +658,19 @@ def test_speed_limits_are_inclusive() -> None:
 
 @pytest.mark.parametrize(
     "fields",
-    [{}, {"input": None}, {"input": "   "}, {"input": 42}, {"input": "a" * 4097}],
-    ids=["missing", "null", "blank", "number", "too-long"],
+    [{}, {"input": None}, {"input": 42}, {"input": "a" * 4097}],
+    ids=["missing", "null", "number", "too-long"],
 )
 def test_bad_input(fields: dict[str, Any]) -> None:
-    """``input`` is required, not blank, a string of at most 4096 characters."""
+    """``input`` is required, a string of at most 4096 characters (a schema error)."""
     demo = Demo()
     assert demo.error(demo.speech(**fields), 400)["param"] == "input"
+
+
+def test_blank_input() -> None:
+    """Blank input is refused by the server's own check, in its words."""
+    demo = Demo()
+    assert demo.error(demo.speech(input="   "), 400)["message"] == "Input text cannot be empty"
 
 
 def test_longest_input_is_accepted() -> None:
@@ -607,14 +681,14 @@ def test_longest_input_is_accepted() -> None:
 @pytest.mark.parametrize(
     ("extra", "status", "param"),
     [
-        ({"language": "Klingon"}, 400, "language"),
+        ({"language": "Klingon"}, 400, None),
         ({"stream": "yes"}, 400, "stream"),
         ({"stream_format": "websocket"}, 400, "stream_format"),
         ({"voice": 7}, 400, "voice"),
         ({"model": "tts-1"}, 404, "model"),
     ],
 )
-def test_other_bad_fields(extra: dict[str, Any], status: int, param: str) -> None:
+def test_other_bad_fields(extra: dict[str, Any], status: int, param: str | None) -> None:
     """Bad language, stream flags, voice types and model names are refused as vLLM does."""
     demo = Demo()
     assert demo.error(demo.speech(input="Hi", **extra), status)["param"] == param
@@ -666,10 +740,11 @@ def test_lists_the_nine_speakers() -> None:
 
 
 def test_upload_use_delete() -> None:
-    """An uploaded voice is listed, speaks by name, and is gone after DELETE (then 404)."""
+    """An uploaded voice is listed, is refused by the CustomVoice checkpoint, and is gone after
+    DELETE (then vLLM-Omni's own 404 body)."""
     demo = Demo()
     advance(demo.clock, 1_700_000_000)
-    sample = wav_header(4) + b"\x01\x02\r\n"
+    sample = silent_wav(1.2)
     form = multipart({"name": "My_Voice", "consent": "consent-1"}, sample)
     response, body = demo.finish(demo.post("/v1/audio/voices", form, MULTIPART))
     assert response.code == 200
@@ -687,14 +762,20 @@ def test_upload_use_delete() -> None:
     assert "my_voice" in listing["voices"]
     assert [v["name"] for v in listing["uploaded_voices"]] == ["My_Voice"]
 
-    assert demo.audio(input=TEXT, voice="my_voice") != demo.audio(input=TEXT, voice="vivian")
+    # The CustomVoice checkpoint cannot speak an uploaded (Base, voice clone) voice.
+    refusal = demo.error(demo.speech(input=TEXT, voice="MY_VOICE"), 400)["message"]
+    assert refusal.startswith("Qwen3-TTS CustomVoice checkpoint does not support task_type='Base'.")
 
     response, body = demo.finish(demo.delete("/v1/audio/voices/My_Voice"))
     assert response.code == 200
     assert json.loads(body)["success"] is True
     assert voices(demo)["uploaded_voices"] == []
-    demo.error(demo.speech(input=TEXT, voice="my_voice"), 400)
-    assert demo.error(demo.delete("/v1/audio/voices/My_Voice"), 404)["type"] == "NotFoundError"
+    assert demo.error(demo.speech(input=TEXT, voice="my_voice"), 400)["message"].startswith(
+        "Invalid voice 'my_voice'."
+    )
+    response, body = demo.finish(demo.delete("/v1/audio/voices/My_Voice"))
+    assert response.code == 404
+    assert json.loads(body) == {"success": False, "error": "Voice 'My_Voice' not found"}
 
 
 @pytest.mark.parametrize(
@@ -726,19 +807,47 @@ def test_bad_uploads(form: bytes) -> None:
     demo.error(demo.post("/v1/audio/voices", form, MULTIPART), 400)
 
 
-def test_upload_must_be_multipart_and_names_unique() -> None:
-    """A JSON body is refused; a second voice of the same name (any case) too."""
+def test_upload_must_be_multipart_and_a_same_name_replaces() -> None:
+    """A JSON body is refused; a second voice of the same name (any case) replaces the first,
+    as vLLM-Omni's upload does."""
     demo = Demo()
     demo.error(demo.post("/v1/audio/voices", b'{"name": "x"}'), 400)
-    form = multipart({"name": "twice", "consent": "c"}, b"RIFF")
+    form = multipart({"name": "twice", "consent": "c"}, silent_wav(1.5))
     assert demo.finish(demo.post("/v1/audio/voices", form, MULTIPART))[0].code == 200
-    again = multipart({"name": "TWICE", "consent": "c"}, b"RIFF")
-    demo.error(demo.post("/v1/audio/voices", again, MULTIPART), 400)
+    again = multipart({"name": "TWICE", "consent": "c2", "ref_text": "Hi."}, silent_wav(2))
+    response, body = demo.finish(demo.post("/v1/audio/voices", again, MULTIPART))
+    assert response.code == 200, body
+    [voice] = voices(demo)["uploaded_voices"]
+    assert (voice["name"], voice["consent"], voice["ref_text"]) == ("TWICE", "c2", "Hi.")
+
+
+@pytest.mark.parametrize(
+    ("sample", "says"),
+    [
+        ("text", "Could not decode audio file"),
+        ("header", "Reference audio too short (0.0s)"),
+        ("short", "Reference audio too short (0.5s)"),
+        ("long", "Reference audio too long (31.0s)"),
+    ],
+)
+def test_upload_needs_1_to_30_seconds_of_decodable_audio(sample: str, says: str) -> None:
+    """Text, a header, half a second, 31 seconds: refused in vLLM-Omni's words."""
+    data = {
+        "text": b"abc",
+        "header": wav_header(4) + b"\x01\x02\r\n",
+        "short": silent_wav(0.5),
+        "long": silent_wav(31),
+    }[sample]
+    demo = Demo()
+    form = multipart({"name": "v", "consent": "c"}, data)
+    assert says in demo.error(demo.post("/v1/audio/voices", form, MULTIPART), 400)["message"]
 
 
 def test_sample_size_limit() -> None:
     """A 10 MB sample is accepted; one byte more is refused with vLLM's message."""
-    exact = bytes(MAX_VOICE_SAMPLE_BYTES)
+    # 20 s of audio, then padding after the data chunk (which decoders skip) up to 10 MB.
+    exact = silent_wav(20)
+    exact += bytes(MAX_VOICE_SAMPLE_BYTES - len(exact))
     voice = parse_voice_upload(MULTIPART, multipart({"name": "big", "consent": "c"}, exact), 0)
     assert voice.file_size == MAX_VOICE_SAMPLE_BYTES
     too_big = multipart({"name": "bigger", "consent": "c"}, exact + b"x")
@@ -771,7 +880,7 @@ def test_huge_upload_refused_without_parsing() -> None:
 def test_client_leaving_stops_generation_and_is_logged() -> None:
     """When the client goes, no further frame is made and one event says how far it got."""
     wire = Wire()
-    wire.speech(input=TEXT * 3, stream=True)
+    wire.speech(input=TEXT * 3, stream_format="audio")
     advance(wire.clock, FIRST + 3.5 * FRAME_INTERVAL)
     assert len(wire.audio_received()) == 44 + 4 * FRAME_BYTES
     with captured_logs() as events:
@@ -804,7 +913,7 @@ def test_client_leaving_a_non_streamed_request() -> None:
 def test_client_leaving_before_the_first_frame() -> None:
     """Leaving during the first-chunk delay cancels the pending first frame."""
     wire = Wire()
-    wire.speech(input=TEXT, stream=True)
+    wire.speech(input=TEXT, stream_format="audio")
     assert len(generation_steps(wire.clock)) == 1
     with captured_logs() as events:
         wire.lose()
@@ -817,7 +926,7 @@ def test_finished_request_logs_no_abort() -> None:
     """A request that completed is not reported as aborted when its connection closes."""
     wire = Wire()
     with captured_logs() as events:
-        wire.speech(input="Hi.", stream=True)
+        wire.speech(input="Hi.", stream_format="audio")
         run_generation(wire.clock)
         assert wire.received().endswith(b"\r\n0\r\n\r\n")
         wire.lose()
@@ -828,7 +937,7 @@ def test_finished_request_logs_no_abort() -> None:
 def test_full_socket_buffer_pauses_generation() -> None:
     """While the transport is paused no frame is made; resuming carries on where it stopped."""
     wire = Wire()
-    wire.speech(input=TEXT * 3, stream=True)
+    wire.speech(input=TEXT * 3, stream_format="audio")
     advance(wire.clock, FIRST + 1.5 * FRAME_INTERVAL)
     assert len(wire.audio_received()) == 44 + 2 * FRAME_BYTES
 
@@ -852,7 +961,7 @@ def test_full_socket_buffer_pauses_generation() -> None:
 def test_pause_during_the_first_chunk_delay() -> None:
     """A pause before the first frame holds it back until resumed."""
     wire = Wire()
-    wire.speech(input=TEXT, stream=True)
+    wire.speech(input=TEXT, stream_format="audio")
     wire.network.pauseProducing()
     advance(wire.clock, 10)
     assert wire.received() == b""
@@ -1160,7 +1269,7 @@ def test_stream_session_close_closes_the_connection() -> None:
     ("event", "message"),
     [
         ({"type": "input.text", "text": "Hi."}, "Expected session.config, got: input.text"),
-        ({"type": "session.config", "voice": "alloy"}, "Invalid session config: Invalid speaker"),
+        ({"type": "session.config", "voice": "alloy"}, "Invalid session config: Invalid voice"),
         ({"type": "session.config", "response_format": "wav"}, "response_format must be 'pcm'"),
         ({"type": "session.config", "model": "tts-1"}, "The model `tts-1` does not exist."),
     ],

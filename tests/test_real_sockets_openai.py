@@ -266,14 +266,15 @@ def speak(
 def stream_pcm(
     client: OpenAI, text: str, voice: str = "Vivian"
 ) -> AbstractContextManager[APIResponse[bytes]]:
-    """A PCM answer from ``/v1/audio/speech`` streamed with vLLM-Omni's ``stream: true``, to use
-    in ``with``: the response's ``iter_bytes()`` yields the audio as it arrives."""
+    """A PCM answer from ``/v1/audio/speech`` streamed raw with vLLM-Omni's ``stream_format:
+    "audio"`` (``stream: true`` alone is SSE), to use in ``with``: the response's
+    ``iter_bytes()`` yields the audio as it arrives."""
     return client.audio.speech.with_streaming_response.create(
         model=MODEL,
         voice=voice,
         input=text,
         response_format="pcm",
-        extra_body={"stream": True},
+        extra_body={"stream_format": "audio"},
     )
 
 
@@ -316,10 +317,11 @@ async def test_speech_returns_a_wav_file_whose_length_follows_the_text(fast: Sta
 
 @twisted_test
 async def test_streamed_speech_arrives_before_generation_ends(paced: Stack) -> None:
-    """With ``with_streaming_response`` and vLLM-Omni's ``stream: true``, the SDK's
-    ``iter_bytes()`` yields the first audio chunk long before the last one: the gateway relays
-    each frame as the upstream makes it instead of buffering the answer. (Only the two times
-    are compared, relative to each other: first chunk in under a quarter of the total.)"""
+    """With ``with_streaming_response`` and vLLM-Omni's ``stream_format: "audio"``, the SDK's
+    ``iter_bytes()`` yields the first audio chunk (one 80 ms codec frame) long before the last
+    one: the gateway relays each chunk as the upstream makes it instead of buffering the
+    answer. (Only the two times are compared, relative to each other: first chunk in under a
+    quarter of the total.)"""
     client = paced.client()
 
     def stream() -> tuple[list[float], int]:
@@ -341,7 +343,7 @@ async def test_streamed_speech_arrives_before_generation_ends(paced: Stack) -> N
     )
     assert size % FRAME_BYTES == 0
     assert size // FRAME_BYTES > 20
-    assert len(arrivals) > 5, "the audio came in one piece"
+    assert len(arrivals) >= 2, "the audio came in one piece"
     assert first * 4 < last, (first, last)
     assert paced.slot_free
 
@@ -450,14 +452,15 @@ async def test_busy_slot_gives_503_gpu_busy_and_sdk_retries_succeed(
 async def test_voice_upload_list_use_and_delete_pass_through(fast: Stack) -> None:
     """``POST /v1/audio/voices`` (multipart ``audio_sample``, ``name``, ``consent``) sent with
     the SDK's low-level ``client.post(files=...)`` reaches the upstream whole; the voice is
-    then listed by ``GET /v1/audio/voices``, speaks through ``audio.speech.create``, and
+    then listed by ``GET /v1/audio/voices``; ``audio.speech.create`` in it is the upstream's
+    own 400 (the CustomVoice checkpoint does not speak uploaded, Base, voices), and
     ``DELETE /v1/audio/voices/<name>`` removes it. A second DELETE is the upstream's own 404,
-    byte for byte what the upstream answers directly (vLLM's shape, integer code, no
-    ``provider``)."""
+    byte for byte what the upstream answers directly (vLLM-Omni's ``{"success": false,
+    "error": ...}``, no ``provider``)."""
     client = fast.client()
     direct = fast.client(direct=True)
     name = f"e2e_{uuid.uuid4().hex[:8]}"
-    sample = sine_wav()
+    sample = sine_wav(seconds=2.0)
 
     def upload() -> Any:
         return client.post(
@@ -486,11 +489,9 @@ async def test_voice_upload_list_use_and_delete_pass_through(fast: Stack) -> Non
     assert "vivian" in listed["voices"]
     assert [v["name"] for v in listed["uploaded_voices"]] == [name]
 
-    own = read_wav(await deferToThread(speak, client, SHORT_TEXT, name))
-    vivian = read_wav(await deferToThread(speak, client, SHORT_TEXT, "Vivian"))
-    assert own.frames > 0
-    assert peak(own.pcm) > 1000
-    assert own.pcm != vivian.pcm, "the uploaded voice spoke with Vivian's voice"
+    with pytest.raises(openai.BadRequestError) as refused:
+        await deferToThread(speak, client, SHORT_TEXT, name)
+    assert "CustomVoice checkpoint does not support task_type='Base'" in str(refused.value)
 
     deleted = await deferToThread(delete, client)
     assert deleted["success"] is True
@@ -504,13 +505,9 @@ async def test_voice_upload_list_use_and_delete_pass_through(fast: Stack) -> Non
         await deferToThread(delete, direct)
     error = through_gateway.value
     assert error.status_code == 404
-    body = error_body(error)
-    assert "provider" not in body
-    assert body == {
-        "message": f"Voice '{name}' not found",
-        "type": "NotFoundError",
-        "param": "name",
-        "code": 404,
+    assert json.loads(error.response.content) == {
+        "success": False,
+        "error": f"Voice '{name}' not found",
     }
     assert error.response.content == from_upstream.value.response.content
     assert error.response.headers["content-type"] == "application/json"
@@ -550,16 +547,15 @@ async def test_sse_events_arrive_one_by_one_and_match_the_whole_pcm(paced: Stack
     assert kinds[-1] == "speech.audio.done", kinds
     assert set(kinds[:-1]) == {"speech.audio.delta"}, kinds
     deltas = [(at, event) for at, event in received if event["type"] == "speech.audio.delta"]
-    assert len(deltas) > 5, kinds
+    assert len(deltas) >= 2, kinds
     first_at, done_at = deltas[0][0], received[-1][0]
     assert first_at * 3 < done_at, (first_at, done_at)
     # Incremental: the deltas did not all land together at the end.
     assert deltas[len(deltas) // 2][0] < done_at
     streamed = b"".join(base64.b64decode(event["audio"]) for _, event in deltas)
-    assert received[-1][1]["usage"]["output_tokens"] == len(deltas)
-
     whole = await deferToThread(speak, client, text, "Serena", "pcm")
     assert len(whole) % FRAME_BYTES == 0
+    assert received[-1][1]["usage"]["output_tokens"] == len(whole) // FRAME_BYTES
     assert streamed == whole
     assert paced.slot_free
 
@@ -571,7 +567,8 @@ async def test_sse_events_arrive_one_by_one_and_match_the_whole_pcm(paced: Stack
 async def test_upstream_400_reaches_the_sdk_verbatim(fast: Stack) -> None:
     """An unknown voice (``alloy``, an OpenAI voice the Qwen3 model does not have) gets the
     upstream's own 400: the SDK raises ``openai.BadRequestError`` whose body is vLLM-shaped
-    (``code`` the integer 400, ``param`` "voice", no ``provider``) and byte for byte what the
+    (``code`` the integer 400, ``param`` null as the server's own checks send it, no
+    ``provider``) and byte for byte what the
     upstream answers directly; the gateway wraps nothing."""
     through_gateway = fast.client()
     direct = fast.client(direct=True)
@@ -586,10 +583,10 @@ async def test_upstream_400_reaches_the_sdk_verbatim(fast: Stack) -> None:
     body = error_body(error)
     assert "provider" not in body
     assert body["type"] == "BadRequestError"
-    assert body["param"] == "voice"
+    assert body["param"] is None
     assert body["code"] == 400
     assert isinstance(body["code"], int)
-    assert body["message"].startswith("Invalid speaker 'alloy'. Supported: ")
+    assert body["message"].startswith("Invalid voice 'alloy'. Supported: ")
     assert error.response.json() == {"error": body}
     assert error.response.content == caught_directly.value.response.content
     assert error.response.headers["content-type"] == "application/json"
