@@ -245,7 +245,7 @@ class Stack:
         return self.slot.tokens == self.slot.limit
 
     def tunnels(self) -> list[WebSocketTunnel]:
-        return [t for t in self.proxy._in_flight if isinstance(t, WebSocketTunnel)]
+        return [t for t in self.proxy.calls if isinstance(t, WebSocketTunnel)]
 
 
 class Stacks:

@@ -86,7 +86,7 @@ def harness(**kwargs: Any) -> tuple[Harness, CountingSemaphore]:
 
 
 def tunnel(h: Harness) -> WebSocketTunnel:
-    [session] = [t for t in h.proxy._in_flight if isinstance(t, WebSocketTunnel)]
+    [session] = [t for t in h.proxy.calls if isinstance(t, WebSocketTunnel)]
     return session
 
 
@@ -664,7 +664,7 @@ def test_requests_that_cannot_upgrade_are_proxied_as_http(request_bytes: bytes) 
     up = h.upstream()
     sent = up.received().lower()
     assert b"upgrade" not in sent
-    assert not any(isinstance(t, WebSocketTunnel) for t in h.proxy._in_flight)
+    assert not any(isinstance(t, WebSocketTunnel) for t in h.proxy.calls)
 
 
 def test_a_request_pipelined_behind_a_refused_upgrade_finds_the_slot_free() -> None:

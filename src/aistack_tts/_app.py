@@ -9,7 +9,8 @@ into envelopes here and never reach a client.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from klein import Klein
 from twisted.internet.defer import Deferred, gatherResults
@@ -35,12 +36,39 @@ from ._errors import (
     apply_error,
     write_error,
 )
+from ._health import ReadinessProbe
+from ._metrics import MetricsResource
+from ._protocol import ALLOW_HEADER
 from ._target import check_target, is_audio_target
 
-if TYPE_CHECKING:
-    from ._proxy import TTSProxy
-
 _log = Logger()
+
+
+class Gateway(Protocol):
+    """What the routes take from the gateway (``TTSProxy`` is one)."""
+
+    @property
+    def health_routes(self) -> bool:
+        """Whether ``/healthz`` and ``/readyz`` are served."""
+
+    @property
+    def draining(self) -> bool:
+        """Whether the gateway is shutting down."""
+
+    @property
+    def readiness(self) -> Sequence[ReadinessProbe]:
+        """One probe per upstream."""
+
+    @property
+    def metrics_route(self) -> MetricsResource | None:
+        """``/metrics``, or ``None`` when it is off."""
+
+    @property
+    def access_log(self) -> AccessLog:
+        """Where each request's end is recorded."""
+
+    def forward(self, request: Request) -> Deferred[None]:
+        """Proxy one request (raising a ``GatewayError`` when the gateway answers itself)."""
 
 
 class _Rest(BaseConverter):
@@ -57,7 +85,7 @@ class _Routes:
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
 
-    def __init__(self, proxy: TTSProxy) -> None:
+    def __init__(self, proxy: Gateway) -> None:
         self._proxy = proxy
 
     @app.route("/v1/audio/<rest:subpath>", methods=["GET", "POST", "DELETE"])
@@ -105,8 +133,6 @@ class _Routes:
 
     @app.handle_errors(HTTPException)
     def routing_error(self, request: IRequest, failure: Failure) -> bytes:
-        from ._proxy import ALLOW_HEADER
-
         code = getattr(failure.value, "code", 404)
         error: GatewayError
         if code == 405:
@@ -178,6 +204,6 @@ class _Guard(Resource):
         return self._routes.render(request)
 
 
-def build_resource(proxy: TTSProxy) -> IResource:
+def build_resource(proxy: Gateway) -> IResource:
     """The gateway's root resource."""
     return _Guard(_Routes(proxy).app.resource(), proxy.access_log)

@@ -7,37 +7,36 @@ releases the slot exactly once.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 from twisted.web.server import Request
+from zope.interface import implementer
 
+from ._context import CallContext, IInFlightCall
 from ._errors import GatewayError, LocalResourceExhausted, write_error
 from ._slot import SlotHold
 from ._upstream import Watchdog
 
-if TYPE_CHECKING:
-    from ._proxy import TTSProxy
 
-
+@implementer(IInFlightCall)
 class ProxiedCall:
     """The common part of L{_Exchange} and L{WebSocketTunnel}; subclasses add the transport."""
 
     def __init__(
         self,
-        proxy: TTSProxy,
+        context: CallContext,
         request: Request,
         hold: SlotHold | None,
         on_stall: Callable[[str], None],
     ) -> None:
-        self._proxy = proxy
+        self._context = context
         self._request = request
         #: None for a slot-exempt call.
         self._hold = hold
-        self._clock = proxy.clock
+        self._clock = context.clock
         self._started = self._clock.seconds()
         #: From the request's arrival to now, when the slot (if any) was just taken.
-        self._queue_wait = proxy.access_log.since_arrival(request)
+        self._queue_wait = context.access_log.since_arrival(request)
         #: Why the call did not end ``ok`` (for the access event).
         self._cause: str | None = None
         self._envelope_bytes = 0
@@ -47,7 +46,7 @@ class ProxiedCall:
         #: Set when the gateway cuts the call short (drain timeout): what a client still
         #: waiting for an answer is told.
         self._cut_short: GatewayError | None = None
-        self._watchdog = Watchdog(self._clock, proxy.idle_timeout, on_stall)
+        self._watchdog = Watchdog(self._clock, context.idle_timeout, on_stall)
         # What the router waits on. Fired only once an HTTP answer is finished; on the abort
         # paths (and after a 101) it stays pending and the router cancels it when the
         # connection drops.
@@ -72,7 +71,7 @@ class ProxiedCall:
     def _answer_with(self, error: GatewayError) -> None:
         """End the call with the gateway's envelope for ``error``."""
         if isinstance(error, LocalResourceExhausted):
-            self._proxy.exhaustion_warning.occurred(error.message)
+            self._context.exhaustion_warning.occurred(error.message)
         self._status = error.status
         self._provider = error.provider
         self._cause = self._cause or error.message
@@ -94,16 +93,16 @@ class ProxiedCall:
         self._watchdog.stop()
         if self._hold is not None:
             self._hold.release()
-        self._proxy._exchange_done(self)
+        self._context.in_flight.untrack(self)
         if then is not None:
             then()
         held = self._clock.seconds() - self._started
-        metrics = self._proxy.metrics
+        metrics = self._context.metrics
         metrics.upstream_total.observe(held)
         if self._hold is not None:
             metrics.slot_held.observe(held)
         slotted = self._hold is not None
-        self._proxy.access_log.finished(
+        self._context.access_log.finished(
             self._request,
             status=self._status,
             outcome=outcome,

@@ -8,7 +8,7 @@ which is the only place that releases the slot.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -20,6 +20,7 @@ from twisted.web.server import Request
 
 from ._bridge import StreamBridge
 from ._call import ProxiedCall
+from ._context import CallContext
 from ._errors import (
     QWEN3_TTS,
     GatewayError,
@@ -31,31 +32,18 @@ from ._errors import (
 )
 from ._headers import client_response_headers, upstream_request_headers
 from ._pool import Upstream
+from ._protocol import CLIENT_SEND_BUFFER, NO_BODY_STATUS, RETRY_UNAVAILABLE_S
 from ._slot import SlotHold
 from ._upstream import body_producer, upstream_url
-
-if TYPE_CHECKING:
-    from ._proxy import TTSProxy
-
-#: Retry-After for a 503 upstream_unavailable: the stack is down, not busy.
-RETRY_UNAVAILABLE_S = 5
-
-#: How much the client's transport may hold unsent before it pauses the upstream. Twisted's
-#: default (64 KiB) is one upstream read, so the upstream was paused and resumed after nearly
-#: every chunk; this bounds memory per stream just the same, at a few chunks.
-CLIENT_SEND_BUFFER = 512 * 1024
-
-#: Statuses that never have a body, so never a Content-Length (RFC 9110 section 8.6).
-NO_BODY_STATUS = frozenset({204, 304})
 
 _log = Logger()
 
 
 class _Exchange(ProxiedCall):
     def __init__(
-        self, proxy: TTSProxy, request: Request, upstream: Upstream, hold: SlotHold | None
+        self, context: CallContext, request: Request, upstream: Upstream, hold: SlotHold | None
     ) -> None:
-        super().__init__(proxy, request, hold, self._stalled)
+        super().__init__(context, request, hold, self._stalled)
         self._upstream = upstream
         self._tried: list[Upstream] = []
         self._client_gone = False
@@ -73,18 +61,18 @@ class _Exchange(ProxiedCall):
         """Send the request upstream; the returned Deferred fires when the client has its answer."""
         request = self._request
         request.notifyFinish().addErrback(lambda _: self._client_left())
-        self._proxy._in_flight.add(self)
+        self._context.in_flight.track(self)
         self._send()
         return self.done
 
     def _send(self) -> None:
         request = self._request
         self._watchdog.touch("upstream")
-        call = self._proxy.agent.request(
+        call = self._context.agent.request(
             request.method,
             upstream_url(self._upstream.base, request.uri),
             upstream_request_headers(request.requestHeaders),
-            body_producer(request.content, self._proxy.cooperator),
+            body_producer(request.content, self._context.cooperator),
         )
         self._call = call
         call.addCallbacks(self._got_response, self._call_failed)
@@ -95,10 +83,10 @@ class _Exchange(ProxiedCall):
 
         Its slot token is given back and one on a free, reachable upstream taken in its place.
         """
-        pool = self._proxy.pool
+        pool = self._context.pool
         pool.mark_down(self._upstream)
         self._tried.append(self._upstream)
-        now = self._proxy.clock.seconds()
+        now = self._context.clock.seconds()
         if self._hold is None:
             others = [u for u in pool.upstreams if u not in self._tried and u.is_up(now)]
             if not others:
@@ -126,7 +114,9 @@ class _Exchange(ProxiedCall):
         self._state = "streaming"
         self._status = response.code
         self._provider = QWEN3_TTS
-        self._proxy.metrics.upstream_headers.observe(self._proxy.clock.seconds() - self._started)
+        self._context.metrics.upstream_headers.observe(
+            self._context.clock.seconds() - self._started
+        )
         request = self._request
         transport: Any = request.transport
         if transport is not None and hasattr(transport, "bufferSize"):
@@ -154,8 +144,8 @@ class _Exchange(ProxiedCall):
             else failure_cause(
                 failure,
                 timed_out=self._timed_out,
-                idle_timeout=self._proxy.idle_timeout,
-                connect_timeout=self._proxy.connect_timeout,
+                idle_timeout=self._context.idle_timeout,
+                connect_timeout=self._context.connect_timeout,
             )
         )
         error = self._cut_short or error_for_upstream_failure(
@@ -207,7 +197,7 @@ class _Exchange(ProxiedCall):
             assert self._bridge is not None
             self._bridge.stop_upstream()
             self._abort_client()
-            self._cause = stall_cause(kind, self._proxy.idle_timeout)
+            self._cause = stall_cause(kind, self._context.idle_timeout)
             self._finish(f"{kind}_stalled", fired=False)
 
     def cut_short(self, error: GatewayError) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from attrs import evolve
 from prometheus_client import CollectorRegistry
 from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -16,7 +17,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request
 
 from ._accesslog import AccessLog
-from ._call import ProxiedCall
+from ._app import build_resource
 from ._config import (
     DEFAULT_CLIENT_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
@@ -30,6 +31,7 @@ from ._config import (
     parse_upstream,
 )
 from ._connections import ConnectionRegistry
+from ._context import CallContext, InFlight
 from ._drain import Drain
 from ._errors import (
     COMPOSE_HINT,
@@ -39,19 +41,16 @@ from ._errors import (
     RequestTooLarge,
     UpstreamUnavailable,
 )
-from ._exchange import RETRY_UNAVAILABLE_S, _Exchange
+from ._exchange import _Exchange
 from ._health import ReadinessProbe
 from ._metrics import GatewayMetrics, MetricsResource
 from ._pool import DEFAULT_DOWN_COOLDOWN, Grant, Upstream, UpstreamPool, WaitTimedOut
+from ._protocol import ALLOW_HEADER, ALLOWED_METHODS, RETRY_UNAVAILABLE_S
 from ._resources import RateLimitedWarning
 from ._site import GatewaySite
 from ._slot import GPUSlot
 from ._tunnel import TunnelTarget, WebSocketTunnel, is_websocket_request
 from ._upstream import make_agent, make_cooperator
-
-#: The methods the contract proxies; everything else is a 405.
-ALLOWED_METHODS = (b"GET", b"POST", b"DELETE")
-ALLOW_HEADER = (b"Allow", b", ".join(ALLOWED_METHODS))
 
 _log = Logger()
 
@@ -153,12 +152,13 @@ class TTSProxy:
                 connect_timeout=config.connect_timeout,
                 max_connections=max(s.limit for s in semaphores),
             )
-        self.agent: IAgent = agent
         self.cooperator = make_cooperator(reactor)
         self.draining = False
         self.metrics = GatewayMetrics(registry)
+        #: The calls and WebSocket sessions under way.
+        self.calls = InFlight()
         self.metrics.watch(
-            lambda: sum(u.slot.in_use for u in self.pool.upstreams), lambda: len(self._in_flight)
+            lambda: sum(u.slot.in_use for u in self.pool.upstreams), lambda: len(self.calls)
         )
         self.access_log = AccessLog(self.metrics, reactor)
         self.metrics_route = MetricsResource(self.metrics.registry) if metrics else None
@@ -166,13 +166,33 @@ class TTSProxy:
         self.readiness = [
             ReadinessProbe(reactor, url, config.connect_timeout) for url in config.upstream
         ]
-        self._in_flight: set[ProxiedCall] = set()
-        #: One log line per interval while upstream sockets fail for want of descriptors.
-        self.exhaustion_warning = RateLimitedWarning(reactor, "out of file descriptors")
-        self._idle_waiters: list[Deferred[None]] = []
+        #: What each call takes from the gateway.
+        self.context = CallContext(
+            clock=reactor,
+            agent=agent,
+            cooperator=self.cooperator,
+            pool=self.pool,
+            metrics=self.metrics,
+            access_log=self.access_log,
+            in_flight=self.calls,
+            exhaustion_warning=RateLimitedWarning(reactor, "out of file descriptors"),
+            idle_timeout=config.idle_timeout,
+            connect_timeout=config.connect_timeout,
+            ws_idle_timeout=config.ws_idle_timeout,
+        )
         #: The client connections of L{site}'s sites (none when mounted in another Site).
         self.connections = ConnectionRegistry()
         self._drain: Drain | None = None
+
+    @property
+    def agent(self) -> IAgent:
+        """The HTTP client every call goes upstream with."""
+        return self.context.agent
+
+    @agent.setter
+    def agent(self, agent: IAgent) -> None:
+        # Calls take it from the context: a new agent makes a new context.
+        self.context = evolve(self.context, agent=agent)
 
     @classmethod
     def from_config(cls, config: GatewayConfig, **kwargs: Any) -> TTSProxy:
@@ -196,8 +216,6 @@ class TTSProxy:
 
     def resource(self) -> IResource:
         """The ``IResource`` serving ``/v1/audio/*`` (and envelopes elsewhere) at a site root."""
-        from ._app import build_resource
-
         return build_resource(self)
 
     def site(self) -> GatewaySite:
@@ -216,7 +234,7 @@ class TTSProxy:
     @property
     def in_flight(self) -> int:
         """Upstream calls under way, open WebSocket sessions included."""
-        return len(self._in_flight)
+        return len(self.calls)
 
     def drain(self, timeout: float) -> Deferred[None]:
         """Refuse new calls, let those under way finish, cut the rest after ``timeout`` s.
@@ -241,30 +259,12 @@ class TTSProxy:
             self._drain = Drain(
                 self.clock,
                 self.connections,
-                in_flight=lambda: len(self._in_flight),
-                when_idle=self._when_idle,
-                cut_calls=self._cut_calls,
+                in_flight=lambda: len(self.calls),
+                when_idle=self.calls.when_idle,
+                cut_calls=lambda: self.calls.cut(Draining("the gateway is shutting down")),
             )
             self._drain.start(timeout)
         return self._drain
-
-    def _when_idle(self) -> Deferred[None]:
-        if not self._in_flight:
-            return succeed(None)
-        idle: Deferred[None] = Deferred()
-        self._idle_waiters.append(idle)
-        return idle
-
-    def _cut_calls(self) -> None:
-        for exchange in list(self._in_flight):
-            exchange.cut_short(Draining("the gateway is shutting down"))
-
-    def _exchange_done(self, exchange: ProxiedCall) -> None:
-        self._in_flight.discard(exchange)
-        if not self._in_flight:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
 
     def close(self) -> Deferred[None]:
         """Close idle pooled upstream connections (call on shutdown)."""
@@ -303,7 +303,7 @@ class TTSProxy:
         websocket = is_websocket_request(request)
         if not websocket and any(r.matches(request.method, request.uri) for r in self.exempt):
             # A call that does not touch the GPU: no slot, any reachable upstream.
-            return _Exchange(self, request, self.pool.pick(), None).start()
+            return _Exchange(self.context, request, self.pool.pick(), None).start()
         grant = self.pool.try_take()
         if grant is not None:
             return self._start(request, grant, websocket)
@@ -319,8 +319,8 @@ class TTSProxy:
     def _start(self, request: Request, grant: Grant, websocket: bool) -> Deferred[None]:
         if websocket:
             target = self._ws_targets[grant.upstream]
-            return WebSocketTunnel(self, request, grant.hold, target).start()
-        return _Exchange(self, request, grant.upstream, grant.hold).start()
+            return WebSocketTunnel(self.context, request, grant.hold, target).start()
+        return _Exchange(self.context, request, grant.upstream, grant.hold).start()
 
     def _busy(self, queue_wait: float | None = None) -> GPUBusy:
         busy = GPUBusy(

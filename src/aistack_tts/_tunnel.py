@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from attrs import define, field, frozen
@@ -46,6 +46,7 @@ from zope.interface import implementer
 
 from ._accesslog import REQUEST_ID
 from ._call import ProxiedCall
+from ._context import CallContext
 from ._errors import (
     QWEN3_TTS,
     GatewayError,
@@ -56,14 +57,11 @@ from ._errors import (
     failure_cause,
     stall_cause,
 )
-from ._exchange import CLIENT_SEND_BUFFER, NO_BODY_STATUS, RETRY_UNAVAILABLE_S
 from ._frames import IDLE_CLOSE, FrameBoundary, close_frame
 from ._headers import client_response_headers, header_tokens, wants_websocket, websocket_handshake
+from ._protocol import CLIENT_SEND_BUFFER, NO_BODY_STATUS, RETRY_UNAVAILABLE_S
 from ._slot import SlotHold
 from ._upstream import Watchdog
-
-if TYPE_CHECKING:
-    from ._proxy import TTSProxy
 
 #: The most the upstream's answer head (status line and headers) may take; a real one is a few
 #: hundred bytes, so more means a broken upstream, and the buffer stays bounded.
@@ -339,9 +337,9 @@ class WebSocketTunnel(ProxiedCall):
     """One WebSocket session, from slot taken to slot released, on every path exactly once."""
 
     def __init__(
-        self, proxy: TTSProxy, request: Request, hold: SlotHold, target: TunnelTarget
+        self, context: CallContext, request: Request, hold: SlotHold, target: TunnelTarget
     ) -> None:
-        super().__init__(proxy, request, hold, self._stalled)
+        super().__init__(context, request, hold, self._stalled)
         self._target = target
         self._timed_out = False
         self._connecting: Deferred[IProtocol] | None = None
@@ -392,7 +390,7 @@ class WebSocketTunnel(ProxiedCall):
     def start(self) -> Deferred[None]:
         """Connect to the upstream; the returned Deferred fires when an HTTP answer is done."""
         self._request.notifyFinish().addErrback(lambda _: self._client_left())
-        self._proxy._in_flight.add(self)
+        self._context.in_flight.track(self)
         self._watchdog.touch("upstream")
         connecting = self._target.endpoint.connect(_UpstreamFactory(self))
         self._connecting = connecting
@@ -440,8 +438,8 @@ class WebSocketTunnel(ProxiedCall):
             self._cause = failure_cause(
                 failure,
                 timed_out=self._timed_out,
-                idle_timeout=self._proxy.idle_timeout,
-                connect_timeout=self._proxy.connect_timeout,
+                idle_timeout=self._context.idle_timeout,
+                connect_timeout=self._context.connect_timeout,
             )
         self._answer_with(error)
 
@@ -476,7 +474,7 @@ class WebSocketTunnel(ProxiedCall):
                 return
             if 100 <= head.status < 200 and head.status != 101:
                 continue  # an interim answer (100 Continue, 103): the real one follows
-            self._proxy.metrics.upstream_headers.observe(self._clock.seconds() - self._started)
+            self._context.metrics.upstream_headers.observe(self._clock.seconds() - self._started)
             if head.status == 101:
                 self._open(head)
             else:
@@ -492,7 +490,7 @@ class WebSocketTunnel(ProxiedCall):
         self._status = head.status
         self.client.transport = transport
         self._watchdog.stop()
-        self._watchdog = Watchdog(self._clock, self._proxy.ws_idle_timeout, self._idle)
+        self._watchdog = Watchdog(self._clock, self._context.ws_idle_timeout, self._idle)
         upstream = self.upstream.transport
         for side in (transport, upstream):
             if hasattr(side, "bufferSize"):
@@ -540,7 +538,9 @@ class WebSocketTunnel(ProxiedCall):
             self.client.transport.write(close_frame(code, reason, masked=False))
         if self.upstream.open and self._to_upstream.at_boundary:
             self.upstream.transport.write(close_frame(code, reason, masked=True))
-        self._cause = f"--ws-idle-timeout: no byte either way for {self._proxy.ws_idle_timeout:g} s"
+        self._cause = (
+            f"--ws-idle-timeout: no byte either way for {self._context.ws_idle_timeout:g} s"
+        )
         self._end("ws_idle", abort=False)
 
     def _end(self, outcome: str, *, abort: bool) -> None:
@@ -657,7 +657,7 @@ class WebSocketTunnel(ProxiedCall):
         elif self._state == "relaying":
             self.upstream.close(self._clock, abort=True)
             self._abort_client()
-            self._cause = stall_cause(kind, self._proxy.idle_timeout)
+            self._cause = stall_cause(kind, self._context.idle_timeout)
             self._finish(f"{kind}_stalled", fired=False)
 
     def cut_short(self, error: GatewayError) -> None:
