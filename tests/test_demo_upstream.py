@@ -1049,8 +1049,36 @@ def test_plugin_command_line_over_environment() -> None:
     )
 
 
+def test_plugin_websocket_timeouts() -> None:
+    """vLLM-Omni's 30 s idle and 10 s config timeouts by default; both can be set, and reach
+    the sessions of the upstream the service serves."""
+    assert (parse([]).ws_idle_timeout, parse([]).ws_config_timeout) == (30.0, 10.0)
+    environ = {"AISTACK_TTS_DEMO_WS_IDLE_TIMEOUT": "5"}
+    settings = parse(["--ws-config-timeout", "0.5"], environ)
+    assert (settings.ws_idle_timeout, settings.ws_config_timeout) == (5.0, 0.5)
+    reactor = MemoryReactorClock()
+    service = make_demo_service(settings, reactor)
+    service.startService()
+    [(_port, site, _backlog, _interface)] = reactor.tcpServers
+    protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+    assert protocol is not None
+    transport = StringTransport()
+    transport.protocol = protocol  # type: ignore[attr-defined]
+    protocol.makeConnection(transport)
+    protocol.dataReceived(WS_HANDSHAKE)
+    [timer] = reactor.getDelayedCalls()
+    assert timer.getTime() == 0.5
+    service.stopService()
+
+
 @pytest.mark.parametrize(
-    "argv", [["--rtf", "fast"], ["--first-chunk-delay", "-1"], ["--rtf", "inf"]]
+    "argv",
+    [
+        ["--rtf", "fast"],
+        ["--first-chunk-delay", "-1"],
+        ["--rtf", "inf"],
+        ["--ws-idle-timeout", "soon"],
+    ],
 )
 def test_plugin_bad_values_exit_with_one_line(
     argv: list[str], capsys: pytest.CaptureFixture[str]
