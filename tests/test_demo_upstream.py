@@ -39,6 +39,7 @@ from zope.interface import implementer
 import aistack_tts.demo
 from aistack_tts.demo import VOICES, APIError, DemoUpstream, listen_demo
 from aistack_tts.demo._app import MAX_VOICE_SAMPLE_BYTES, parse_voice_upload
+from aistack_tts.demo._encode import encode
 from aistack_tts.demo._plugin import DemoSettings, Options, make_demo_service
 from aistack_tts.demo._synth import (
     BUILTIN_PROFILES,
@@ -1048,8 +1049,36 @@ def test_plugin_command_line_over_environment() -> None:
     )
 
 
+def test_plugin_websocket_timeouts() -> None:
+    """vLLM-Omni's 30 s idle and 10 s config timeouts by default; both can be set, and reach
+    the sessions of the upstream the service serves."""
+    assert (parse([]).ws_idle_timeout, parse([]).ws_config_timeout) == (30.0, 10.0)
+    environ = {"AISTACK_TTS_DEMO_WS_IDLE_TIMEOUT": "5"}
+    settings = parse(["--ws-config-timeout", "0.5"], environ)
+    assert (settings.ws_idle_timeout, settings.ws_config_timeout) == (5.0, 0.5)
+    reactor = MemoryReactorClock()
+    service = make_demo_service(settings, reactor)
+    service.startService()
+    [(_port, site, _backlog, _interface)] = reactor.tcpServers
+    protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+    assert protocol is not None
+    transport = StringTransport()
+    transport.protocol = protocol  # type: ignore[attr-defined]
+    protocol.makeConnection(transport)
+    protocol.dataReceived(WS_HANDSHAKE)
+    [timer] = reactor.getDelayedCalls()
+    assert timer.getTime() == 0.5
+    service.stopService()
+
+
 @pytest.mark.parametrize(
-    "argv", [["--rtf", "fast"], ["--first-chunk-delay", "-1"], ["--rtf", "inf"]]
+    "argv",
+    [
+        ["--rtf", "fast"],
+        ["--first-chunk-delay", "-1"],
+        ["--rtf", "inf"],
+        ["--ws-idle-timeout", "soon"],
+    ],
 )
 def test_plugin_bad_values_exit_with_one_line(
     argv: list[str], capsys: pytest.CaptureFixture[str]
@@ -1100,8 +1129,10 @@ def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
     mask = b"\x11\x22\x33\x44"
     if len(payload) < 126:
         length = bytes([0x80 | len(payload)])
-    else:
+    elif len(payload) < 65536:
         length = bytes([0x80 | 126]) + struct.pack("!H", len(payload))
+    else:
+        length = bytes([0x80 | 127]) + struct.pack("!Q", len(payload))
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     return bytes([0x80 | opcode]) + length + mask + masked
 
@@ -1157,11 +1188,53 @@ class StreamWire(Wire):
         self.ws.connectionLost(Failure(ConnectionDone()))
 
 
-def test_stream_speaks_each_sentence_as_soon_as_it_is_complete() -> None:
-    """Text in pieces: a sentence is spoken once its end has arrived; input.done flushes the
-    rest; per sentence audio.start, binary frames of the synth's audio, audio.done."""
+#: A session.config asking for what vLLM-Omni does on request only: each sentence spoken as
+#: soon as it is complete, its pcm streamed in chunks as it is made.
+STREAMING = {"response_format": "pcm", "stream_audio": True, "split_granularity": "sentence"}
+
+
+def test_stream_default_is_one_wav_per_utterance() -> None:
+    """By default text waits for input.done and the utterance is one binary message, a wav;
+    audio.start has no sample_rate; audio.done says how many bytes were sent."""
     wire = StreamWire()
-    wire.event(type="session.config", voice="Ryan", response_format="pcm")
+    wire.event(type="session.config", voice="Ryan")
+    wire.event(type="input.text", text="Hello there. How")
+    wire.event(type="input.text", text=" are you?")
+    run_generation(wire.clock)
+    assert wire.frames() == []
+    wire.event(type="input.done")
+    run_generation(wire.clock)
+    frames = wire.frames()
+    [audio] = [payload for opcode, payload in frames if opcode == 0x2]
+    ryan = aistack_tts.demo.VoiceRegistry().get("ryan")
+    assert ryan is not None
+    pcm = b"".join(synthesize("Hello there. How are you?", ryan).frames())
+    assert audio == encode(pcm, "wav")
+    assert [json.loads(p) if op == 0x1 else "audio" for op, p in frames] == [
+        {
+            "type": "audio.start",
+            "utterance_index": 0,
+            "sentence_index": 0,
+            "sentence_text": "Hello there. How are you?",
+            "format": "wav",
+        },
+        "audio",
+        {
+            "type": "audio.done",
+            "utterance_index": 0,
+            "sentence_index": 0,
+            "total_bytes": len(audio),
+            "error": False,
+        },
+        {"type": "session.done", "utterance_index": 0, "total_sentences": 1},
+    ]
+
+
+def test_stream_speaks_each_sentence_as_soon_as_it_is_complete() -> None:
+    """Split by sentence and streamed: a sentence is spoken once its end has arrived; per
+    sentence audio.start (with the rate, at the first chunk), chunks of 1 then 25 frames."""
+    wire = StreamWire()
+    wire.event(type="session.config", voice="Ryan", **STREAMING)
     wire.event(type="input.text", text="Hello")
     wire.event(type="input.text", text=" there.")
     run_generation(wire.clock)
@@ -1190,20 +1263,20 @@ def test_stream_speaks_each_sentence_as_soon_as_it_is_complete() -> None:
         "channels": 1,
     }
     assert wire.events()[-1] == {"type": "session.done", "utterance_index": 0, "total_sentences": 3}
-    # Each sentence: start, its frames (one 80 ms codec frame per message), done.
     frames = wire.frames()
     audio = b"".join(payload for opcode, payload in frames if opcode == 0x2)
     assert audio == b"".join(b"".join(synthesize(s, ryan).frames()) for s in sentences)
-    assert all(len(payload) == FRAME_BYTES for payload in wire.audio())
-    kinds = [json.loads(p)["type"] if op == 0x1 else "audio" for op, p in frames]
+    kinds = [json.loads(p)["type"] if op == 0x1 else len(p) for op, p in frames]
     first_done = kinds.index("audio.done")
     assert kinds[0] == "audio.start"
-    assert set(kinds[1:first_done]) == {"audio"}
+    assert kinds[1] == FRAME_BYTES
+    assert all(isinstance(k, int) and k <= 25 * FRAME_BYTES for k in kinds[2:first_done])
 
 
-def test_stream_frames_are_paced_on_the_clock() -> None:
+def test_stream_chunks_are_paced_on_the_clock() -> None:
+    """Streamed pcm is paced on the clock (chunks of one frame here, ``chunk_frames=1``)."""
     wire = StreamWire()
-    wire.event(type="session.config", voice="Vivian")
+    wire.event(type="session.config", voice="Vivian", **STREAMING)
     wire.event(type="input.text", text=TEXT + " ")
     advance(wire.clock, FIRST - 0.01)
     assert len(wire.audio()) == 0
@@ -1215,7 +1288,7 @@ def test_stream_frames_are_paced_on_the_clock() -> None:
 
 def test_stream_pauses_with_the_socket() -> None:
     wire = StreamWire()
-    wire.event(type="session.config", voice="Vivian")
+    wire.event(type="session.config", voice="Vivian", **STREAMING)
     wire.event(type="input.text", text=TEXT + " ")
     advance(wire.clock, FIRST + FRAME_INTERVAL)
     assert len(wire.audio()) == 2
@@ -1225,6 +1298,7 @@ def test_stream_pauses_with_the_socket() -> None:
     assert generation_steps(wire.clock) == []
     advance(wire.clock, 60)
     assert len(wire.audio()) == 2
+    assert all(opcode != 0x8 for opcode, _ in wire.frames()), "no idle close while speaking"
     producer.resumeProducing()
     advance(wire.clock, FRAME_INTERVAL)
     assert len(wire.audio()) == 3
@@ -1234,6 +1308,7 @@ def test_stream_client_leaving_stops_generation_and_is_logged() -> None:
     wire = StreamWire()
     wire.event(type="session.config", voice="Vivian")
     wire.event(type="input.text", text=TEXT + " More to say")
+    wire.event(type="input.done")
     advance(wire.clock, FIRST + 2.5 * FRAME_INTERVAL)
     with captured_logs() as events:
         wire.lose()
@@ -1265,39 +1340,112 @@ def test_stream_session_close_closes_the_connection() -> None:
     assert (opcode, payload[:2]) == (0x8, struct.pack("!H", 1000))
 
 
+def test_stream_messages_wait_for_the_audio_before_them() -> None:
+    """Handled one at a time, as the real receive loop does: a config sent right after
+    input.done applies after that utterance (no 'utterance in progress' error), to the next."""
+    wire = StreamWire()
+    wire.event(type="session.config", voice="Vivian")
+    wire.event(type="input.text", text="Hi.")
+    wire.event(type="input.done")
+    wire.event(type="session.config", voice="Vivian", response_format="flac")
+    wire.event(type="input.text", text="Again.")
+    wire.event(type="input.done")
+    run_generation(wire.clock)
+    events = wire.events()
+    assert [e["type"] for e in events] == ["audio.start", "audio.done", "session.done"] * 2
+    assert [e["format"] for e in events if e["type"] == "audio.start"] == ["wav", "flac"]
+    assert [soundfile.info(io.BytesIO(a)).format for a in wire.audio()] == ["WAV", "FLAC"]
+
+
+def test_stream_config_mid_utterance_is_refused_and_the_session_goes_on() -> None:
+    wire = StreamWire()
+    wire.event(type="session.config", voice="Vivian")
+    wire.event(type="input.text", text="Half")
+    wire.event(type="session.config", voice="Ryan")
+    assert wire.events() == [
+        {
+            "type": "error",
+            "message": "session.config cannot be applied while an utterance is in progress; "
+            "send input.done first",
+        }
+    ]
+
+
 @pytest.mark.parametrize(
     ("event", "message"),
     [
         ({"type": "input.text", "text": "Hi."}, "Expected session.config, got: input.text"),
-        ({"type": "session.config", "voice": "alloy"}, "Invalid session config: Invalid voice"),
-        ({"type": "session.config", "response_format": "wav"}, "response_format must be 'pcm'"),
+        (
+            {"type": "session.config", "response_format": "wav", "stream_audio": True},
+            "requires response_format='pcm'. Got response_format='wav'.",
+        ),
+        ({"type": "session.config", "split_granularity": "word"}, "split_granularity\n  Input"),
         ({"type": "session.config", "model": "tts-1"}, "The model `tts-1` does not exist."),
     ],
 )
 def test_stream_bad_start_is_an_error_then_the_close(event: dict[str, Any], message: str) -> None:
     wire = StreamWire()
     wire.event(**event)
-    [(op1, error), (op2, _close)] = wire.frames()
-    assert (op1, op2) == (0x1, 0x8)
+    [(op1, error), (op2, close)] = wire.frames()
+    assert (op1, op2, close[:2]) == (0x1, 0x8, struct.pack("!H", 1000))
     assert json.loads(error)["type"] == "error"
     assert message in json.loads(error)["message"]
 
 
-def test_stream_errors_after_the_config_keep_the_session() -> None:
+def test_stream_errors_after_the_config_keep_the_session_but_bytes_end_it() -> None:
     wire = StreamWire()
     wire.event(type="session.config", voice="Vivian")
-    wire.ws.dataReceived(client_frame(b"\x00\x01", opcode=0x2))
     wire.ws.dataReceived(client_frame(b"not json"))
+    wire.ws.dataReceived(client_frame(b"[1]"))
     wire.event(type="input.text", text=5)
     wire.event(type="nonsense")
-    errors = [e["message"] for e in wire.events()]
-    assert errors == [
-        "binary messages are not accepted; send JSON text messages",
+    wire.event(type="input.done", pad="x" * (128 * 1024))
+    wire.ws.dataReceived(client_frame(b"\x00\x01", opcode=0x2))
+    frames = wire.frames()
+    assert [json.loads(p)["message"] for op, p in frames if op == 0x1] == [
         "Invalid JSON message",
+        "WebSocket messages must be JSON objects",
         "input.text requires a string value",
         "Unknown message type: nonsense",
+        "input.text message too large",
+        # Starlette's receive_text() on a bytes message, caught by the handler's catch-all.
+        "Internal error: 'text'",
     ]
-    assert all(opcode == 0x1 for opcode, _ in wire.frames()), "no close"
+    assert frames[-1][0] == 0x8
+
+
+def test_stream_voice_language_and_task_are_checked_at_generation_time() -> None:
+    wire = StreamWire()
+    wire.event(type="session.config", voice="alloy", language="klingon")
+    wire.event(type="input.text", text="Hi.")
+    wire.event(type="input.done")
+    run_generation(wire.clock)
+    start, error, done, session_done = wire.events()
+    assert start["type"] == "audio.start"
+    assert error["message"].startswith("Generation failed for utterance 0, sentence 0: Invalid ")
+    assert (done["total_bytes"], done["error"]) == (0, True)
+    assert session_done["type"] == "session.done"
+
+
+def test_stream_config_timeout_is_10_s_and_idle_timeout_30_s() -> None:
+    wire = StreamWire()
+    advance(wire.clock, 9.9)
+    assert wire.frames() == []
+    advance(wire.clock, 0.2)
+    [(op1, error), (op2, _close)] = wire.frames()
+    assert (op1, op2) == (0x1, 0x8)
+    assert json.loads(error) == {"type": "error", "message": "Timeout waiting for session.config"}
+
+    wire = StreamWire()
+    advance(wire.clock, 5)
+    wire.event(type="session.config")
+    advance(wire.clock, 29.9)
+    wire.event(type="input.text", text="Hi.")  # a message starts the wait anew
+    advance(wire.clock, 29.9)
+    assert wire.frames() == []
+    advance(wire.clock, 0.2)
+    [(op1, error), (op2, _close)] = wire.frames()
+    assert json.loads(error) == {"type": "error", "message": "Idle timeout: no message received"}
 
 
 def test_stream_path_without_upgrade_is_plain_http() -> None:
@@ -1310,19 +1458,23 @@ def test_stream_path_without_upgrade_is_plain_http() -> None:
 
 
 @pytest.mark.parametrize(
-    ("pieces", "sentences", "rest"),
+    ("granularity", "pieces", "units", "rest"),
     [
-        (["Hello there. How"], ["Hello there."], "How"),
-        (["Hello there.", " How are you?", " "], ["Hello there.", "How are you?"], ""),
-        (["Pi is 3.14 or so. "], ["Pi is 3.14 or so."], ""),
-        (["Wait... what?! Yes. "], ["Wait...", "what?!", "Yes."], ""),
-        (["你好。今天好吗\uff1f好"], ["你好。", "今天好吗\uff1f"], "好"),
-        (["  ", "\n"], [], ""),
+        ("sentence", ["Hello there. How"], ["Hello there."], "How"),
+        ("sentence", ["Hello there.", " How are you?", " "], ["Hello there.", "How are you?"], ""),
+        ("sentence", ["Pi is 3.14 or so. "], ["Pi is 3.14 or so."], ""),
+        ("sentence", ["Wait... what?! Yes. "], ["Wait...", "what?!", "Yes."], ""),
+        ("sentence", ["你好。今天好吗\uff1f好"], ["你好。", "今天好吗\uff1f"], "好"),
+        ("sentence", ["  ", "\n"], [], ""),
+        ("clause", ["One, two; three. Four"], ["One,", "two;", "three."], "Four"),
+        ("none", ["One. Two. ", "Three"], [], "One. Two. Three"),
     ],
 )
-def test_sentence_splitter(pieces: list[str], sentences: list[str], rest: str) -> None:
-    splitter = aistack_tts.demo.SentenceSplitter()
+def test_speech_text_splitter(
+    granularity: str, pieces: list[str], units: list[str], rest: str
+) -> None:
+    splitter = aistack_tts.demo.SpeechTextSplitter(granularity)
     got = [s for piece in pieces for s in splitter.feed(piece)]
-    assert got == sentences
+    assert got == units
     assert splitter.flush() == ([rest] if rest else [])
     assert splitter.flush() == []

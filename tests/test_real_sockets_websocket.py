@@ -314,6 +314,10 @@ def ws_connect(url: str, **options: Any) -> ClientConnection:
     )
 
 
+#: A session.config asking for sentences as they complete, pcm streamed as it is made.
+STREAMING = {"response_format": "pcm", "stream_audio": True, "split_granularity": "sentence"}
+
+
 def send_json(ws: ClientConnection, event: dict[str, Any]) -> None:
     ws.send(json.dumps(event))
 
@@ -344,9 +348,13 @@ def listen(ws: ClientConnection) -> Heard:
 
 
 def utterance(url: str, texts: list[str], voice: str = "Vivian") -> Heard:
-    """A whole session: config, text in pieces, done, then session.close (the server closes)."""
+    """A whole session: config, text in pieces, done, then session.close (the server closes).
+
+    The config asks for what vLLM-Omni does only on request: a sentence spoken as soon as it
+    is complete, its pcm streamed as it is made.
+    """
     with ws_connect(url) as ws:
-        send_json(ws, {"type": "session.config", "voice": voice, "response_format": "pcm"})
+        send_json(ws, {"type": "session.config", "voice": voice, **STREAMING})
         for text in texts:
             send_json(ws, {"type": "input.text", "text": text})
         send_json(ws, {"type": "input.done"})
@@ -496,7 +504,7 @@ async def test_client_leaving_stops_generation_within_a_second(
 
     def start_and_drop() -> float:
         sock = raw_handshake(stack.port)
-        config = json.dumps({"type": "session.config", "voice": "Eric"}).encode()
+        config = json.dumps({"type": "session.config", "voice": "Eric", **STREAMING}).encode()
         sock.sendall(masked_text(config))
         text = "A long sentence that keeps the demo busy for quite a while, on and on. "
         sock.sendall(masked_text(json.dumps({"type": "input.text", "text": text}).encode()))
@@ -525,7 +533,7 @@ async def test_client_closing_cleanly_stops_generation(stacks: Stacks, demo_log:
 
     def start_and_close() -> None:
         with ws_connect(stack.url()) as ws:
-            send_json(ws, {"type": "session.config", "voice": "Serena"})
+            send_json(ws, {"type": "session.config", "voice": "Serena", **STREAMING})
             send_json(ws, {"type": "input.text", "text": "One long sentence, on and on. "})
             while not isinstance(ws.recv(timeout=PATIENCE), bytes):
                 pass

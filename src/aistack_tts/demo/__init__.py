@@ -3,7 +3,8 @@
 It answers ``/v1/audio/speech`` with a deterministic synthetic voice made one 80 ms frame at a
 time, and ``/v1/audio/voices`` for listing, uploading and deleting voices, so the gateway can be
 tried and tested without the GPU container. ``/v1/audio/speech/stream`` speaks vLLM-Omni's
-streaming-text WebSocket protocol (text in as it comes, a sentence of audio out at a time)::
+streaming-text WebSocket protocol (text buffered until ``input.done``, one wav per utterance
+by default)::
 
     from aistack_tts.demo import DemoUpstream, listen_demo
 
@@ -20,9 +21,9 @@ from ._app import (
     VoiceRegistry,
     listen_demo,
     parse_speech_request,
-    parse_stream_config,
 )
-from ._stream import STREAM_PATH, SentenceSplitter, StreamConfig, StreamError
+from ._stream import STREAM_PATH
+from ._stream_config import SpeechTextSplitter, StreamConfig, StreamError, parse_stream_config
 
 __all__ = [
     "MODEL_NAME",
@@ -30,8 +31,8 @@ __all__ = [
     "VOICES",
     "APIError",
     "DemoUpstream",
-    "SentenceSplitter",
     "SpeechRequest",
+    "SpeechTextSplitter",
     "StreamConfig",
     "StreamError",
     "VoiceRegistry",

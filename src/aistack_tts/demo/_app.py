@@ -3,7 +3,7 @@
 Request checks are plain functions (``parse_speech_request``, ``parse_voice_upload``) that raise
 L{APIError}; the Klein routes only glue them to a L{_Generation}, which makes audio one codec
 frame at a time on the injected clock, like the real model does on its GPU. The WebSocket
-stream (``/v1/audio/speech/stream``) lives in ``_stream``.
+stream (``/v1/audio/speech/stream``) lives in ``_stream`` and ``_stream_config``.
 """
 
 from __future__ import annotations
@@ -34,12 +34,13 @@ from werkzeug.exceptions import HTTPException
 from ._encode import CONTENT_TYPES, RESPONSE_FORMATS, decode, encode
 from ._encode import STREAM_FORMATS as _STREAMABLE
 from ._pacing import PacedFrames
-from ._stream import (
-    DemoRoot,
+from ._stream import DemoRoot, StreamSettings, stream_resource
+from ._stream_config import (
+    CONFIG_TIMEOUT,
+    IDLE_TIMEOUT,
     StreamConfig,
     StreamError,
-    StreamSettings,
-    stream_resource,
+    parse_stream_config,
 )
 from ._synth import (
     BUILTIN_PROFILES,
@@ -314,28 +315,19 @@ def parse_speech_request(
     )
 
 
-def parse_stream_config(
-    message: Mapping[str, Any], voices: VoiceRegistry, model_name: str = MODEL_NAME
-) -> StreamConfig:
-    """Check a ``session.config`` as vLLM-Omni does: as a speech request without its input.
+def prepare_stream_speech(
+    config: StreamConfig, text: str, voices: VoiceRegistry, model_name: str = MODEL_NAME
+) -> SpeechRequest:
+    """One WebSocket utterance as the speech request vLLM-Omni makes of it, checked as one.
 
-    Audio is streamed as it is made, which vLLM-Omni only does in ``pcm`` (the default here).
+    The session's voice, language and task are refused here, at generation time.
     """
-    fields = {k: v for k, v in message.items() if k not in ("type", "input")}
-    if fields.get("response_format") is None:
-        fields["response_format"] = "pcm"
     try:
-        speech = parse_speech_request(
-            json.dumps({**fields, "input": "ping"}).encode(), voices, model_name
+        return parse_speech_request(
+            json.dumps(config.speech_fields(text)).encode(), voices, model_name
         )
     except APIError as e:
-        raise StreamError(f"Invalid session config: {e.message}") from None
-    if speech.response_format != "pcm":
-        raise StreamError(
-            "Invalid session config: response_format must be 'pcm' for a speech stream "
-            "(audio is sent as it is generated)"
-        )
-    return StreamConfig(voice=speech.voice, speed=speech.speed, response_format="pcm")
+        raise StreamError(e.message) from None
 
 
 def _sse_event(payload: Mapping[str, Any]) -> bytes:
@@ -912,6 +904,11 @@ class DemoUpstream:
     #: Codec frames per streamed chunk after the first (vLLM-Omni's ``codec_chunk_frames``).
     chunk_frames: int = field(default=CHUNK_FRAMES, validator=_at_least_one)
     voices: VoiceRegistry = field(factory=VoiceRegistry, eq=False)
+    #: The WebSocket session's limits: seconds without a message, and to send the config.
+    ws_idle_timeout: float = field(default=IDLE_TIMEOUT, validator=_non_negative("ws_idle_timeout"))
+    ws_config_timeout: float = field(
+        default=CONFIG_TIMEOUT, validator=_non_negative("ws_config_timeout")
+    )
 
     def resource(self) -> IResource:
         """The root resource: the Klein routes, and the WebSocket ``/v1/audio/speech/stream``."""
@@ -920,7 +917,13 @@ class DemoUpstream:
             clock=self.reactor,
             first_chunk_delay=self.first_chunk_delay,
             frame_interval=self.rtf * FRAME_SECONDS,
-            parse_config=lambda message: parse_stream_config(message, self.voices, self.model_name),
+            parse_config=lambda message: parse_stream_config(message, self.model_name),
+            prepare=lambda config, text: prepare_stream_speech(
+                config, text, self.voices, self.model_name
+            ),
+            chunk_frames=self.chunk_frames,
+            idle_timeout=self.ws_idle_timeout,
+            config_timeout=self.ws_config_timeout,
         )
         return DemoRoot(routes, stream_resource(settings))
 

@@ -15,6 +15,7 @@ from aistack_tts._config import ConfigError
 from aistack_tts._listen import add_listeners, or_fail, parse_endpoints
 
 from ._app import MODEL_NAME, DemoUpstream
+from ._stream_config import CONFIG_TIMEOUT, IDLE_TIMEOUT
 
 _PROGRAM = "aistack-tts-demo-upstream"
 
@@ -27,6 +28,14 @@ _ENV = {
     "first-chunk-delay": "AISTACK_TTS_DEMO_FIRST_CHUNK_DELAY",
     "rtf": "AISTACK_TTS_DEMO_RTF",
     "model": "AISTACK_TTS_DEMO_MODEL",
+    "ws-idle-timeout": "AISTACK_TTS_DEMO_WS_IDLE_TIMEOUT",
+    "ws-config-timeout": "AISTACK_TTS_DEMO_WS_CONFIG_TIMEOUT",
+}
+_SECONDS = {
+    "first-chunk-delay": "first_chunk_delay",
+    "rtf": "rtf",
+    "ws-idle-timeout": "ws_idle_timeout",
+    "ws-config-timeout": "ws_config_timeout",
 }
 
 
@@ -42,6 +51,8 @@ class DemoSettings:
     first_chunk_delay: float = DEFAULT_FIRST_CHUNK_DELAY
     rtf: float = DEFAULT_RTF
     model: str = MODEL_NAME
+    ws_idle_timeout: float = IDLE_TIMEOUT
+    ws_config_timeout: float = CONFIG_TIMEOUT
 
 
 def _seconds(source: str, raw: str) -> float:
@@ -84,6 +95,20 @@ class Options(usage.Options):
             None,
             f"Served model name [env {_ENV['model']}; default {MODEL_NAME}]",
         ],
+        [
+            "ws-idle-timeout",
+            None,
+            None,
+            "Seconds a WebSocket session may go without a client message, as vLLM-Omni's "
+            f"[env {_ENV['ws-idle-timeout']}; default {IDLE_TIMEOUT:g}]",
+        ],
+        [
+            "ws-config-timeout",
+            None,
+            None,
+            "Seconds a new WebSocket session has to send its session.config "
+            f"[env {_ENV['ws-config-timeout']}; default {CONFIG_TIMEOUT:g}]",
+        ],
     ]
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
@@ -114,7 +139,7 @@ class Options(usage.Options):
         listen = self["listen"] or self._environ.get(_ENV["listen"], "").split()
         if listen:
             values["listen"] = tuple(listen)
-        for name, attribute in (("first-chunk-delay", "first_chunk_delay"), ("rtf", "rtf")):
+        for name, attribute in _SECONDS.items():
             raw = self._raw(name)
             if raw is not None:
                 values[attribute] = _seconds(*raw)
@@ -131,6 +156,8 @@ def make_demo_service(settings: DemoSettings, reactor: Any) -> IService:
         first_chunk_delay=settings.first_chunk_delay,
         rtf=settings.rtf,
         model_name=settings.model,
+        ws_idle_timeout=settings.ws_idle_timeout,
+        ws_config_timeout=settings.ws_config_timeout,
     )
     service = MultiService()
     add_listeners(_PROGRAM, service, parse_endpoints(reactor, settings.listen), upstream.site())

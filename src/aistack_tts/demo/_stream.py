@@ -1,91 +1,65 @@
 """``/v1/audio/speech/stream``: vLLM-Omni's streaming-text TTS over WebSocket, for the demo.
 
-The client sends text as it has it; the server speaks each sentence as soon as it is complete::
+As ``serving_speech_stream.py`` has it, text is buffered until ``input.done`` and spoken as one
+utterance, answered with one binary message (the whole file, wav by default)::
 
-    → {"type": "session.config", "voice": "Vivian", "response_format": "pcm"}
+    → {"type": "session.config", "voice": "Vivian"}
     → {"type": "input.text", "text": "Hello there. How"}   (any number of these)
-    → {"type": "input.done"}                              (flush: the rest is the last sentence)
-    ← {"type": "audio.start", "sentence_index": 0, "sentence_text": "Hello there.", ...}
-    ← binary frames: 24 kHz mono 16-bit PCM, one 80 ms codec frame each, as they are made
-    ← {"type": "audio.done", "sentence_index": 0}
-    ← {"type": "session.done", "total_sentences": 2}
+    → {"type": "input.done"}                              (flush: one utterance)
+    ← {"type": "audio.start", "utterance_index": 0, "sentence_index": 0,
+       "sentence_text": "Hello there. How", "format": "wav"}
+    ← one binary message: the utterance's wav
+    ← {"type": "audio.done", ..., "total_bytes": 61484, "error": false}
+    ← {"type": "session.done", "utterance_index": 0, "total_sentences": 1}
     → {"type": "session.close"}                           (or another utterance)
 
-The connection outlives an utterance, as in vLLM-Omni; the server closes it on
-``session.close``. Autobahn's ``WebSocketResource`` serves the protocol inside the demo's
-twisted.web site; frames are paced on the injected clock and pause with the client's socket.
+``split_granularity`` ``"sentence"``/``"clause"`` speaks each unit as soon as it is complete;
+``stream_audio: true`` (pcm only) sends the audio in vLLM-Omni's chunks as it is made, with
+``audio.start`` naming ``sample_rate``/``channels`` when the first chunk is ready. Messages
+are handled one at a time, as the real handler's receive loop does: one that arrives while
+audio is being made waits. The session ends after 10 s without a config or 30 s without a
+message. Autobahn's ``WebSocketResource`` serves the protocol inside the demo's twisted.web
+site; frames are paced on the injected clock and pause with the client's socket.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
-from attrs import frozen
+from attrs import define, field, frozen
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from zope.interface import implementer
 
+from ._encode import encode
 from ._pacing import PacedFrames
-from ._synth import CHANNELS, FRAME_SECONDS, SAMPLE_RATE, VoiceProfile, synthesize
+from ._stream_config import (
+    CONFIG_TIMEOUT,
+    IDLE_TIMEOUT,
+    MAX_FRAME_BYTES,
+    SpeechTextSplitter,
+    StreamConfig,
+    StreamError,
+    parse_message,
+)
+from ._synth import CHANNELS, FRAME_SECONDS, SAMPLE_RATE, synthesize
+
+if TYPE_CHECKING:
+    from ._app import SpeechRequest
 
 log = Logger(namespace="aistack_tts.demo")
 
 STREAM_PATH = b"/v1/audio/speech/stream"
-#: What vLLM-Omni allows for one text message (a session.config may carry reference audio).
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-
-# A sentence ends at . ! ? followed by white space (so "3.5" or "e.g.x" do not split), or at
-# CJK full stops, which need none.
-_BOUNDARY = re.compile(r"(?<=[.!?])\s+|(?<=[\u3002\uff01\uff1f\uff1b])\s*")
-
-
-class StreamError(Exception):
-    """A client message the session cannot use; sent back as ``{"type": "error"}``."""
-
-
-@frozen
-class StreamConfig:
-    """A checked ``session.config``: how every sentence of the session is spoken."""
-
-    voice: VoiceProfile
-    speed: float = 1.0
-    response_format: str = "pcm"
-
-
-class SentenceSplitter:
-    """Collects text and gives back each sentence once it is complete."""
-
-    def __init__(self) -> None:
-        self._buffer = ""
-
-    def feed(self, text: str) -> list[str]:
-        """Add ``text``; return the sentences it completed."""
-        self._buffer += text
-        sentences = []
-        while (match := _BOUNDARY.search(self._buffer)) is not None:
-            sentence = self._buffer[: match.start()].strip()
-            self._buffer = self._buffer[match.end() :]
-            if sentence:
-                sentences.append(sentence)
-        return sentences
-
-    def flush(self) -> list[str]:
-        """The text left over, as a last sentence (if there is any)."""
-        rest, self._buffer = self._buffer.strip(), ""
-        return [rest] if rest else []
-
-    @property
-    def pending(self) -> bool:
-        """Whether text is waiting for the end of its sentence."""
-        return bool(self._buffer.strip())
+#: vLLM-Omni's chunks: the first codec frame alone, then ``chunk_frames`` at a time.
+INITIAL_CHUNK_FRAMES = 1
 
 
 @frozen
@@ -97,47 +71,85 @@ class StreamSettings:
     frame_interval: float
     #: Checks a ``session.config`` message; raises L{StreamError}.
     parse_config: Callable[[Mapping[str, Any]], StreamConfig]
+    #: The speech request of one utterance (voice, language, task checked); raises
+    #: L{StreamError} with vLLM-Omni's message, which the session reports as a failed generation.
+    prepare: Callable[[StreamConfig, str], SpeechRequest]
+    chunk_frames: int = 25
+    idle_timeout: float = IDLE_TIMEOUT
+    config_timeout: float = CONFIG_TIMEOUT
 
 
 @implementer(IPushProducer)
 class _Throttle:
-    """The session's producer on its socket: passes pause and resume to the current sentence."""
+    """The session's producer on its socket: passes pause and resume to the current unit."""
 
     def __init__(self) -> None:
-        self.sentence: PacedFrames | None = None
+        self.pacer: PacedFrames | None = None
         self.paused = False
 
     def pauseProducing(self) -> None:
         self.paused = True
-        if self.sentence is not None:
-            self.sentence.pauseProducing()
+        if self.pacer is not None:
+            self.pacer.pauseProducing()
 
     def resumeProducing(self) -> None:
         self.paused = False
-        if self.sentence is not None:
-            self.sentence.resumeProducing()
+        if self.pacer is not None:
+            self.pacer.resumeProducing()
 
     def stopProducing(self) -> None:
-        if self.sentence is not None:
-            self.sentence.stopProducing()
+        if self.pacer is not None:
+            self.pacer.stopProducing()
+
+
+@define(eq=False)
+class _Unit:
+    """One TTS request of the session (an utterance, or a sentence/clause of one)."""
+
+    utterance_index: int
+    sentence_index: int
+    text: str
+    response_format: str
+    #: Streamed pcm: ``audio.start`` waits for the first chunk and names its rate.
+    describe_pcm: bool
+    streamed: bool
+    pacer: PacedFrames | None = None
+    start_sent: bool = False
+    total_bytes: int = 0
+    kept: list[bytes] = field(factory=list)
+
+    def start_event(self, described: bool) -> dict[str, Any]:
+        event: dict[str, Any] = {
+            "type": "audio.start",
+            "utterance_index": self.utterance_index,
+            "sentence_index": self.sentence_index,
+            "sentence_text": self.text,
+            "format": self.response_format,
+        }
+        if described:
+            event.update(sample_rate=SAMPLE_RATE, channels=CHANNELS)
+        return event
 
 
 class SpeechStreamProtocol(WebSocketServerProtocol):
-    """One streaming-text session: text in, a sentence of audio out as soon as it is complete."""
+    """One streaming-text session, handling its messages one at a time as vLLM-Omni does."""
 
     factory: SpeechStreamFactory
 
     def __init__(self) -> None:
         super().__init__()
         self._config: StreamConfig | None = None
-        self._splitter = SentenceSplitter()
-        # Sentences to speak, and None where an input.done ends an utterance.
-        self._queue: deque[str | None] = deque()
-        #: The sentence being spoken (its index is ``_sentence_index``).
-        self._sentence: PacedFrames | None = None
-        self._throttle = _Throttle()
+        self._splitter = SpeechTextSplitter()
+        self._utterance_open = False
         self._utterance_index = 0
         self._sentence_index = 0
+        #: Messages not handled yet, and the work the handled ones still ask for.
+        self._inbox: deque[tuple[bytes, bool]] = deque()
+        self._jobs: deque[Callable[[], None]] = deque()
+        self._unit: _Unit | None = None
+        self._throttle = _Throttle()
+        self._timer: IDelayedCall | None = None
+        self._pumping = False
         self._ended = False
 
     @property
@@ -150,111 +162,219 @@ class SpeechStreamProtocol(WebSocketServerProtocol):
         if getattr(transport, "producer", None) is not None:
             transport.unregisterProducer()
         transport.registerProducer(self._throttle, True)
+        self._pump()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        """One client message: JSON text only."""
+        """A client message: handled once those before it (and their audio) are done."""
         if self._ended:
             return
+        self._disarm()
+        self._inbox.append((payload, isBinary))
+        self._pump()
+
+    # --- the receive loop -------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Handle queued work and messages until audio is being made or nothing is left."""
+        if self._pumping:
+            return
+        self._pumping = True
         try:
-            if isBinary:
-                raise StreamError("binary messages are not accepted; send JSON text messages")
-            self._handle(_parse_message(payload))
+            while not self._ended and self._unit is None:
+                if self._jobs:
+                    self._jobs.popleft()()
+                elif self._inbox:
+                    self._receive(*self._inbox.popleft())
+                else:
+                    self._arm()
+                    break
+        finally:
+            self._pumping = False
+
+    def _arm(self) -> None:
+        """Wait for the next message: 10 s for the config, 30 s after it."""
+        if self._timer is None:
+            wait = (
+                self._settings.config_timeout
+                if self._config is None
+                else self._settings.idle_timeout
+            )
+            self._timer = self._settings.clock.callLater(wait, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self._config is None:
+            self._error("Timeout waiting for session.config")
+        else:
+            self._error("Idle timeout: no message received")
+        self._close()
+
+    def _receive(self, payload: bytes, is_binary: bool) -> None:
+        if is_binary:
+            # Starlette's receive_text() fails on a bytes message: the handler's catch-all.
+            self._error("Internal error: 'text'")
+            self._close()
+            return
+        try:
+            message = parse_message(payload.decode("utf-8"))
+            self._handle(message)
         except StreamError as e:
-            self._send_event({"type": "error", "message": str(e)})
+            self._error(str(e))
             if self._config is None:
-                # Without a config there is no session to keep.
+                # No session yet (a bad or missing config): the handler returns, closing.
                 self._close()
 
     def _handle(self, message: Mapping[str, Any]) -> None:
         kind = message.get("type")
         if kind == "session.config":
-            if self._splitter.pending or self._queue or self._sentence is not None:
-                raise StreamError(
+            if self._utterance_open:
+                self._error(
                     "session.config cannot be applied while an utterance is in progress; "
                     "send input.done first"
                 )
+                return
             self._config = self._settings.parse_config(message)
+            self._splitter = SpeechTextSplitter(self._config.split_granularity)
         elif self._config is None:
             raise StreamError(f"Expected session.config, got: {kind}")
         elif kind == "input.text":
             text = message.get("text", "")
             if not isinstance(text, str):
-                raise StreamError("input.text requires a string value")
-            self._queue.extend(self._splitter.feed(text))
-            self._next()
+                self._error("input.text requires a string value")
+                return
+            if text:
+                self._utterance_open = True
+            self._queue_units(self._config, self._splitter.feed(text))
         elif kind == "input.done":
-            self._queue.extend(self._splitter.flush())
-            self._queue.append(None)
-            self._next()
+            self._queue_units(self._config, self._splitter.flush())
+            done = {
+                "type": "session.done",
+                "utterance_index": self._utterance_index,
+                "total_sentences": self._sentence_index,
+            }
+            self._jobs.append(lambda: self._send_event(done))
+            self._utterance_index += 1
+            self._sentence_index = 0
+            self._utterance_open = False
         elif kind == "session.close":
             self._close()
         else:
-            raise StreamError(f"Unknown message type: {kind}")
+            self._error(f"Unknown message type: {kind}")
 
-    def _next(self) -> None:
-        """Start on the next sentence (or end the utterance) unless one is being spoken."""
-        while self._sentence is None and self._queue and not self._ended:
-            text = self._queue.popleft()
-            if text is None:
-                self._send_event(
-                    {
-                        "type": "session.done",
-                        "utterance_index": self._utterance_index,
-                        "total_sentences": self._sentence_index,
-                    }
-                )
-                self._utterance_index += 1
-                self._sentence_index = 0
-                continue
-            assert self._config is not None
-            renderer = synthesize(text, self._config.voice, self._config.speed)
-            sentence = PacedFrames(
-                clock=self._settings.clock,
-                first_chunk_delay=self._settings.first_chunk_delay,
-                frame_interval=self._settings.frame_interval,
-                frames=renderer.frames(),
-                total_frames=renderer.total_frames,
-                on_frame=self._send_audio,
-                on_finish=self._sentence_done,
+    def _queue_units(self, config: StreamConfig, texts: list[str]) -> None:
+        for text in texts:
+            unit = _Unit(
+                utterance_index=self._utterance_index,
+                sentence_index=self._sentence_index,
+                text=text,
+                response_format=config.response_format,
+                describe_pcm=config.stream_audio and config.response_format == "pcm",
+                streamed=config.stream_audio,
             )
-            self._send_event(
-                {
-                    "type": "audio.start",
-                    "utterance_index": self._utterance_index,
-                    "sentence_index": self._sentence_index,
-                    "sentence_text": text,
-                    "format": self._config.response_format,
-                    "sample_rate": SAMPLE_RATE,
-                    "channels": CHANNELS,
-                }
-            )
-            self._sentence = self._throttle.sentence = sentence
-            if self._throttle.paused:
-                sentence.pauseProducing()
-            sentence.start()
+            self._jobs.append(partial(self._generate, config, unit))
+            self._sentence_index += 1
 
-    def _sentence_done(self) -> None:
-        sentence, self._sentence = self._sentence, None
-        assert sentence is not None
-        self._throttle.sentence = None
+    # --- one unit ---------------------------------------------------------------------------
+
+    def _generate(self, config: StreamConfig, unit: _Unit) -> None:
+        if config.word_timestamps:
+            self._error(
+                "word_timestamps=true but the server was launched without --forced-aligner; "
+                "either restart the server with that flag or set word_timestamps=false in "
+                "session.config."
+            )
+            return
+        self._unit = unit
+        if not unit.describe_pcm:
+            self._send_start(unit)
+        try:
+            speech = self._settings.prepare(config, unit.text)
+        except StreamError as e:
+            self._unit_done(unit, failure=str(e))
+            return
+        renderer = synthesize(speech.input, speech.voice, speech.speed)
+        unit.pacer = PacedFrames(
+            clock=self._settings.clock,
+            first_chunk_delay=self._settings.first_chunk_delay,
+            frame_interval=self._settings.frame_interval,
+            frames=renderer.frames(),
+            total_frames=renderer.total_frames,
+            on_frame=lambda frame: self._frame(unit, frame),
+            on_finish=lambda: self._finished(unit),
+        )
+        self._throttle.pacer = unit.pacer
+        if self._throttle.paused:
+            unit.pacer.pauseProducing()
+        unit.pacer.start()
+
+    def _send_start(self, unit: _Unit) -> None:
+        if not unit.start_sent:
+            unit.start_sent = True
+            self._send_event(unit.start_event(unit.describe_pcm and unit.total_bytes > 0))
+
+    def _frame(self, unit: _Unit, frame: bytes) -> None:
+        unit.kept.append(frame)
+        assert unit.pacer is not None
+        made = unit.pacer.frames_made
+        if unit.streamed and (
+            made == INITIAL_CHUNK_FRAMES or len(unit.kept) >= self._settings.chunk_frames
+        ):
+            self._send_chunk(unit)
+
+    def _send_chunk(self, unit: _Unit) -> None:
+        chunk = b"".join(unit.kept)
+        unit.kept.clear()
+        unit.total_bytes += len(chunk)
+        self._send_start(unit)
+        self.sendMessage(chunk, isBinary=True)  # type: ignore[no-untyped-call]
+
+    def _finished(self, unit: _Unit) -> None:
+        assert unit.pacer is not None
+        log.info(
+            "speech stream sentence {index} generated: {frames} frames ({seconds:.2f} s)",
+            index=unit.sentence_index,
+            frames=unit.pacer.frames_made,
+            seconds=unit.pacer.frames_made * FRAME_SECONDS,
+        )
+        if unit.streamed:
+            if unit.kept:
+                self._send_chunk(unit)
+        else:
+            body = encode(b"".join(unit.kept), unit.response_format)
+            unit.kept.clear()
+            unit.total_bytes = len(body)
+            self.sendMessage(body, isBinary=True)  # type: ignore[no-untyped-call]
+        self._unit_done(unit)
+        self._pump()
+
+    def _unit_done(self, unit: _Unit, failure: str | None = None) -> None:
+        """``audio.done`` (after ``audio.start``, and the error if generation failed)."""
+        self._send_start(unit)
+        if failure is not None:
+            self._error(
+                f"Generation failed for utterance {unit.utterance_index}, "
+                f"sentence {unit.sentence_index}: {failure}"
+            )
         self._send_event(
             {
                 "type": "audio.done",
-                "utterance_index": self._utterance_index,
-                "sentence_index": self._sentence_index,
+                "utterance_index": unit.utterance_index,
+                "sentence_index": unit.sentence_index,
+                "total_bytes": unit.total_bytes,
+                "error": failure is not None,
             }
         )
-        log.info(
-            "speech stream sentence {index} generated: {frames} frames ({seconds:.2f} s)",
-            index=self._sentence_index,
-            frames=sentence.frames_made,
-            seconds=sentence.frames_made * FRAME_SECONDS,
-        )
-        self._sentence_index += 1
-        self._next()
+        self._unit = self._throttle.pacer = None
 
-    def _send_audio(self, frame: bytes) -> None:
-        self.sendMessage(frame, isBinary=True)  # type: ignore[no-untyped-call]
+    # --- the end ----------------------------------------------------------------------------
+
+    def _error(self, message: str) -> None:
+        self._send_event({"type": "error", "message": message})
 
     def _send_event(self, event: Mapping[str, Any]) -> None:
         self.sendMessage(json.dumps(event).encode("utf-8"), isBinary=False)  # type: ignore[no-untyped-call]
@@ -265,15 +385,19 @@ class SpeechStreamProtocol(WebSocketServerProtocol):
         self.sendClose(1000)
 
     def _stop_work(self) -> tuple[int, int] | None:
-        """Drop what is queued and stop the sentence being spoken; what was under way, if any."""
-        sentence, self._sentence = self._sentence, None
-        self._throttle.sentence = None
-        pending = bool(self._queue) or self._splitter.pending
-        self._queue.clear()
-        self._splitter.flush()
-        if sentence is not None:
-            sentence.stop()
-            return self._sentence_index, sentence.frames_made
+        """Drop what is queued and stop the unit being made; what was under way, if any."""
+        self._disarm()
+        unit, self._unit = self._unit, None
+        self._throttle.pacer = None
+        pending = bool(self._jobs) or bool(self._inbox)
+        self._jobs.clear()
+        self._inbox.clear()
+        if unit is not None:
+            # Still the current unit: not finished (the socket may have stopped its pacer).
+            if unit.pacer is None:
+                return unit.sentence_index, 0
+            unit.pacer.stop()
+            return unit.sentence_index, unit.pacer.frames_made
         return (self._sentence_index, 0) if pending else None
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
@@ -292,18 +416,6 @@ class SpeechStreamProtocol(WebSocketServerProtocol):
             )
 
 
-def _parse_message(payload: bytes) -> Mapping[str, Any]:
-    if len(payload) > MAX_MESSAGE_BYTES:
-        raise StreamError("WebSocket message too large")
-    try:
-        message = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise StreamError("Invalid JSON message") from None
-    if not isinstance(message, dict):
-        raise StreamError("WebSocket messages must be JSON objects")
-    return message
-
-
 class SpeechStreamFactory(WebSocketServerFactory):
     """Builds a L{SpeechStreamProtocol} per connection, sharing one L{StreamSettings}."""
 
@@ -313,7 +425,7 @@ class SpeechStreamFactory(WebSocketServerFactory):
         super().__init__(reactor=settings.clock)  # type: ignore[no-untyped-call]
         self.settings = settings
         self.setProtocolOptions(  # type: ignore[no-untyped-call]
-            maxMessagePayloadSize=MAX_MESSAGE_BYTES, maxFramePayloadSize=MAX_MESSAGE_BYTES
+            maxMessagePayloadSize=MAX_FRAME_BYTES, maxFramePayloadSize=MAX_FRAME_BYTES
         )
 
 
