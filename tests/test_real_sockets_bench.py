@@ -11,13 +11,14 @@ import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import clients, contenders, report  # noqa: E402
+from bench import clients, contenders, report, run  # noqa: E402
 from bench.common import MiB  # noqa: E402
 from bench.contenders import (  # noqa: E402
     AGENT_FLOOR,
@@ -27,6 +28,8 @@ from bench.contenders import (  # noqa: E402
     WEB_FLOOR,
     Contender,
 )
+from bench.harness import Bench  # noqa: E402
+from bench.scenarios import SCENARIOS  # noqa: E402
 
 from upstream_server import UpstreamProcess  # noqa: E402
 
@@ -164,3 +167,71 @@ def test_render_floors_puts_each_floor_beside_aistack_and_the_target() -> None:
     assert "(target 2700 us)" in text
     assert "p50 / p99 21.9 / 25.2 ms" in text
     assert report.render_floors({"1": {}}) == ""
+
+
+class FakeBench:
+    """Only what ``run.measure`` itself touches: the results and the contenders' stop."""
+
+    def __init__(self, calls: list[str]) -> None:
+        self.results: dict[str, Any] = {}
+        self.calls = calls
+
+    def stop_contenders(self) -> None:
+        self.calls.append("stop")
+
+
+def test_measure_keeps_the_order_shared_contenders_first_and_the_wanted_results(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """1, 2 (with 7), 3, 5 on the shared contenders; then 4 and 6, which start their own."""
+    calls: list[str] = []
+
+    def fake(number: str) -> Any:
+        def measure(bench: Bench) -> None:
+            calls.append(number)
+            bench.results[number] = {}
+            if number == "2":  # scenario 2's transfers give 7 too
+                bench.results["7"] = {}
+
+        return measure
+
+    for scenario in SCENARIOS:
+        monkeypatch.setattr(scenario, "measure", fake(scenario.number))
+    bench = FakeBench(calls)
+    run.measure(cast(Bench, bench), {"1", "3", "4", "5", "6", "7"})
+    assert calls == ["1", "2", "3", "5", "stop", "4", "6"]
+    assert sorted(bench.results) == ["1", "3", "4", "5", "6", "7"]  # 2 not asked for
+
+
+def test_build_lists_rows_and_targets_in_scenario_order() -> None:
+    """The table reads 1 to 7 whichever order the results came in."""
+    results = {
+        "5": {
+            "trials": 1,
+            "summary": {AISTACK: {"closed": 1, "ran_to_end": 0, "p50_ms": 1.0, "p99_ms": 2.0}},
+        },
+        "1": {
+            "summary": {
+                key: {
+                    AISTACK: {
+                        "p50_us": 1.0,
+                        "p99_us": 2.0,
+                        "rps": 3.0,
+                        "added_p50_us": 1.0,
+                        "added_p99_us": 1.0,
+                    },
+                    TWISTED: {
+                        "p50_us": 1.0,
+                        "p99_us": 2.0,
+                        "rps": 3.0,
+                        "added_p50_us": 4.0,
+                        "added_p99_us": 4.0,
+                    },
+                }
+                for key in ("1conn", "16conn")
+            }
+        },
+    }
+    rows, targets = report.build(results, [AISTACK, TWISTED])
+    assert [r.scenario for r in rows] == ["1"] * 8 + ["5"]
+    assert [(t.scenario, t.passed) for t in targets] == [("1", True), ("1", True), ("5", True)]

@@ -18,6 +18,7 @@ from bench.table import Row, Targets
 
 
 def stall_once(bench: Bench, name: str) -> dict[str, Any]:
+    """One trial on a fresh ``name``: its RSS before and at the peak of a stalled stream."""
     s = bench.s
     contender = bench.start_contender(name)
     try:
