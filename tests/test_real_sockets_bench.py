@@ -11,24 +11,36 @@ import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import run  # noqa: E402
+from bench import clients, contenders, report, run  # noqa: E402
+from bench.common import MiB  # noqa: E402
+from bench.contenders import (  # noqa: E402
+    AGENT_FLOOR,
+    AISTACK,
+    RELAY_FLOOR,
+    TWISTED,
+    WEB_FLOOR,
+    Contender,
+)
+from bench.harness import Bench  # noqa: E402
+from bench.scenarios import SCENARIOS  # noqa: E402
 
 from upstream_server import UpstreamProcess  # noqa: E402
 
 pytestmark = [pytest.mark.real_sockets]
 
-FLOORS = (run.WEB_FLOOR, run.AGENT_FLOOR, run.RELAY_FLOOR)
+FLOORS = (WEB_FLOOR, AGENT_FLOOR, RELAY_FLOOR)
 
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamProcess]:
-    up = run.start_upstream(tmp_path_factory.mktemp("upstream"))
+    up = contenders.start_upstream(tmp_path_factory.mktemp("upstream"))
     yield up
     up.stop()
 
@@ -36,12 +48,12 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamProce
 @pytest.fixture(scope="module")
 def floors(
     upstream: UpstreamProcess, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, run.Contender]]:
+) -> Iterator[dict[str, Contender]]:
     workdir = tmp_path_factory.mktemp("floors")
-    started: dict[str, run.Contender] = {}
+    started: dict[str, Contender] = {}
     try:
         for name in FLOORS:
-            started[name] = run.start_floor(name, upstream, workdir)
+            started[name] = contenders.start_floor(name, upstream, workdir)
         yield started
     finally:
         for contender in started.values():
@@ -64,32 +76,32 @@ def body_of(answer: bytes) -> bytes:
 
 @pytest.mark.parametrize("name", FLOORS)
 def test_every_floor_answers_voices_like_the_upstream(
-    upstream: UpstreamProcess, floors: dict[str, run.Contender], name: str
+    upstream: UpstreamProcess, floors: dict[str, Contender], name: str
 ) -> None:
     """The same body as the upstream's own, through each floor."""
     direct = get(upstream.port, "/v1/audio/voices")
     answer = get(floors[name].port, "/v1/audio/voices")
-    assert run.status_of(answer) == 200
+    assert clients.status_of(answer) == 200
     assert body_of(answer) == body_of(direct)
     assert b'"vivian"' in body_of(answer)
 
 
-def test_bare_floor_refuses_speech_with_a_503_envelope(floors: dict[str, run.Contender]) -> None:
+def test_bare_floor_refuses_speech_with_a_503_envelope(floors: dict[str, Contender]) -> None:
     """What scenario 6's burst meets: a 503 gpu_busy with Retry-After, at once."""
-    result = run.burst(floors[run.WEB_FLOOR].port, 5)
+    result = clients.burst(floors[WEB_FLOOR].port, 5)
     assert result["status"] == {"503": 5}
     assert result["gpu_busy_bodies"] == 5
-    answer = get(floors[run.WEB_FLOOR].port, "/v1/audio/speech")
+    answer = get(floors[WEB_FLOOR].port, "/v1/audio/speech")
     assert b"\r\nRetry-After: 1\r\n" in answer.split(b"\r\n\r\n")[0] + b"\r\n"
 
 
-@pytest.mark.parametrize("name", [run.AGENT_FLOOR, run.RELAY_FLOOR])
-def test_forwarding_floors_stream_a_whole_response(
-    floors: dict[str, run.Contender], name: str
-) -> None:
+@pytest.mark.parametrize("name", [AGENT_FLOOR, RELAY_FLOOR])
+def test_forwarding_floors_stream_a_whole_response(floors: dict[str, Contender], name: str) -> None:
     """Scenario 2's transfer through a forwarding floor ends with the last chunk, every byte."""
-    size = 4 * run.MiB
-    result = run.transfer(floors[name].port, run.speech(size), memoryview(bytearray(1 << 20)))
+    size = 4 * MiB
+    result = clients.transfer(
+        floors[name].port, clients.speech(size), memoryview(bytearray(1 << 20))
+    )
     assert result.status == 200
     assert result.complete
     assert result.body_bytes >= size
@@ -114,7 +126,7 @@ Transfer/sec:    750.00KB
 
 
 def test_parse_wrk_reads_percentiles_rates_and_errors() -> None:
-    result = run.parse_wrk(WRK_OUTPUT)
+    result = clients.parse_wrk(WRK_OUTPUT)
     assert result["p50"] == pytest.approx(512e-6)
     assert result["p75"] == pytest.approx(4.5e-3)
     assert result["p99"] == pytest.approx(1.2)
@@ -126,7 +138,7 @@ def test_parse_wrk_reads_percentiles_rates_and_errors() -> None:
 
 def test_parse_wrk_refuses_output_without_latencies() -> None:
     with pytest.raises(RuntimeError, match="p50"):
-        run.parse_wrk("Requests/sec: 10\n")
+        clients.parse_wrk("Requests/sec: 10\n")
 
 
 def test_render_floors_puts_each_floor_beside_aistack_and_the_target() -> None:
@@ -136,22 +148,90 @@ def test_render_floors_puts_each_floor_beside_aistack_and_the_target() -> None:
     results = {
         "1": {
             "summary": {
-                "1conn": {run.AISTACK: added(480, 490), run.TWISTED: added(420, 470)},
-                "16conn": {run.AISTACK: added(4800, 330), run.TWISTED: added(5400, 350)},
+                "1conn": {AISTACK: added(480, 490), TWISTED: added(420, 470)},
+                "16conn": {AISTACK: added(4800, 330), TWISTED: added(5400, 350)},
             }
         },
         "floors": {
             "1": {
-                "1conn": {run.WEB_FLOOR: added(55, 88), run.AGENT_FLOOR: added(295, 276)},
-                "16conn": {run.WEB_FLOOR: added(590, 46), run.AGENT_FLOOR: added(2540, 169)},
+                "1conn": {WEB_FLOOR: added(55, 88), AGENT_FLOOR: added(295, 276)},
+                "16conn": {WEB_FLOOR: added(590, 46), AGENT_FLOOR: added(2540, 169)},
             },
-            "6": {run.WEB_FLOOR: {"p50_ms": 21.9, "p99_ms": 25.2}},
+            "6": {WEB_FLOOR: {"p50_ms": 21.9, "p99_ms": 25.2}},
         },
     }
-    text = run.render_floors(results)
+    text = report.render_floors(results)
     assert "1 conn, added p50: bare twisted.web 55 us (CPU 88 us)" in text
     assert "twisted.web + Agent 295 us (CPU 276 us); aistack-tts 480 us (CPU 490 us)" in text
     assert "(target 210 us)" in text  # half of twisted.web.proxy's 420
     assert "(target 2700 us)" in text
     assert "p50 / p99 21.9 / 25.2 ms" in text
-    assert run.render_floors({"1": {}}) == ""
+    assert report.render_floors({"1": {}}) == ""
+
+
+class FakeBench:
+    """Only what ``run.measure`` itself touches: the results and the contenders' stop."""
+
+    def __init__(self, calls: list[str]) -> None:
+        self.results: dict[str, Any] = {}
+        self.calls = calls
+
+    def stop_contenders(self) -> None:
+        self.calls.append("stop")
+
+
+def test_measure_keeps_the_order_shared_contenders_first_and_the_wanted_results(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """1, 2 (with 7), 3, 5 on the shared contenders; then 4 and 6, which start their own."""
+    calls: list[str] = []
+
+    def fake(number: str) -> Any:
+        def measure(bench: Bench) -> None:
+            calls.append(number)
+            bench.results[number] = {}
+            if number == "2":  # scenario 2's transfers give 7 too
+                bench.results["7"] = {}
+
+        return measure
+
+    for scenario in SCENARIOS:
+        monkeypatch.setattr(scenario, "measure", fake(scenario.number))
+    bench = FakeBench(calls)
+    run.measure(cast(Bench, bench), {"1", "3", "4", "5", "6", "7"})
+    assert calls == ["1", "2", "3", "5", "stop", "4", "6"]
+    assert sorted(bench.results) == ["1", "3", "4", "5", "6", "7"]  # 2 not asked for
+
+
+def test_build_lists_rows_and_targets_in_scenario_order() -> None:
+    """The table reads 1 to 7 whichever order the results came in."""
+    results = {
+        "5": {
+            "trials": 1,
+            "summary": {AISTACK: {"closed": 1, "ran_to_end": 0, "p50_ms": 1.0, "p99_ms": 2.0}},
+        },
+        "1": {
+            "summary": {
+                key: {
+                    AISTACK: {
+                        "p50_us": 1.0,
+                        "p99_us": 2.0,
+                        "rps": 3.0,
+                        "added_p50_us": 1.0,
+                        "added_p99_us": 1.0,
+                    },
+                    TWISTED: {
+                        "p50_us": 1.0,
+                        "p99_us": 2.0,
+                        "rps": 3.0,
+                        "added_p50_us": 4.0,
+                        "added_p99_us": 4.0,
+                    },
+                }
+                for key in ("1conn", "16conn")
+            }
+        },
+    }
+    rows, targets = report.build(results, [AISTACK, TWISTED])
+    assert [r.scenario for r in rows] == ["1"] * 8 + ["5"]
+    assert [(t.scenario, t.passed) for t in targets] == [("1", True), ("1", True), ("5", True)]

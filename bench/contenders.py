@@ -1,0 +1,298 @@
+"""The contenders: the processes in front of the upstream, started and measured from outside.
+
+``direct`` (no proxy), ``aistack-tts`` (``twist aistack-tts``), ``twisted.web.proxy``
+(``tests/gateway_process.py``), ``nginx`` (a config written into a temporary directory) and the
+Twisted floors (``bench/floors.py``); the upstream itself is ``bench/fast_upstream.py``. Each
+runs as its own process; ``/proc`` tells which processes are the gateway and what they use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Collection
+from pathlib import Path
+from typing import IO, Any
+
+from gateway_process import aistack_command, listening_ports
+from upstream_server import UpstreamProcess
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+
+DIRECT = "direct"
+AISTACK = "aistack-tts"
+TWISTED = "twisted.web.proxy"
+NGINX = "nginx"
+CONTENDERS = (DIRECT, AISTACK, TWISTED, NGINX)
+GATEWAYS = (AISTACK, TWISTED, NGINX)
+# Floors (bench/floors.py): Twisted with no gateway logic, run in the same rounds.
+WEB_FLOOR = "bare twisted.web"
+AGENT_FLOOR = "twisted.web + Agent"
+RELAY_FLOOR = "byte relay"
+FLOOR_KINDS = {WEB_FLOOR: "web", AGENT_FLOOR: "agent", RELAY_FLOOR: "relay"}
+
+GATEWAY_SLOTS = 16
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# /proc
+
+
+def proc_stat_fields(pid: int) -> list[str]:
+    """Fields of ``/proc/<pid>/stat`` after the command name (field 3 onwards)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text.rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pids: Collection[int]) -> float:
+    """utime + stime of ``pids``, in seconds (clock-tick resolution)."""
+    ticks = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = proc_stat_fields(pid)
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / CLK_TCK
+
+
+def rss_of(pids: Collection[int]) -> int:
+    """Summed VmRSS of ``pids`` in bytes."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+                    break
+    return total
+
+
+def children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if int(proc_stat_fields(int(entry.name))[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return sorted(found)
+
+
+def stop_process(process: subprocess.Popen[Any]) -> None:
+    """Terminate a process this harness started, and wait for it."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# The upstream
+
+
+def start_upstream(workdir: Path) -> UpstreamProcess:
+    """``bench/fast_upstream.py`` as a child process, its events collected as
+    ``tests/upstream_server.py``'s are (the two print the same event lines)."""
+    port_file = workdir / "upstream.port"
+    log = (workdir / "upstream.stderr").open("w")
+    process = subprocess.Popen(
+        [sys.executable, str(BENCH / "fast_upstream.py"), "--port-file", str(port_file)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        bufsize=1,
+    )
+    return UpstreamProcess(process, port_file, log)
+
+
+# The contenders
+
+
+class Contender:
+    """One contender: where to connect, and which processes are the gateway (none: direct)."""
+
+    def __init__(
+        self,
+        name: str,
+        port: int,
+        process: subprocess.Popen[bytes] | None = None,
+        log_file: IO[bytes] | None = None,
+    ) -> None:
+        self.name = name
+        self.port = port
+        self.process = process
+        self._log = log_file
+
+    def pids(self) -> list[int]:
+        """The gateway's processes (nginx: master and workers)."""
+        if self.process is None:
+            return []
+        if self.name == NGINX:
+            return [self.process.pid, *children(self.process.pid)]
+        return [self.process.pid]
+
+    def rss_pids(self) -> list[int]:
+        """The processes whose RSS counts (nginx: its workers)."""
+        if self.process is not None and self.name == NGINX:
+            return children(self.process.pid)
+        return self.pids()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+        if self._log is not None:
+            self._log.close()
+
+
+def _wait_listening(process: subprocess.Popen[bytes], name: str, log_path: Path) -> int:
+    deadline = time.monotonic() + 30
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}: {log_path.read_text()}")
+        ports = listening_ports(process.pid)
+        if ports:
+            return min(ports)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} did not listen in 30 s")
+        time.sleep(0.02)
+
+
+def start_aistack(upstream: UpstreamProcess, workdir: Path, slots: int) -> Contender:
+    return _start(AISTACK, aistack_command(upstream.url, "--slots", str(slots)), workdir)
+
+
+def start_twisted(upstream: UpstreamProcess, workdir: Path) -> Contender:
+    script = ROOT / "tests" / "gateway_process.py"
+    command = [sys.executable, str(script), "--upstream-port", str(upstream.port), "--port", "0"]
+    return _start(TWISTED, command, workdir)
+
+
+def start_floor(name: str, upstream: UpstreamProcess, workdir: Path) -> Contender:
+    script = BENCH / "floors.py"
+    kind = FLOOR_KINDS[name]
+    command = [sys.executable, str(script), kind, "--upstream-port", str(upstream.port)]
+    return _start(name, command, workdir)
+
+
+def _start(name: str, command: list[str], workdir: Path) -> Contender:
+    log_path = workdir / f"{name}-{time.monotonic_ns()}.log"
+    log_file = log_path.open("wb")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AISTACK_TTS_")}
+    process = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env
+    )
+    try:
+        port = _wait_listening(process, name, log_path)
+    except BaseException:
+        stop_process(process)
+        log_file.close()
+        raise
+    return Contender(name, port, process, log_file)
+
+
+NGINX_CONF = """\
+{user}worker_processes {workers};
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log {dir}/access.log;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy_temp;
+    fastcgi_temp_path {dir}/fastcgi_temp;
+    uwsgi_temp_path {dir}/uwsgi_temp;
+    scgi_temp_path {dir}/scgi_temp;
+    keepalive_requests 1000000;
+    upstream tts {{
+        server 127.0.0.1:{upstream};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location /v1/audio/ {{
+            proxy_pass http://tts;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_buffer_size {buffer};
+            proxy_buffers 4 {buffer};
+            proxy_busy_buffers_size {buffer};
+            proxy_read_timeout 300s;
+            proxy_send_timeout 300s;
+        }}
+    }}
+}}
+"""
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
+    )
+
+
+def start_nginx(upstream: UpstreamProcess, workdir: Path, workers: int, buffer: str) -> Contender:
+    binary = nginx_binary()
+    assert binary is not None
+    directory = workdir / f"nginx-{time.monotonic_ns()}"
+    directory.mkdir()
+    port = free_port()
+    # As root, the workers would otherwise switch to "nobody": keep them the current user.
+    user = f"user {pwd.getpwuid(os.geteuid()).pw_name};\n" if os.geteuid() == 0 else ""
+    conf = directory / "nginx.conf"
+    conf.write_text(
+        NGINX_CONF.format(
+            user=user,
+            workers=workers,
+            dir=directory,
+            upstream=upstream.port,
+            port=port,
+            buffer=buffer,
+        )
+    )
+    log_path = directory / "stderr.log"
+    log_file = log_path.open("wb")
+    command = [binary, "-e", str(directory / "error.log"), "-p", str(directory)]
+    command += ["-c", str(conf), "-g", "daemon off;"]
+    process = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"nginx exited: {log_path.read_text()}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                if len(children(process.pid)) >= workers:
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError("nginx did not listen in 30 s")
+            time.sleep(0.02)
+    except BaseException:
+        stop_process(process)
+        log_file.close()
+        raise
+    return Contender(NGINX, port, process, log_file)
+
+
+# Raw-socket clients

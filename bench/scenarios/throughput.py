@@ -1,0 +1,137 @@
+"""Scenario 2: a 200 MB speech response read as fast as possible, MB/s.
+
+``recv_into`` a reused 1 MiB buffer, no HTTP library. Targets: aistack-tts >= nginx and >= 50%
+of direct. The same transfers give scenario 7's CPU per GB (``bench/scenarios/cpu.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bench.clients import speech, transfer
+from bench.common import MB, log, median, rotated
+from bench.contenders import AGENT_FLOOR, AISTACK, DIRECT, NGINX, RELAY_FLOOR, cpu_seconds
+from bench.harness import Bench
+from bench.scenarios import cpu
+from bench.table import Row, Targets
+
+
+class Throughput:
+    """Bytes per second through each contender."""
+
+    number = "2"
+    measured_by = "2"
+    fresh_gateways = False
+
+    def measure(self, bench: Bench) -> None:
+        s = bench.s
+        names = bench.ensure_started([AGENT_FLOOR, RELAY_FLOOR])
+        size = s.stream_mb * MB
+        rows: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+        for turn in range(s.repeat):
+            for name in rotated(names, turn):
+                log(f"2: {s.stream_mb} MB stream, round {turn + 1}/{s.repeat}: {name}")
+                contender = bench.contenders[name]
+                pids = contender.pids()
+                gateway_cpu = cpu_seconds(pids)
+                upstream_cpu = cpu_seconds([bench.upstream.pid])
+                client_cpu = time.process_time()
+                result = transfer(contender.port, speech(size), bench.buffer)
+                client_cpu = time.process_time() - client_cpu
+                upstream_cpu = cpu_seconds([bench.upstream.pid]) - upstream_cpu
+                gateway_cpu = cpu_seconds(pids) - gateway_cpu
+                if result.status != 200 or not result.complete or result.body_bytes < size:
+                    raise RuntimeError(f"{name}: bad {s.stream_mb} MB transfer: {result}")
+                rows[name].append(
+                    {
+                        "seconds": result.seconds,
+                        "mb_per_s": size / MB / result.seconds,
+                        "wire_bytes": result.body_bytes,
+                        "gateway_cpu_s": gateway_cpu,
+                        "upstream_cpu_s": upstream_cpu,
+                        "client_cpu_s": client_cpu,
+                    }
+                )
+        summary: dict[str, Any] = {}
+        per_gb = cpu.per_gb(rows, size)
+        for name, runs in rows.items():
+            speeds = [r["mb_per_s"] for r in runs]
+            seconds = sum(r["seconds"] for r in runs)
+            summary[name] = {
+                "mb_per_s": median(speeds),
+                "min_mb_per_s": min(speeds),
+                "max_mb_per_s": max(speeds),
+                "client_busy": sum(r["client_cpu_s"] for r in runs) / seconds,
+                "upstream_busy": sum(r["upstream_cpu_s"] for r in runs) / seconds,
+                "gateway_busy": sum(r["gateway_cpu_s"] for r in runs) / seconds,
+            }
+        if s.floors:
+            bench.results.setdefault("floors", {}).update(
+                {"2": bench.split_floors(summary), "7": bench.split_floors(per_gb)}
+            )
+        bench.results["2"] = {
+            "what": f"{s.stream_mb} MB speech response, chunked in 64 KiB chunks, read to EOF",
+            "bytes": size,
+            "rounds": s.repeat,
+            "summary": summary,
+            "runs": rows,
+        }
+        bench.results["7"] = cpu.result(per_gb)
+
+    def rows(self, results: dict[str, Any], names: list[str], targets: Targets) -> list[Row]:
+        rows: list[Row] = []
+        summary = results["2"]["summary"]
+        row = Row(
+            "2",
+            f"{results['2']['bytes'] // MB} MB stream: MB/s median (slowest)",
+            {n: f"{e['mb_per_s']:.0f} ({e['min_mb_per_s']:.0f})" for n, e in summary.items()},
+            ">= nginx; >= 1/2 direct",
+        )
+        if AISTACK in summary:
+            ours = summary[AISTACK]["mb_per_s"]
+            verdicts = []
+            if NGINX in summary:
+                theirs = summary[NGINX]["mb_per_s"]
+                ok = targets.check(
+                    "2",
+                    "MB/s >= nginx's",
+                    f"{ours:.0f} vs {theirs:.0f} MB/s ({ours / theirs:.0%} of nginx)",
+                    ours >= theirs,
+                )
+                verdicts.append(f"{ok} (nginx)")
+            if DIRECT in summary:
+                direct = summary[DIRECT]["mb_per_s"]
+                ok = targets.check(
+                    "2",
+                    "MB/s >= 50% of direct",
+                    f"{ours:.0f} vs {direct:.0f} MB/s ({ours / direct:.0%} of direct)",
+                    ours >= direct / 2,
+                )
+                verdicts.append(f"{ok} (direct)")
+            row.verdict = ", ".join(verdicts)
+        rows.append(row)
+        rows.append(
+            Row(
+                "2",
+                "  CPU busy: client / upstream / gateway",
+                {
+                    n: f"{e['client_busy']:.0%} / {e['upstream_busy']:.0%} / "
+                    + (f"{e['gateway_busy']:.0%}" if n != DIRECT else "-")
+                    for n, e in summary.items()
+                },
+            )
+        )
+        return rows
+
+    def floor_lines(self, results: dict[str, Any], floors: dict[str, Any]) -> list[str]:
+        lines: list[str] = []
+        if "2" in floors and "2" in results:
+            floor, main = floors["2"], results["2"]["summary"]
+            cells = [f"{n} {e['mb_per_s']:.0f}" for n, e in floor.items()]
+            cells += [f"{n} {main[n]['mb_per_s']:.0f}" for n in (AISTACK, NGINX) if n in main]
+            lines.append(f"  2  MB/s: {', '.join(cells)}")
+        return lines
+
+
+SCENARIO = Throughput()
