@@ -1,6 +1,6 @@
 """One structured ``twisted.logger`` event per request, and the request metrics that go with it.
 
-Under ``twist`` the events are JSON lines (L{aistack_tts._jsonlog}) with the fields below at
+Under ``twist`` the events are JSON lines (``aistack_tts._jsonlog``) with the fields below at
 the top level, or text lines on a terminal.
 """
 
@@ -41,7 +41,7 @@ def ensure_request_id(request: IRequest) -> str:
 
 
 def tag_response(request: IRequest) -> str:
-    """L{ensure_request_id}, and put the id on the response (an upstream's own replaces it)."""
+    """``ensure_request_id``, and put the id on the response (an upstream's own replaces it)."""
     request_id = ensure_request_id(request)
     request.responseHeaders.setRawHeaders(REQUEST_ID, [request_id.encode("ascii")])
     return request_id

@@ -20,7 +20,7 @@ from ._upstream import Watchdog
 
 @implementer(IInFlightCall)
 class ProxiedCall:
-    """The common part of L{_Exchange} and L{WebSocketTunnel}; subclasses add the transport."""
+    """The common part of ``_Exchange`` and ``WebSocketTunnel``; subclasses add the transport."""
 
     def __init__(
         self,

@@ -101,7 +101,7 @@ class ExemptRule:
 
     @classmethod
     def parse(cls, rule: str) -> ExemptRule:
-        """``GET:/v1/audio/voices`` or ``GET:/v1/audio/voices*``; raises L{ConfigError}."""
+        """``GET:/v1/audio/voices`` or ``GET:/v1/audio/voices*``; raises ``ConfigError``."""
         method, sep, path = rule.partition(":")
         if not sep or not method.isalpha() or not path.startswith("/"):
             raise ConfigError(

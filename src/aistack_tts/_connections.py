@@ -28,7 +28,7 @@ def _channel(protocol: IProtocol) -> Any:
 class ConnectionRegistry:
     """Open client connections, from ``buildProtocol`` to ``connectionLost``.
 
-    ``keep_alive`` is True until L{stop_keep_alive}; from then on every response ends its
+    ``keep_alive`` is True until ``stop_keep_alive``; from then on every response ends its
     connection.
     """
 
@@ -89,7 +89,7 @@ class ConnectionRegistry:
     def response_starting(self, request: IRequest) -> None:
         """``request`` is about to write its headers: mark its connection's last response.
 
-        After L{stop_keep_alive} that is every response: it says ``Connection: close``.
+        After ``stop_keep_alive`` that is every response: it says ``Connection: close``.
         """
         if not self.keep_alive:
             request.responseHeaders.setRawHeaders(b"Connection", [b"close"])

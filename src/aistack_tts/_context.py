@@ -49,7 +49,7 @@ class InFlight:
         self._calls.add(call)
 
     def untrack(self, call: Any) -> None:
-        """``call`` is over; fire L{when_idle}'s waiters once none is left."""
+        """``call`` is over; fire ``when_idle``'s waiters once none is left."""
         self._calls.discard(call)
         if not self._calls:
             waiters, self._idle_waiters = self._idle_waiters, []

@@ -184,7 +184,7 @@ def local_exhaustion(failure: Failure) -> int | None:
 def is_connect_failure(failure: Failure) -> bool:
     """The upstream could not be reached at all (refused, DNS, connect timeout).
 
-    Not when the gateway itself could not make a socket (L{local_exhaustion}).
+    Not when the gateway itself could not make a socket (``local_exhaustion``).
     """
     if local_exhaustion(failure) is not None:
         return False

@@ -2,7 +2,7 @@
 
 States: ``connecting`` (request sent, no response headers yet) → ``streaming`` (headers sent to
 the client, body flowing) → ``done``. Every way out — completed, upstream error before or
-after headers, client gone before or after headers, stall — goes through L{ProxiedCall._finish},
+after headers, client gone before or after headers, stall — goes through ``ProxiedCall._finish``,
 which is the only place that releases the slot.
 """
 

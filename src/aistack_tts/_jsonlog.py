@@ -70,7 +70,7 @@ def event_as_json_line(event: LogEvent) -> str:
 
 
 def json_lines_observer(out: IO[Any]) -> FileLogObserver:
-    """A log observer writing L{event_as_json_line} for each event to ``out``."""
+    """A log observer writing ``event_as_json_line`` for each event to ``out``."""
     return FileLogObserver(out, event_as_json_line)
 
 

@@ -39,9 +39,9 @@ _BACKLOGGED = (TCP4ServerEndpoint, TCP6ServerEndpoint, SSL4ServerEndpoint, UNIXS
 
 
 def parse_endpoints(reactor: Any, descriptions: Iterable[str]) -> list[Listen]:
-    """Server endpoints for ``--listen`` descriptions; a bad one raises L{ConfigError}.
+    """Server endpoints for ``--listen`` descriptions; a bad one raises ``ConfigError``.
 
-    Socket endpoints get a listen backlog of L{DEFAULT_BACKLOG} unless the description sets
+    Socket endpoints get a listen backlog of ``DEFAULT_BACKLOG`` unless the description sets
     ``backlog=``.
     """
     return [(description, _endpoint(reactor, description)) for description in descriptions]
@@ -93,7 +93,7 @@ def fail(program: str, error: ConfigError) -> NoReturn:
 
 
 def or_fail(program: str, build: Callable[[], _T]) -> _T:
-    """``build()``, or L{fail} with its L{ConfigError}."""
+    """``build()``, or ``fail`` with its ``ConfigError``."""
     try:
         return build()
     except ConfigError as e:

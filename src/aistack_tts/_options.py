@@ -124,7 +124,7 @@ def _switch(env: str, raw: str) -> bool:
 
 
 class Options(usage.Options):
-    """Options for ``twist aistack-tts``; C{self.config} is the validated L{GatewayConfig}."""
+    """Options for ``twist aistack-tts``; ``self.config`` is the validated ``GatewayConfig``."""
 
     synopsis = "[options]"
     longdesc = (
@@ -168,7 +168,7 @@ class Options(usage.Options):
         use_json_lines(getattr(self, "parent", None))
 
     def build_config(self) -> GatewayConfig:
-        """Command line over environment over defaults; raises L{ConfigError}."""
+        """Command line over environment over defaults; raises ``ConfigError``."""
         values: dict[str, Any] = {}
         for name, env, field_, parse, _default, _help in _SETTINGS:
             raw = self[name]

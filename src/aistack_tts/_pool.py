@@ -103,7 +103,7 @@ class UpstreamPool:
 
         Waiters are served first come, first served: each queues on every upstream's
         semaphore, whose queues are first in, first out. Cancelling leaves all queues at once;
-        past ``timeout`` it fails with L{WaitTimedOut}.
+        past ``timeout`` it fails with ``WaitTimedOut``.
         """
         return _Waiter(self, timeout).start()
 

@@ -180,7 +180,7 @@ class TTSProxy:
             connect_timeout=config.connect_timeout,
             ws_idle_timeout=config.ws_idle_timeout,
         )
-        #: The client connections of L{site}'s sites (none when mounted in another Site).
+        #: The client connections of ``site``'s sites (none when mounted in another Site).
         self.connections = ConnectionRegistry()
         self._drain: Drain | None = None
 
@@ -196,7 +196,7 @@ class TTSProxy:
 
     @classmethod
     def from_config(cls, config: GatewayConfig, **kwargs: Any) -> TTSProxy:
-        """Build from a validated L{GatewayConfig} (what the ``twist`` plugin does)."""
+        """Build from a validated ``GatewayConfig`` (what the ``twist`` plugin does)."""
         return cls(
             config.upstream,
             slots=config.slots,
@@ -219,7 +219,7 @@ class TTSProxy:
         return build_resource(self)
 
     def site(self) -> GatewaySite:
-        """A ``Site`` for L{resource} that enforces the body limit while the body arrives."""
+        """A ``Site`` for ``resource`` that enforces the body limit while the body arrives."""
         return GatewaySite(
             self.resource(),
             max_body=self.max_body,
@@ -239,7 +239,7 @@ class TTSProxy:
     def drain(self, timeout: float) -> Deferred[None]:
         """Refuse new calls, let those under way finish, cut the rest after ``timeout`` s.
 
-        New requests get 503 ``draining``. On L{site}'s connections keep-alive ends (idle ones
+        New requests get 503 ``draining``. On ``site``'s connections keep-alive ends (idle ones
         are closed now, the others after their response) and the drain also waits for each
         to deliver its response and close; at the deadline what is left is aborted. Fires
         once no call (the slot is free then) and no such connection is left.
@@ -276,7 +276,7 @@ class TTSProxy:
     def forward(self, request: Request) -> Deferred[None]:
         """Proxy one request, holding the GPU slot for the whole upstream call.
 
-        Raises a L{GatewayError} when the gateway answers itself (405, 413, 503 busy).
+        Raises a ``GatewayError`` when the gateway answers itself (405, 413, 503 busy).
         """
         if self.draining:
             raise Draining(

@@ -4,7 +4,7 @@ Out of descriptors (``EMFILE``: this process's ``RLIMIT_NOFILE``; ``ENFILE``: th
 table), the gateway can neither open an upstream socket nor accept a client. That is its own
 trouble, not the upstream's: the client gets a 503 from ``aistack`` and no upstream is marked
 down. Under such a flood every request fails the same way, so the log gets one line per
-L{WARN_INTERVAL} with the count since the previous line, not one per failure.
+``WARN_INTERVAL`` with the count since the previous line, not one per failure.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ class _AcceptExhaustionFilter:
 
 
 def quiet_accept_exhaustion(port: Any) -> Any:
-    """Make ``port`` log its accept-time ``EMFILE`` at most once per L{WARN_INTERVAL}.
+    """Make ``port`` log its accept-time ``EMFILE`` at most once per ``WARN_INTERVAL``.
 
     Twisted's ``Port`` logs through its private ``_logger`` (there is no public way to filter
     one port's events); an instance attribute of the same name, whose observer counts those

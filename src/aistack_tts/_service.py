@@ -37,7 +37,7 @@ class GatewayService(MultiService):
         """Graceful drain: stop listening, let calls under way finish, close the pool.
 
         The drain also waits for their responses to reach the clients. What is still going
-        after the drain timeout (or L{cut_now}) is cut short.
+        after the drain timeout (or ``cut_now``) is cut short.
         """
         d = maybeDeferred(super().stopService)
         d.addBoth(lambda _: self.proxy.drain(self.drain_timeout))
@@ -95,7 +95,7 @@ class DemoGatewayService(MultiService):
 def make_gateway_service(
     config: GatewayConfig, reactor: Any
 ) -> GatewayService | DemoGatewayService:
-    """Build the service for ``config``; a bad listen description raises L{ConfigError}."""
+    """Build the service for ``config``; a bad listen description raises ``ConfigError``."""
     endpoints = parse_endpoints(reactor, config.listen)
     if config.demo:
         return DemoGatewayService(config, endpoints, reactor)
@@ -108,7 +108,7 @@ def makeService(options: Any) -> IService:
     """Entry point for the ``twist`` plugin (imported lazily by the ServiceMaker).
 
     The first SIGTERM/SIGINT drains (the reactor's handlers stop it, which stops the service);
-    a second one cuts the drain short (L{FastShutdown}, installed once the reactor runs,
+    a second one cuts the drain short (``FastShutdown``, installed once the reactor runs,
     after the reactor's own handlers).
     """
     from twisted.internet import reactor

@@ -144,7 +144,7 @@ class GatewayRequest(server.Request):
 @implementer(INonQueuedRequestFactory)
 @frozen
 class GatewayRequestFactory:
-    """Builds L{GatewayRequest}s with the configured body limit."""
+    """Builds ``GatewayRequest``s with the configured body limit."""
 
     max_body: int
     access_log: AccessLog | None = None

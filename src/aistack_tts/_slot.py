@@ -54,7 +54,7 @@ def estimate_retry_after(
 
 @define
 class SlotHold:
-    """One taken token; L{release} gives it back exactly once, however often it is called."""
+    """One taken token; ``release`` gives it back exactly once, however often it is called."""
 
     _slot: GPUSlot
     started: float
@@ -72,7 +72,7 @@ class SlotHold:
 class GPUSlot:
     """Wraps the (possibly shared) semaphore that says "the GPU is doing inference".
 
-    Nobody waits in line: L{try_take} either takes a token at once or says no.
+    Nobody waits in line: ``try_take`` either takes a token at once or says no.
     """
 
     semaphore: DeferredSemaphore

@@ -26,7 +26,7 @@ def is_audio_target(target: bytes) -> bool:
 
 
 def check_target(target: bytes) -> bytes:
-    """Return ``target`` unchanged if it is safe to route and forward; else raise L{InvalidRequest}.
+    """``target`` unchanged if it is safe to route and forward; else raise ``InvalidRequest``.
 
     Unsafe anywhere: bytes a request-target may not hold, or a path that is not UTF-8 once
     percent-decoded (the router could not read it). Unsafe under ``/v1/audio/``: a NUL once

@@ -56,9 +56,9 @@ class _HygienicProtocol(HTTP11ClientProtocol):
 
     The Agent keeps ``Connection`` itself out of ``response.headers`` (it is in the parser's
     ``connHeaders``), so past this point nobody could tell which headers it declared
-    hop-by-hop (RFC 9110 section 7.6.1). Its parser is a L{StrictParser} (bounded, valid
+    hop-by-hop (RFC 9110 section 7.6.1). Its parser is a ``StrictParser`` (bounded, valid
     head), and a close-delimited body ends cleanly only on a clean close of the connection
-    (see L{_disconnectParser}).
+    (see ``_disconnectParser``).
     """
 
     def _disconnectParser(self, reason: Failure | Exception) -> None:

@@ -2,9 +2,9 @@
 
 Twisted's ``HTTPClientParser`` keeps every header line it is sent (a 20 MB head was relayed),
 passes a NUL or a bare CR in a field value through, and fails odd framing with whatever
-exception it hits (``KeyError: b'chunked, identity'``). L{StrictParser} is that parser with
+exception it hits (``KeyError: b'chunked, identity'``). ``StrictParser`` is that parser with
 the checks a proxy that forwards the head must make; each failure is an
-L{UpstreamProtocolError} whose message says what was wrong, and the connection is closed
+``UpstreamProtocolError`` whose message says what was wrong, and the connection is closed
 (``HTTP11ClientProtocol.dataReceived`` gives up on the connection when the parser raises).
 """
 
@@ -47,7 +47,7 @@ class StrictParser(HTTPClientParser):
 
     ``HTTP11ClientProtocol.request`` makes its parser from the module-level
     ``HTTPClientParser`` name with no hook to pass another class (the missing public API),
-    so L{adopt} turns the parser it made into this one before any response byte arrives.
+    so ``adopt`` turns the parser it made into this one before any response byte arrives.
     """
 
     # Let the head bound, not LineReceiver's 16 KiB line limit, decide.
