@@ -19,11 +19,11 @@ from twisted.internet.error import (
     TimeoutError,
 )
 from twisted.python.failure import Failure
-from twisted.web._newclient import ParseError  # private: the Agent's parse error has no public name
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.web.iweb import IRequest
 
 from ._resources import OUT_OF_DESCRIPTORS, describe_exhaustion
+from ._twisted_private import ParseError
 from ._upstream_head import UpstreamProtocolError
 
 AISTACK = "aistack"

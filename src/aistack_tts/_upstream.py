@@ -19,16 +19,15 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.task import Cooperator
 from twisted.python.failure import Failure
-from twisted.web._newclient import HTTP11ClientProtocol
-from twisted.web._newclient import Request as _AgentRequest
 from twisted.web.client import URI, Agent, FileBodyProducer, HTTPConnectionPool
-from twisted.web.client import _HTTP11ClientFactory as _PoolFactory
 from twisted.web.error import SchemeNotSupported
-from twisted.web.http import _DataLoss, _IdentityTransferDecoder
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 
 from ._headers import connection_tokens
+from ._twisted_private import AgentRequest as _AgentRequest
+from ._twisted_private import HTTP11ClientProtocol, _DataLoss, _IdentityTransferDecoder
+from ._twisted_private import PoolFactory as _PoolFactory
 from ._upstream_head import StrictParser
 
 #: How long an idle pooled connection is kept. Below uvicorn's (vLLM's server) 5 s keep-alive,

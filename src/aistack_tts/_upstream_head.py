@@ -13,10 +13,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-# Private (twisted.web._newclient): the Agent's parser, its states and its Content-Length
-# rule have no public counterpart, and the Agent offers no hook to check a head it parses.
-from twisted.web._newclient import HEADER, STATUS, HTTPClientParser, _contentLength
 from twisted.web.http_headers import Headers
+
+# The Agent's parser, its states and its Content-Length rule (no public counterpart).
+from ._twisted_private import HEADER, STATUS, HTTPClientParser, _contentLength
 
 #: The most response-head bytes (status line, header lines and their line ends, 1xx interim
 #: responses included) the gateway reads from the upstream. nginx answers 502 beyond its
