@@ -17,6 +17,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request
 
 from ._accesslog import AccessLog
+from ._admission import Verdict, admit, refusal
 from ._app import build_resource
 from ._config import (
     DEFAULT_CLIENT_TIMEOUT,
@@ -34,18 +35,15 @@ from ._connections import ConnectionRegistry
 from ._context import CallContext, InFlight
 from ._drain import Drain
 from ._errors import (
-    COMPOSE_HINT,
     Draining,
-    GPUBusy,
     MethodNotAllowed,
     RequestTooLarge,
-    UpstreamUnavailable,
 )
 from ._exchange import _Exchange
 from ._health import ReadinessProbe
 from ._metrics import GatewayMetrics, MetricsResource
 from ._pool import DEFAULT_DOWN_COOLDOWN, Grant, Upstream, UpstreamPool, WaitTimedOut
-from ._protocol import ALLOW_HEADER, ALLOWED_METHODS, RETRY_UNAVAILABLE_S
+from ._protocol import ALLOW_HEADER, ALLOWED_METHODS
 from ._resources import RateLimitedWarning
 from ._site import GatewaySite
 from ._slot import GPUSlot
@@ -301,20 +299,17 @@ class TTSProxy:
                     f"at most {self.max_body} bytes are accepted"
                 )
         websocket = is_websocket_request(request)
-        if not websocket and any(r.matches(request.method, request.uri) for r in self.exempt):
-            # A call that does not touch the GPU: no slot, any reachable upstream.
-            return _Exchange(self.context, request, self.pool.pick(), None).start()
-        grant = self.pool.try_take()
-        if grant is not None:
-            return self._start(request, grant, websocket)
-        if self.pool.all_down():
-            raise UpstreamUnavailable(
-                f"every Qwen3-TTS upstream refused connections recently; {COMPOSE_HINT}",
-                headers=[(b"Retry-After", b"%d" % RETRY_UNAVAILABLE_S)],
-            )
-        if self.queue_timeout <= 0:
-            raise self._busy()
-        return self._queue(request, websocket)
+        exempt = not websocket and any(r.matches(request.method, request.uri) for r in self.exempt)
+        admission = admit(self.pool, exempt=exempt, queue_timeout=self.queue_timeout)
+        if admission.verdict is Verdict.EXEMPT:
+            assert admission.upstream is not None
+            return _Exchange(self.context, request, admission.upstream, None).start()
+        if admission.verdict is Verdict.GRANTED:
+            assert admission.grant is not None
+            return self._start(request, admission.grant, websocket)
+        if admission.verdict is Verdict.QUEUE:
+            return self._queue(request, websocket)
+        raise refusal(admission.verdict, self.pool.retry_after())
 
     def _start(self, request: Request, grant: Grant, websocket: bool) -> Deferred[None]:
         if websocket:
@@ -322,21 +317,14 @@ class TTSProxy:
             return WebSocketTunnel(self.context, request, grant.hold, target).start()
         return _Exchange(self.context, request, grant.upstream, grant.hold).start()
 
-    def _busy(self, queue_wait: float | None = None) -> GPUBusy:
-        busy = GPUBusy(
-            "the GPU is busy with another inference; retry after the time in Retry-After",
-            headers=self.pool.retry_after().headers(),
-        )
-        busy.queue_wait = queue_wait
-        return busy
-
     def _queue(self, request: Request, websocket: bool) -> Deferred[None]:
         """Wait up to the queue timeout for a slot; a client that leaves leaves the queue."""
         waited = self.pool.wait(self.queue_timeout)
 
         def timed_out(failure: Failure) -> None:
             failure.trap(WaitTimedOut)
-            raise self._busy(self.access_log.since_arrival(request))
+            waited = self.access_log.since_arrival(request)
+            raise refusal(Verdict.BUSY, self.pool.retry_after(), queue_wait=waited)
 
         def left(failure: Failure) -> None:
             # The router cancels this when the client disconnects while it waits.

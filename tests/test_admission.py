@@ -1,0 +1,69 @@
+"""Admission as a table: each pool state and request kind, and the verdict."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from aistack_tts._admission import Admission, Verdict, admit, refusal
+from aistack_tts._pool import Grant, Upstream
+from aistack_tts._slot import RetryAfter
+
+
+class FakeSlots:
+    """A pool whose answers the test sets."""
+
+    def __init__(self, *, free: bool, all_down: bool = False) -> None:
+        self.free = free
+        self.down = all_down
+        self.taken = 0
+        self.upstream = Upstream("http://gpu", b"http://gpu", None)  # type: ignore[arg-type]
+
+    def try_take(self, exclude: Sequence[Upstream] = ()) -> Grant | None:
+        if not self.free:
+            return None
+        self.taken += 1
+        return Grant(self.upstream, None)  # type: ignore[arg-type]
+
+    def all_down(self) -> bool:
+        return self.down
+
+    def pick(self) -> Upstream:
+        return self.upstream
+
+
+@pytest.mark.parametrize(
+    ("free", "all_down", "exempt", "queue_timeout", "verdict", "taken"),
+    [
+        (False, False, True, 0.0, Verdict.EXEMPT, 0),
+        (True, False, True, 0.0, Verdict.EXEMPT, 0),
+        (True, False, False, 0.0, Verdict.GRANTED, 1),
+        (True, True, False, 0.0, Verdict.GRANTED, 1),
+        (False, True, False, 5.0, Verdict.UNAVAILABLE, 0),
+        (False, False, False, 5.0, Verdict.QUEUE, 0),
+        (False, False, False, 0.0, Verdict.BUSY, 0),
+    ],
+)
+def test_verdicts(
+    free: bool, all_down: bool, exempt: bool, queue_timeout: float, verdict: Verdict, taken: int
+) -> None:
+    """An exempt call never takes a slot; a free slot is taken before the pool's health is
+    asked; a busy pool with every upstream down is unavailable, not busy."""
+    slots = FakeSlots(free=free, all_down=all_down)
+    admission = admit(slots, exempt=exempt, queue_timeout=queue_timeout)
+    assert admission.verdict is verdict
+    assert slots.taken == taken
+    assert (admission.grant is not None) == (verdict is Verdict.GRANTED)
+    assert (admission.upstream is not None) == (verdict is Verdict.EXEMPT)
+    assert isinstance(admission, Admission)
+
+
+def test_refusals_carry_their_envelopes() -> None:
+    busy = refusal(Verdict.BUSY, RetryAfter(2, 1500), queue_wait=2.0)
+    assert (busy.status, busy.type, busy.provider) == (503, "gpu_busy", "aistack")
+    assert busy.headers == ((b"Retry-After", b"2"), (b"retry-after-ms", b"1500"))
+    assert getattr(busy, "queue_wait", None) == 2.0
+    unavailable = refusal(Verdict.UNAVAILABLE, RetryAfter(2, 1500))
+    assert (unavailable.type, unavailable.provider) == ("upstream_unavailable", "qwen3-tts")
+    assert dict(unavailable.headers)[b"Retry-After"] == b"5"
