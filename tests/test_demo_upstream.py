@@ -50,6 +50,7 @@ from aistack_tts.demo._synth import (
     synthesize,
     wav_header,
 )
+from support.deferreds import has_result, result_of
 
 T = TypeVar("T")
 
@@ -65,29 +66,6 @@ VIVIAN = BUILTIN_PROFILES[0]
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def result_of(d: Deferred[T]) -> T:
-    """The result a Deferred already has (its failure is raised)."""
-    results: list[T] = []
-    failures: list[Failure] = []
-    d.addCallbacks(results.append, failures.append)
-    if failures:
-        failures[0].raiseException()
-    assert results, f"{d!r} has no result yet"
-    return results[0]
-
-
-def has_result(d: Deferred[Any]) -> bool:
-    """Whether ``d`` has fired (and is not waiting on another Deferred); its result is kept."""
-    seen: list[object] = []
-
-    def look(result: object) -> object:
-        seen.append(result)
-        return result
-
-    d.addBoth(look)
-    return bool(seen)
 
 
 def generation_steps(clock: Clock) -> list[DelayedCall]:

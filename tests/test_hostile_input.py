@@ -23,7 +23,9 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from aistack_tts import TTSProxy
-from support import Harness, LogCapture, Peer, parse_response
+from support.harness import Harness, Peer
+from support.logs import LogCapture
+from support.wire import parse_response
 
 
 def is_parser_400(answer: bytes) -> bool:

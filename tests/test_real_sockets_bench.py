@@ -8,18 +8,15 @@ wrk parser reads wrk's output, and the floors' summary names the right numbers. 
 from __future__ import annotations
 
 import socket
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# bench/ is reached as a namespace package from the repository root, which the editable
+# install puts on sys.path (pyproject: dev-mode-dirs).
+from bench import run
 
-from bench import run  # noqa: E402
-
-from upstream_server import UpstreamProcess  # noqa: E402
+from support.processes import UpstreamProcess
 
 pytestmark = [pytest.mark.real_sockets]
 
