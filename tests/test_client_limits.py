@@ -13,7 +13,9 @@ import json
 
 from aistack_tts._channel import LINGER_SECONDS, MIN_BODY_RATE, Phase
 from aistack_tts._site import CHUNKS_BEFORE_CHECK
-from support import Harness, LogCapture, Peer, parse_response
+from support.harness import Harness, Peer
+from support.logs import LogCapture
+from support.wire import parse_response
 
 S = 10.0
 KEEPALIVE = 30.0

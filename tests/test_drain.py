@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, DeferredSemaphore
+from twisted.internet.defer import DeferredSemaphore
+from twisted.internet.error import ConnectionDone
 from twisted.web.server import Site
 
 from aistack_tts._drain import ABORT_GRACE
-from support import ConnectionDone, Harness, LogCapture, dechunk, envelope, parse_response
+from support.deferreds import has_result
+from support.harness import Harness
+from support.logs import LogCapture
+from support.wire import dechunk, envelope, parse_response
 
 GET = b"GET /v1/audio/speech HTTP/1.1\r\nHost: gw\r\n\r\n"
 CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
-def fired(d: Deferred[None]) -> bool:
-    result: list[object] = []
-    d.addBoth(result.append)
-    return bool(result)
-
-
 def test_drain_with_nothing_in_flight_is_immediate() -> None:
     """No call under way: the drain is done at once; later requests get 503 draining."""
     h = Harness()
-    assert fired(h.proxy.drain(30))
+    assert has_result(h.proxy.drain(30))
     client = h.request(GET)
     assert parse_response(client.received())[0] == 503
     error = envelope(client.received())
@@ -37,7 +35,7 @@ def test_drain_lets_a_stream_finish() -> None:
     up = h.upstream()
     up.send(CHUNKED_HEAD + b"3\r\nabc\r\n")
     drained = h.proxy.drain(30)
-    assert not fired(drained)
+    assert not has_result(drained)
     assert h.proxy.in_flight == 1
     # Meanwhile a keep-alive client's next request is refused, not queued.
     late = h.request(GET)
@@ -48,10 +46,10 @@ def test_drain_lets_a_stream_finish() -> None:
     # Both connections are closed after their response, which may still be unsent.
     assert client.closed
     assert late.closed
-    assert not fired(drained)
+    assert not has_result(drained)
     client.lose(ConnectionDone)
     late.lose(ConnectionDone)
-    assert fired(drained)
+    assert has_result(drained)
     # The drain deadline was disarmed.
     assert [c for c in h.reactor.getDelayedCalls() if "cut" in repr(c)] == []
 
@@ -65,11 +63,11 @@ def test_drain_timeout_cuts_a_stream_short() -> None:
     with LogCapture() as logs:
         drained = h.proxy.drain(5)
         h.reactor.advance(4.9)
-        assert not fired(drained)
+        assert not has_result(drained)
         h.reactor.advance(0.1)
     assert client.aborted
     client.lose()
-    assert fired(drained)
+    assert has_result(drained)
     assert up.transport.producerState == "stopped"
     assert h.tokens == 1
     assert [e["outcome"] for e in logs.access()] == ["draining_cut"]
@@ -85,7 +83,7 @@ def test_drain_timeout_answers_a_waiting_client_with_an_envelope() -> None:
     h.reactor.advance(5)
     assert envelope(client.received())["type"] == "draining"
     client.lose()
-    assert fired(drained)
+    assert has_result(drained)
     assert up.aborted
     assert h.tokens == 1
 
@@ -104,11 +102,11 @@ def test_registry_tracks_connections_until_they_are_lost() -> None:
     empty = registry.when_empty()
     first.lose(ConnectionDone)
     assert registry.count == 1
-    assert not fired(empty)
+    assert not has_result(empty)
     second.lose()
     assert registry.count == 0
-    assert fired(empty)
-    assert fired(registry.when_empty())
+    assert has_result(empty)
+    assert has_result(registry.when_empty())
 
 
 def test_registry_closes_idle_and_aborts_all() -> None:
@@ -163,14 +161,14 @@ def test_drain_waits_for_connections_then_aborts_them_at_the_deadline() -> None:
     # Idle now: closed once what it has to send is sent, which a slow reader delays.
     assert client.closed
     h.reactor.advance(4.9)
-    assert not fired(drained)
+    assert not has_result(drained)
     assert not client.aborted
     with LogCapture() as logs:
         h.reactor.advance(0.1)
     assert client.aborted
-    assert not fired(drained)
+    assert not has_result(drained)
     client.lose()
-    assert fired(drained)
+    assert has_result(drained)
     assert not logs.failures()
     assert [c for c in h.reactor.getDelayedCalls() if c.active()] == []
 
@@ -184,9 +182,9 @@ def test_drain_gives_up_on_a_connection_that_never_reports_its_loss() -> None:
     h.reactor.advance(5)
     assert client.aborted
     h.reactor.advance(ABORT_GRACE - 0.01)
-    assert not fired(drained)
+    assert not has_result(drained)
     h.reactor.advance(0.01)
-    assert fired(drained)
+    assert has_result(drained)
 
 
 def test_cut_now_ends_the_drain_at_once() -> None:
@@ -204,7 +202,7 @@ def test_cut_now_ends_the_drain_at_once() -> None:
     assert up.transport.producerState == "stopped"
     assert h.tokens == 1
     client.lose()
-    assert fired(drained)
+    assert has_result(drained)
     assert [e["outcome"] for e in logs.access()] == ["draining_cut"]
     assert h.proxy.cut_now() == 0
     assert [c for c in h.reactor.getDelayedCalls() if c.active()] == []
@@ -220,7 +218,7 @@ def test_cut_now_before_the_drain_began_starts_and_cuts_it() -> None:
     h.reactor.advance(0)
     assert envelope(client.received())["type"] == "draining"
     client.lose()
-    assert fired(h.proxy.drain(30))
+    assert has_result(h.proxy.drain(30))
 
 
 def test_drain_in_an_embedder_site_waits_only_for_the_calls() -> None:
@@ -233,5 +231,5 @@ def test_drain_in_an_embedder_site_waits_only_for_the_calls() -> None:
     drained = h.proxy.drain(30)
     up.send(b"0\r\n\r\n")
     assert dechunk(parse_response(client.received())[2]) == (b"abc", True)
-    assert fired(drained)
+    assert has_result(drained)
     assert h.proxy.connections.count == 0

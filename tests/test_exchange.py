@@ -10,7 +10,9 @@ import pytest
 from twisted.internet.error import ConnectionDone, ConnectionLost, DNSLookupError
 from twisted.internet.testing import StringTransport
 
-from support import Harness, LogCapture, dechunk, envelope, parse_response, upstream_request
+from support.harness import Harness, upstream_request
+from support.logs import LogCapture
+from support.wire import dechunk, envelope, parse_response
 
 GET = b"GET /v1/audio/voices HTTP/1.1\r\nHost: gw\r\n\r\n"
 POST = (

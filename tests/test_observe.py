@@ -11,7 +11,9 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import eventAsJSON
 from twisted.python.failure import Failure
 
-from support import Harness, LogCapture, envelope, parse_response, upstream_request
+from support.harness import Harness, upstream_request
+from support.logs import LogCapture
+from support.wire import envelope, parse_response
 
 GET_VOICES = b"GET /v1/audio/voices HTTP/1.1\r\nHost: gw\r\n\r\n"
 

@@ -14,7 +14,7 @@ from aistack_tts._errors import failure_cause
 from aistack_tts._frames import FrameBoundary, close_frame
 from aistack_tts._jsonlog import event_as_json_line, json_lines_observer, use_json_lines
 from aistack_tts._startup import startup_fields, startup_line
-from support import LogCapture
+from support.logs import LogCapture
 
 
 def test_a_json_line_is_one_object_with_the_fields_on_top() -> None:

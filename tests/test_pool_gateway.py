@@ -7,7 +7,9 @@ from twisted.internet.defer import DeferredSemaphore
 
 from aistack_tts import ConfigError, TTSProxy
 from aistack_tts._options import Options
-from support import Harness, LogCapture, envelope, parse_response
+from support.harness import Harness
+from support.logs import LogCapture
+from support.wire import envelope, parse_response
 
 GPUS = ["http://127.0.0.1:8091", "http://127.0.0.1:8092"]
 SPEECH = (

@@ -32,8 +32,8 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 from aistack_tts import TTSProxy
-from gateway_process import AISTACK_TTS, TWISTED_WEB_PROXY, GatewayProcess, fetch, open_stream
-from reactor_support import (
+from support.processes import AISTACK_TTS, TWISTED_WEB_PROXY, Event, GatewayProcess, UpstreamProcess
+from support.reactor import (
     blockon,
     disconnected,
     listen_tracking,
@@ -42,8 +42,8 @@ from reactor_support import (
     twisted_test,
     until,
 )
-from support import dechunk
-from upstream_server import COOKIE, Event, UpstreamProcess, pattern
+from support.upstream_server import COOKIE, pattern
+from support.wire import dechunk, fetch, open_stream
 
 pytestmark = [pytest.mark.real_sockets]
 
@@ -62,14 +62,7 @@ def new_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-# The upstream process.
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamProcess]:
-    process = UpstreamProcess.start(tmp_path_factory.mktemp("upstream"))
-    yield process
-    process.stop()
+# The upstream process: the ``upstream`` fixture (conftest.py).
 
 
 async def upstream_event(

@@ -8,19 +8,16 @@ wrk parser reads wrk's output, and the floors' summary names the right numbers. 
 from __future__ import annotations
 
 import socket
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench import clients, contenders, report, run  # noqa: E402
-from bench.common import MiB  # noqa: E402
-from bench.contenders import (  # noqa: E402
+# bench/ is a package at the repository root, which the editable install puts on sys.path
+# (pyproject: dev-mode-dirs).
+from bench import clients, contenders, report, run
+from bench.common import MiB
+from bench.contenders import (
     AGENT_FLOOR,
     AISTACK,
     RELAY_FLOOR,
@@ -28,10 +25,10 @@ from bench.contenders import (  # noqa: E402
     WEB_FLOOR,
     Contender,
 )
-from bench.harness import Bench  # noqa: E402
-from bench.scenarios import SCENARIOS  # noqa: E402
+from bench.harness import Bench
+from bench.scenarios import SCENARIOS
 
-from upstream_server import UpstreamProcess  # noqa: E402
+from support.processes import UpstreamProcess
 
 pytestmark = [pytest.mark.real_sockets]
 

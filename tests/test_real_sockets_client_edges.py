@@ -18,8 +18,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway_process import GatewayProcess, read_to_close
-from upstream_server import UpstreamProcess
+from support.processes import GatewayProcess, UpstreamProcess
+from support.wire import read_to_close
 
 pytestmark = pytest.mark.real_sockets
 
@@ -27,15 +27,6 @@ CLIENT_TIMEOUT = 1.0
 KEEPALIVE_TIMEOUT = 2.0
 #: How long a test waits for something that should happen within about a second.
 PATIENCE = 6.0
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamProcess]:
-    server = UpstreamProcess.start(tmp_path_factory.mktemp("upstream"))
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,8 @@ import pytest
 import soundfile
 from openai import AsyncOpenAI, OpenAI
 
-from gateway_process import log_events, stop_process
+from support.logs import log_events
+from support.processes import stop_process
 from test_real_sockets_openai import (
     FRAME_BYTES,
     LONG_TEXT,

@@ -20,15 +20,10 @@ from typing import Any
 import pytest
 
 from aistack_tts._resources import default_max_connections
-from gateway_process import (
-    aistack_command,
-    listening_ports,
-    log_events,
-    read_to_close,
-    stop_process,
-)
-from raw_upstream import Reply, raw_upstream, wait_for
-from support import parse_response
+from support.logs import log_events
+from support.processes import aistack_command, listening_ports, stop_process
+from support.raw_upstream import Reply, raw_upstream, wait_for
+from support.wire import parse_response, read_to_close
 
 pytestmark = pytest.mark.real_sockets
 

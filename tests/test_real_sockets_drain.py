@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway_process import aistack_command, get_request, listening_ports, read_to_close
-from support import dechunk, parse_response
-from upstream_server import UpstreamProcess, pattern
+from support.processes import UpstreamProcess, aistack_command, listening_ports
+from support.upstream_server import pattern
+from support.wire import dechunk, get_request, parse_response, read_to_close
 
 pytestmark = pytest.mark.real_sockets
 

@@ -44,7 +44,9 @@ from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from aistack_tts import TTSProxy
-from reactor_support import (
+from support.logs import LogCapture
+from support.processes import Event, UpstreamProcess
+from support.reactor import (
     blockon,
     disconnected,
     listen_tracking,
@@ -53,8 +55,8 @@ from reactor_support import (
     twisted_test,
     until,
 )
-from support import LogCapture, dechunk
-from upstream_server import Event, UpstreamProcess, pattern
+from support.upstream_server import pattern
+from support.wire import dechunk
 
 pytestmark = [pytest.mark.real_sockets]
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway_process import listening_ports, stop_process
+from support.processes import listening_ports, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"

@@ -22,8 +22,8 @@ from typing import Any, cast
 
 import pytest
 
-from gateway_process import aistack_command, listening_ports, stop_process
-from raw_upstream import Reply, raw_upstream
+from support.processes import aistack_command, listening_ports, stop_process
+from support.raw_upstream import Reply, raw_upstream
 
 pytestmark = [pytest.mark.real_sockets]
 

@@ -30,12 +30,12 @@ from openai import APIResponse, OpenAI
 from twisted.internet.defer import Deferred, DeferredSemaphore, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IListeningPort
 from twisted.internet.threads import blockingCallFromThread, deferToThread
-from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
-from zope.interface import implementer
+from twisted.logger import formatEvent
 
 from aistack_tts import TTSProxy
 from aistack_tts.demo import listen_demo
-from reactor_support import (
+from support.logs import Captured
+from support.reactor import (
     blockon,
     disconnected,
     listen_tracking,
@@ -162,41 +162,6 @@ def paced(stacks: Stacks) -> Stack:
 
 
 # Log capture.
-
-
-@implementer(ILogObserver)
-class Captured:
-    """Keeps the twisted.logger events of one namespace while installed."""
-
-    def __init__(self, namespace: str) -> None:
-        self.namespace = namespace
-        self.events: list[LogEvent] = []
-
-    def __call__(self, event: LogEvent) -> None:
-        if event.get("log_namespace") == self.namespace:
-            self.events.append(event)
-
-    def messages(self) -> list[str]:
-        return [formatEvent(event) for event in self.events]
-
-
-def capturing(namespace: str) -> Iterator[Captured]:
-    """A log fixture's body: a ``Captured`` of ``namespace``, observing the global log while
-    the test runs."""
-    captured = Captured(namespace)
-    globalLogPublisher.addObserver(captured)
-    yield captured
-    globalLogPublisher.removeObserver(captured)
-
-
-@pytest.fixture
-def demo_log() -> Iterator[Captured]:
-    yield from capturing("aistack_tts.demo")
-
-
-@pytest.fixture
-def access_log() -> Iterator[Captured]:
-    yield from capturing("aistack_tts.access")
 
 
 # Audio helpers.

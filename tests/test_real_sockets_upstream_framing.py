@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from gateway_process import AISTACK_TTS, GatewayProcess, get_request, log_events, read_to_close
-from raw_upstream import RawUpstream, Reply, raw_upstream, wait_for
-from support import dechunk, parse_response
+from support.logs import log_events
+from support.processes import AISTACK_TTS, GatewayProcess
+from support.raw_upstream import RawUpstream, Reply, raw_upstream, wait_for
+from support.wire import dechunk, get_request, parse_response, read_to_close
 
 pytestmark = pytest.mark.real_sockets
 

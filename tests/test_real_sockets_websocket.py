@@ -32,7 +32,6 @@ from twisted.internet.interfaces import IListeningPort, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
-from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 from zope.interface import implementer
@@ -42,8 +41,9 @@ from aistack_tts._tunnel import WebSocketTunnel
 from aistack_tts.demo import DemoUpstream
 from aistack_tts.demo._app import VoiceRegistry
 from aistack_tts.demo._synth import FRAME_BYTES, synthesize
-from gateway_process import AISTACK_TTS, GatewayProcess
-from reactor_support import (
+from support.logs import Captured
+from support.processes import AISTACK_TTS, GatewayProcess
+from support.reactor import (
     blockon,
     disconnected,
     listen_tracking,
@@ -62,42 +62,6 @@ MiB = 1024 * 1024
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 # --- log capture ----------------------------------------------------------------------------
-
-
-@implementer(ILogObserver)
-class Captured:
-    """Keeps the twisted.logger events of one namespace while installed."""
-
-    def __init__(self, namespace: str) -> None:
-        self.namespace = namespace
-        self.events: list[tuple[float, LogEvent]] = []
-
-    def __call__(self, event: LogEvent) -> None:
-        if event.get("log_namespace") == self.namespace:
-            self.events.append((time.monotonic(), event))
-
-    def matching(self, text: str) -> list[tuple[float, LogEvent]]:
-        return [(t, e) for t, e in self.events if text in e.get("log_format", "")]
-
-    def outcomes(self) -> list[str]:
-        return [e["outcome"] for _t, e in self.events]
-
-
-def capturing(namespace: str) -> Iterator[Captured]:
-    captured = Captured(namespace)
-    globalLogPublisher.addObserver(captured)
-    yield captured
-    globalLogPublisher.removeObserver(captured)
-
-
-@pytest.fixture
-def demo_log() -> Iterator[Captured]:
-    yield from capturing("aistack_tts.demo")
-
-
-@pytest.fixture
-def access_log() -> Iterator[Captured]:
-    yield from capturing("aistack_tts.access")
 
 
 # --- upstreams ------------------------------------------------------------------------------
@@ -441,7 +405,7 @@ async def test_whole_session_through_the_gateway(stacks: Stacks, access_log: Cap
         assert len(proxied.audio[index]) % FRAME_BYTES == 0
     await until(lambda: stack.slot_free, "the slot to come back", timeout=PATIENCE)
     [event] = access_log.events[-1:]
-    assert (event[1]["status"], event[1]["outcome"], event[1]["slot"]) == (
+    assert (event["status"], event["outcome"], event["slot"]) == (
         101,
         "ws_closed_by_upstream",
         "held",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from support import Harness, LogCapture, envelope, parse_response
+from support.harness import Harness
+from support.logs import LogCapture
+from support.wire import envelope, parse_response
 
 
 def answer(raw: bytes, **kwargs: object) -> tuple[Harness, bytes]:

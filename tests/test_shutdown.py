@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from aistack_tts._shutdown import SIGNALS, FastShutdown
-from support import LogCapture
+from support.logs import LogCapture
 
 
 def counting(cuts: list[int], result: int) -> Callable[[], int]:

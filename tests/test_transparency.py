@@ -7,7 +7,8 @@ import hashlib
 
 import pytest
 
-from support import Harness, dechunk, envelope, parse_response, upstream_request
+from support.harness import Harness, upstream_request
+from support.wire import dechunk, envelope, parse_response
 
 
 def roundtrip(raw: bytes, response: bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"):  # type: ignore[no-untyped-def]

@@ -27,7 +27,9 @@ from aistack_tts._tunnel import (
     parse_head,
     split_head,
 )
-from support import Harness, LogCapture, Peer, dechunk, envelope, parse_response
+from support.harness import Harness, Peer
+from support.logs import LogCapture
+from support.wire import dechunk, envelope, parse_response
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 TARGET = b"/v1/audio/speech/stream?voice=Vivian&x=%2F%20&empty="

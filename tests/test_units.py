@@ -206,7 +206,7 @@ def test_out_of_descriptors_is_the_gateways_own_503(wrapped: bool) -> None:
 def test_rate_limited_warning_logs_once_per_interval_with_a_count() -> None:
     """A flood of the same trouble: one line per interval, counting what it did not log."""
     from aistack_tts._resources import RateLimitedWarning
-    from support import LogCapture
+    from support.logs import LogCapture
 
     clock = Clock()
     warning = RateLimitedWarning(clock, "out of file descriptors", interval=10)

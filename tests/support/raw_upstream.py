@@ -9,7 +9,7 @@ scripted ``Reply`` bytes and ends as it says:
 - ``"rst"``: ``SO_LINGER`` (1, 0) then close, so the kernel sends a reset;
 - ``"hold"``: keep the connection open until the peer closes it (or the server stops).
 
-Each connection is recorded as a L{Seen}: what request arrived, and whether the peer (the
+Each connection is recorded as a ``Seen``: what request arrived, and whether the peer (the
 gateway) closed its side while the server held it.
 """
 
@@ -127,7 +127,7 @@ def _read_request(conn: socket.socket) -> bytes:
 
 @contextmanager
 def raw_upstream(reply: Reply) -> Iterator[RawUpstream]:
-    """A running L{RawUpstream}, stopped afterwards."""
+    """A running ``RawUpstream``, stopped afterwards."""
     server = RawUpstream(reply)
     server.start()
     try:

@@ -7,17 +7,14 @@ real ``Agent`` opens is handed to a StringTransport whose response bytes the tes
 
 from __future__ import annotations
 
-import json
-from typing import Any, cast
+from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import DeferredSemaphore
-from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IProtocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel
 
 from aistack_tts import TTSProxy
 
@@ -133,79 +130,3 @@ def upstream_request(peer: Peer) -> tuple[bytes, list[tuple[bytes, bytes]], byte
         name, _, value = line.partition(b":")
         headers.append((name.strip().lower(), value.strip()))
     return lines[0], headers, body
-
-
-def parse_response(raw: bytes) -> tuple[int, dict[bytes, list[bytes]], bytes]:
-    """Status, headers (lower-case names) and raw (possibly chunked) body of a response."""
-    head, _, body = raw.partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    status = int(lines[0].split(b" ")[1])
-    headers: dict[bytes, list[bytes]] = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        headers.setdefault(name.strip().lower(), []).append(value.strip())
-    return status, headers, body
-
-
-def envelope(raw: bytes) -> dict[str, Any]:
-    """The ``error`` object of a gateway envelope response."""
-    _status, headers, body = parse_response(raw)
-    assert headers[b"content-type"] == [b"application/json"]
-    error = json.loads(body)["error"]
-    assert isinstance(error, dict)
-    assert set(error) == {"message", "type", "param", "code", "provider"}
-    return error
-
-
-def dechunk(data: bytes) -> tuple[bytes, bool]:
-    """Decode a chunked body; also say whether it ended with the terminating chunk."""
-    out = bytearray()
-    pos = 0
-    while True:
-        eol = data.find(b"\r\n", pos)
-        if eol < 0:
-            return bytes(out), False
-        size = int(data[pos:eol].split(b";")[0], 16)
-        start = eol + 2
-        if size == 0:
-            return bytes(out), data.startswith(b"\r\n", start)
-        out += data[start : start + size]
-        if len(data) < start + size + 2:
-            return bytes(out), False
-        pos = start + size + 2
-
-
-class LogCapture:
-    """Collects log events while active (used as a context manager)."""
-
-    def __init__(self) -> None:
-        self.events: list[LogEvent] = []
-        self._observer = cast(ILogObserver, self.events.append)
-
-    def __enter__(self) -> LogCapture:
-        globalLogPublisher.addObserver(self._observer)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        globalLogPublisher.removeObserver(self._observer)
-
-    def access(self) -> list[LogEvent]:
-        return [e for e in self.events if e.get("log_namespace") == "aistack_tts.access"]
-
-    def failures(self) -> list[LogEvent]:
-        return [e for e in self.events if "log_failure" in e or e.get("isError")]
-
-
-__all__ = [
-    "UPSTREAM",
-    "ConnectionDone",
-    "ConnectionLost",
-    "HTTPChannel",
-    "Harness",
-    "LogCapture",
-    "Peer",
-    "dechunk",
-    "envelope",
-    "parse_response",
-    "upstream_request",
-]
