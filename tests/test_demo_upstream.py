@@ -38,7 +38,6 @@ from zope.interface import implementer
 
 import aistack_tts.demo
 from aistack_tts.demo import VOICES, APIError, DemoUpstream, listen_demo
-from aistack_tts.demo._app import MAX_VOICE_SAMPLE_BYTES, parse_voice_upload
 from aistack_tts.demo._encode import encode
 from aistack_tts.demo._plugin import DemoSettings, Options, make_demo_service
 from aistack_tts.demo._synth import (
@@ -50,6 +49,7 @@ from aistack_tts.demo._synth import (
     synthesize,
     wav_header,
 )
+from aistack_tts.demo._voices import MAX_VOICE_SAMPLE_BYTES, parse_voice_upload
 
 T = TypeVar("T")
 

@@ -40,8 +40,8 @@ from zope.interface import implementer
 from aistack_tts import TTSProxy
 from aistack_tts._tunnel import WebSocketTunnel
 from aistack_tts.demo import DemoUpstream
-from aistack_tts.demo._app import VoiceRegistry
 from aistack_tts.demo._synth import FRAME_BYTES, synthesize
+from aistack_tts.demo._voices import VoiceRegistry
 from gateway_process import AISTACK_TTS, GatewayProcess
 from reactor_support import (
     blockon,

@@ -14,7 +14,8 @@ from twisted.python import usage
 from aistack_tts._config import ConfigError
 from aistack_tts._listen import add_listeners, or_fail, parse_endpoints
 
-from ._app import MODEL_NAME, DemoUpstream
+from ._app import DemoUpstream
+from ._speech import MODEL_NAME
 from ._stream_config import CONFIG_TIMEOUT, IDLE_TIMEOUT
 
 _PROGRAM = "aistack-tts-demo-upstream"

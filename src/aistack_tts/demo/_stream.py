@@ -53,7 +53,7 @@ from ._stream_config import (
 from ._synth import CHANNELS, FRAME_SECONDS, SAMPLE_RATE, synthesize
 
 if TYPE_CHECKING:
-    from ._app import SpeechRequest
+    from ._speech import SpeechRequest
 
 log = Logger(namespace="aistack_tts.demo")
 
