@@ -4,7 +4,8 @@ The top of the demo. Request checks are plain functions one step below
 (``_speech.parse_speech_request``, ``_voices.parse_voice_upload``, ``_batch.speech_batch``)
 that raise L{APIError}; the Klein routes only glue them to a L{Generation}, which makes audio
 one codec frame at a time on the injected clock, like the real model does on its GPU. The
-WebSocket stream (``/v1/audio/speech/stream``) lives in ``_stream`` and ``_stream_config``.
+WebSocket stream (``/v1/audio/speech/stream``) lives in ``_stream`` and ``_stream_config``;
+L{DemoRoot} sends its upgrades there and the rest to Klein.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from twisted.web.resource import IResource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException
 
@@ -29,7 +30,7 @@ from ._api_error import APIError, not_found
 from ._batch import speech_batch
 from ._generation import CHUNK_FRAMES, Generation
 from ._speech import MODEL_NAME, parse_speech_request, prepare_stream_speech
-from ._stream import DemoRoot, StreamSettings, stream_resource
+from ._stream import STREAM_PATH, StreamSettings, stream_resource
 from ._stream_config import CONFIG_TIMEOUT, IDLE_TIMEOUT, parse_stream_config
 from ._synth import FRAME_SECONDS
 from ._voices import (
@@ -202,6 +203,23 @@ class _Routes:
 
 
 # --- embedding -----------------------------------------------------------------------------
+
+
+class DemoRoot(Resource):
+    """The demo's root: WebSocket upgrades of the stream path to autobahn, the rest to Klein."""
+
+    isLeaf = True
+
+    def __init__(self, routes: IResource, stream: IResource) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._routes = routes
+        self._stream = stream
+
+    def render(self, request: IRequest) -> Any:
+        upgrade = (request.getHeader(b"upgrade") or b"").lower()
+        if request.path == STREAM_PATH and b"websocket" in upgrade:
+            return self._stream.render(request)
+        return self._routes.render(request)
 
 
 def _non_negative(name: str) -> Any:
