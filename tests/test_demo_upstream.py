@@ -40,8 +40,8 @@ import aistack_tts.demo
 from aistack_tts.demo import VOICES, APIError, DemoUpstream, listen_demo
 from aistack_tts.demo._encode import encode
 from aistack_tts.demo._plugin import DemoSettings, Options, make_demo_service
+from aistack_tts.demo._profiles import BUILTIN_PROFILES
 from aistack_tts.demo._synth import (
-    BUILTIN_PROFILES,
     FRAME_BYTES,
     FRAME_SAMPLES,
     SAMPLE_RATE,

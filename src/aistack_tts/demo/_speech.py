@@ -18,8 +18,8 @@ from attrs import frozen
 from ._api_error import APIError, not_found
 from ._encode import RESPONSE_FORMATS
 from ._encode import STREAM_FORMATS as _STREAMABLE
+from ._profiles import VoiceProfile
 from ._stream_config import StreamConfig, StreamError
-from ._synth import VoiceProfile
 from ._voices import VoiceRegistry
 
 #: The model the real container serves; requests naming another model get 404, as from vLLM.

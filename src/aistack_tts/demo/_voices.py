@@ -17,7 +17,7 @@ from attrs import field, frozen
 
 from ._api_error import APIError
 from ._encode import decode
-from ._synth import BUILTIN_PROFILES, VoiceProfile, profile_for_upload
+from ._profiles import BUILTIN_PROFILES, VoiceProfile, profile_for_upload
 
 #: The speaker names of the CustomVoice model, spelled as in its config.
 VOICES: tuple[str, ...] = tuple(p.name for p in BUILTIN_PROFILES)
