@@ -17,7 +17,7 @@ EPSILON = 1e-9
 
 
 class Run:
-    """A L{PacedFrames} over numbered frames, recording what it hands out and when."""
+    """A ``PacedFrames`` over numbered frames, recording what it hands out and when."""
 
     def __init__(self, total: int = 5, *, pause_on: int | None = None) -> None:
         self.clock = Clock()

@@ -267,7 +267,7 @@ class InProcessGateway:
 
 
 class Gateways:
-    """Starts in-process gateways for one test; L{close} takes every one of them down."""
+    """Starts in-process gateways for one test; ``close`` takes every one of them down."""
 
     def __init__(self) -> None:
         self.started: list[InProcessGateway] = []

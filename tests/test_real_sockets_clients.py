@@ -270,7 +270,7 @@ async def home_assistant_tts(client: AsyncOpenAI, message: str) -> bytes:
 
 
 def home_assistant_at_once(gateway: DemoGateway, max_retries: int) -> list[bytes | BaseException]:
-    """The three sentences through L{home_assistant_tts}, all three sent at once."""
+    """The three sentences through ``home_assistant_tts``, all three sent at once."""
 
     async def run() -> list[bytes | BaseException]:
         async with AsyncOpenAI(

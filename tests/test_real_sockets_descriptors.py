@@ -37,7 +37,7 @@ def open_fds(pid: int) -> int:
 
 
 class Gateway:
-    """``twist aistack-tts`` (JSON lines: stdout is a file) with ``RLIMIT_NOFILE`` = L{NOFILE}."""
+    """``twist aistack-tts`` (JSON lines: stdout is a file) with ``RLIMIT_NOFILE`` = ``NOFILE``."""
 
     def __init__(self, upstream: str, workdir: Path, *options: str) -> None:
         self.log_path = workdir / "gateway.log"

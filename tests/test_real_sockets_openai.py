@@ -113,7 +113,7 @@ class Stack:
 
 
 class Stacks:
-    """Starts stacks for one test; L{close} takes each down and checks nothing is left."""
+    """Starts stacks for one test; ``close`` takes each down and checks nothing is left."""
 
     def __init__(self) -> None:
         self.started: list[Stack] = []

@@ -1,6 +1,6 @@
 """What a real ``twist aistack-tts`` does with an upstream that breaks HTTP's framing.
 
-The upstream is L{raw_upstream.RawUpstream}: exact bytes, then a clean close (FIN) or a reset
+The upstream is ``raw_upstream.RawUpstream``: exact bytes, then a clean close (FIN) or a reset
 (RST). The client is a raw socket that reads to the end and says how the connection ended.
 """
 

@@ -39,8 +39,8 @@ from zope.interface import implementer
 from aistack_tts import TTSProxy
 from aistack_tts._tunnel import WebSocketTunnel
 from aistack_tts.demo import DemoUpstream
-from aistack_tts.demo._app import VoiceRegistry
 from aistack_tts.demo._synth import FRAME_BYTES, synthesize
+from aistack_tts.demo._voices import VoiceRegistry
 from support.logs import Captured
 from support.processes import AISTACK_TTS, GatewayProcess
 from support.reactor import (
@@ -213,7 +213,7 @@ class Stack:
 
 
 class Stacks:
-    """Starts stacks for one test; L{close} takes each down and checks nothing is left."""
+    """Starts stacks for one test; ``close`` takes each down and checks nothing is left."""
 
     def __init__(self) -> None:
         self.started: list[Stack] = []
@@ -617,7 +617,7 @@ async def test_unreachable_upstream_gets_503_upstream_unavailable(stacks: Stacks
 
 
 def flood_factory(total: int, floods: list[Flood]) -> Factory:
-    """A factory of L{Flood}s of ``total`` bytes, each kept in ``floods``."""
+    """A factory of ``Flood``s of ``total`` bytes, each kept in ``floods``."""
 
     def build() -> Flood:
         flood = Flood(total)

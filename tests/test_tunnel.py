@@ -19,14 +19,9 @@ from twisted.web.http_headers import Headers
 
 from aistack_tts._frames import FrameBoundary, close_frame
 from aistack_tts._headers import wants_websocket, websocket_handshake
-from aistack_tts._tunnel import (
-    CLOSE_GRACE_S,
-    MAX_HEAD_BYTES,
-    BadAnswer,
-    WebSocketTunnel,
-    parse_head,
-    split_head,
-)
+from aistack_tts._tunnel import WebSocketTunnel
+from aistack_tts._tunnel_head import MAX_HEAD_BYTES, BadAnswer, parse_head, split_head
+from aistack_tts._tunnel_sides import CLOSE_GRACE_S
 from support.harness import Harness, Peer
 from support.logs import LogCapture
 from support.wire import dechunk, envelope, parse_response

@@ -47,7 +47,8 @@ from ._protocol import ALLOW_HEADER, ALLOWED_METHODS
 from ._resources import RateLimitedWarning
 from ._site import GatewaySite
 from ._slot import GPUSlot
-from ._tunnel import TunnelTarget, WebSocketTunnel, is_websocket_request
+from ._tunnel import WebSocketTunnel
+from ._tunnel_head import TunnelTarget, is_websocket_request
 from ._upstream import make_agent, make_cooperator
 
 _log = Logger()

@@ -34,8 +34,8 @@ from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
 from aistack_tts.demo import DemoUpstream
+from aistack_tts.demo._profiles import BUILTIN_PROFILES
 from aistack_tts.demo._synth import (
-    BUILTIN_PROFILES,
     FRAME_SAMPLES,
     SAMPLE_RATE,
     wav_header,
@@ -244,7 +244,7 @@ class _Body:
 
 
 class Demo:
-    """A L{DemoUpstream} behind treq's in-memory agent; time moves only when the test says."""
+    """A ``DemoUpstream`` behind treq's in-memory agent; time moves only when the test says."""
 
     def __init__(
         self, first_chunk_delay: float = FIRST, rtf: float = RTF, chunk_frames: int = 25

@@ -12,18 +12,12 @@ by default)::
     port = await listen_demo(reactor)  # 127.0.0.1, an ephemeral port: port.getHost().port
 """
 
-from ._app import (
-    MODEL_NAME,
-    VOICES,
-    APIError,
-    DemoUpstream,
-    SpeechRequest,
-    VoiceRegistry,
-    listen_demo,
-    parse_speech_request,
-)
+from ._api_error import APIError
+from ._app import DemoUpstream, listen_demo
+from ._speech import MODEL_NAME, SpeechRequest, parse_speech_request
 from ._stream import STREAM_PATH
 from ._stream_config import SpeechTextSplitter, StreamConfig, StreamError, parse_stream_config
+from ._voices import VOICES, VoiceRegistry
 
 __all__ = [
     "MODEL_NAME",

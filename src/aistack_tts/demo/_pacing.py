@@ -1,7 +1,7 @@
 """Audio made one codec frame at a time on the injected clock, as the real model makes it.
 
 Both the HTTP speech route and the WebSocket stream hand their frames out through a
-L{PacedFrames}, which is also the push producer their socket pauses and resumes.
+``PacedFrames``, which is also the push producer their socket pauses and resumes.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from zope.interface import implementer
 class PacedFrames:
     """Passes ``frames`` to ``on_frame`` one per tick: none while paused, none once stopped.
 
-    The first frame comes ``first_chunk_delay`` after L{start}, each next one ``frame_interval``
-    after the one before; ``on_finish`` is called once after the last frame. L{stop} (or
+    The first frame comes ``first_chunk_delay`` after ``start``, each next one ``frame_interval``
+    after the one before; ``on_finish`` is called once after the last frame. ``stop`` (or
     ``stopProducing``) before then calls ``on_abort``, once, instead.
     """
 

@@ -14,7 +14,8 @@ from twisted.python import usage
 from aistack_tts._config import ConfigError
 from aistack_tts._listen import add_listeners, or_fail, parse_endpoints
 
-from ._app import MODEL_NAME, DemoUpstream
+from ._app import DemoUpstream
+from ._speech import MODEL_NAME
 from ._stream_config import CONFIG_TIMEOUT, IDLE_TIMEOUT
 
 _PROGRAM = "aistack-tts-demo-upstream"
@@ -66,7 +67,7 @@ def _seconds(source: str, raw: str) -> float:
 
 
 class Options(usage.Options):
-    """Options for ``twist aistack-tts-demo-upstream``; C{self.settings} holds the result."""
+    """Options for ``twist aistack-tts-demo-upstream``; ``self.settings`` holds the result."""
 
     synopsis = "[options]"
     longdesc = (
@@ -134,7 +135,7 @@ class Options(usage.Options):
         return None
 
     def build_settings(self) -> DemoSettings:
-        """Command line over environment over defaults; raises L{DemoConfigError}."""
+        """Command line over environment over defaults; raises ``DemoConfigError``."""
         values: dict[str, Any] = {}
         listen = self["listen"] or self._environ.get(_ENV["listen"], "").split()
         if listen:
@@ -150,7 +151,7 @@ class Options(usage.Options):
 
 
 def make_demo_service(settings: DemoSettings, reactor: Any) -> IService:
-    """Listeners for a L{DemoUpstream} on every endpoint in ``settings``."""
+    """Listeners for a ``DemoUpstream`` on every endpoint in ``settings``."""
     upstream = DemoUpstream(
         reactor=reactor,
         first_chunk_delay=settings.first_chunk_delay,

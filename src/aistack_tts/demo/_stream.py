@@ -20,6 +20,9 @@ are handled one at a time, as the real handler's receive loop does: one that arr
 audio is being made waits. The session ends after 10 s without a config or 30 s without a
 message. Autobahn's ``WebSocketResource`` serves the protocol inside the demo's twisted.web
 site; frames are paced on the injected clock and pause with the client's socket.
+
+The session's step: below it ``_stream_config`` (messages, config, text splitting) and
+``_stream_unit`` (one unit of work, the throttle); above it ``_app``, whose root mounts it.
 """
 
 from __future__ import annotations
@@ -30,14 +33,12 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from attrs import define, field, frozen
+from attrs import frozen
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
-from twisted.web.iweb import IRequest
-from twisted.web.resource import IResource, Resource
-from zope.interface import implementer
+from twisted.web.resource import IResource
 
 from ._encode import encode
 from ._pacing import PacedFrames
@@ -50,10 +51,11 @@ from ._stream_config import (
     StreamError,
     parse_message,
 )
-from ._synth import CHANNELS, FRAME_SECONDS, SAMPLE_RATE, synthesize
+from ._stream_unit import Throttle, Unit
+from ._synth import FRAME_SECONDS, synthesize
 
 if TYPE_CHECKING:
-    from ._app import SpeechRequest
+    from ._speech import SpeechRequest
 
 log = Logger(namespace="aistack_tts.demo")
 
@@ -69,66 +71,14 @@ class StreamSettings:
     clock: IReactorTime
     first_chunk_delay: float
     frame_interval: float
-    #: Checks a ``session.config`` message; raises L{StreamError}.
+    #: Checks a ``session.config`` message; raises ``StreamError``.
     parse_config: Callable[[Mapping[str, Any]], StreamConfig]
     #: The speech request of one utterance (voice, language, task checked); raises
-    #: L{StreamError} with vLLM-Omni's message, which the session reports as a failed generation.
+    #: ``StreamError`` with vLLM-Omni's message, which the session reports as a failed generation.
     prepare: Callable[[StreamConfig, str], SpeechRequest]
     chunk_frames: int = 25
     idle_timeout: float = IDLE_TIMEOUT
     config_timeout: float = CONFIG_TIMEOUT
-
-
-@implementer(IPushProducer)
-class _Throttle:
-    """The session's producer on its socket: passes pause and resume to the current unit."""
-
-    def __init__(self) -> None:
-        self.pacer: PacedFrames | None = None
-        self.paused = False
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-        if self.pacer is not None:
-            self.pacer.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        if self.pacer is not None:
-            self.pacer.resumeProducing()
-
-    def stopProducing(self) -> None:
-        if self.pacer is not None:
-            self.pacer.stopProducing()
-
-
-@define(eq=False)
-class _Unit:
-    """One TTS request of the session (an utterance, or a sentence/clause of one)."""
-
-    utterance_index: int
-    sentence_index: int
-    text: str
-    response_format: str
-    #: Streamed pcm: ``audio.start`` waits for the first chunk and names its rate.
-    describe_pcm: bool
-    streamed: bool
-    pacer: PacedFrames | None = None
-    start_sent: bool = False
-    total_bytes: int = 0
-    kept: list[bytes] = field(factory=list)
-
-    def start_event(self, described: bool) -> dict[str, Any]:
-        event: dict[str, Any] = {
-            "type": "audio.start",
-            "utterance_index": self.utterance_index,
-            "sentence_index": self.sentence_index,
-            "sentence_text": self.text,
-            "format": self.response_format,
-        }
-        if described:
-            event.update(sample_rate=SAMPLE_RATE, channels=CHANNELS)
-        return event
 
 
 class SpeechStreamProtocol(WebSocketServerProtocol):
@@ -146,8 +96,8 @@ class SpeechStreamProtocol(WebSocketServerProtocol):
         #: Messages not handled yet, and the work the handled ones still ask for.
         self._inbox: deque[tuple[bytes, bool]] = deque()
         self._jobs: deque[Callable[[], None]] = deque()
-        self._unit: _Unit | None = None
-        self._throttle = _Throttle()
+        self._unit: Unit | None = None
+        self._throttle = Throttle()
         self._timer: IDelayedCall | None = None
         self._pumping = False
         self._ended = False
@@ -157,7 +107,7 @@ class SpeechStreamProtocol(WebSocketServerProtocol):
         return self.factory.settings
 
     def onOpen(self) -> None:
-        """Handshake done: take the socket's producer place (see L{stream_resource})."""
+        """Handshake done: take the socket's producer place (see ``stream_resource``)."""
         transport: Any = self.transport
         if getattr(transport, "producer", None) is not None:
             transport.unregisterProducer()
@@ -268,7 +218,7 @@ class SpeechStreamProtocol(WebSocketServerProtocol):
 
     def _queue_units(self, config: StreamConfig, texts: list[str]) -> None:
         for text in texts:
-            unit = _Unit(
+            unit = Unit(
                 utterance_index=self._utterance_index,
                 sentence_index=self._sentence_index,
                 text=text,
@@ -281,7 +231,7 @@ class SpeechStreamProtocol(WebSocketServerProtocol):
 
     # --- one unit ---------------------------------------------------------------------------
 
-    def _generate(self, config: StreamConfig, unit: _Unit) -> None:
+    def _generate(self, config: StreamConfig, unit: Unit) -> None:
         if config.word_timestamps:
             self._error(
                 "word_timestamps=true but the server was launched without --forced-aligner; "
@@ -312,12 +262,12 @@ class SpeechStreamProtocol(WebSocketServerProtocol):
             unit.pacer.pauseProducing()
         unit.pacer.start()
 
-    def _send_start(self, unit: _Unit) -> None:
+    def _send_start(self, unit: Unit) -> None:
         if not unit.start_sent:
             unit.start_sent = True
             self._send_event(unit.start_event(unit.describe_pcm and unit.total_bytes > 0))
 
-    def _frame(self, unit: _Unit, frame: bytes) -> None:
+    def _frame(self, unit: Unit, frame: bytes) -> None:
         unit.kept.append(frame)
         assert unit.pacer is not None
         made = unit.pacer.frames_made
@@ -326,14 +276,14 @@ class SpeechStreamProtocol(WebSocketServerProtocol):
         ):
             self._send_chunk(unit)
 
-    def _send_chunk(self, unit: _Unit) -> None:
+    def _send_chunk(self, unit: Unit) -> None:
         chunk = b"".join(unit.kept)
         unit.kept.clear()
         unit.total_bytes += len(chunk)
         self._send_start(unit)
         self.sendMessage(chunk, isBinary=True)  # type: ignore[no-untyped-call]
 
-    def _finished(self, unit: _Unit) -> None:
+    def _finished(self, unit: Unit) -> None:
         assert unit.pacer is not None
         log.info(
             "speech stream sentence {index} generated: {frames} frames ({seconds:.2f} s)",
@@ -352,7 +302,7 @@ class SpeechStreamProtocol(WebSocketServerProtocol):
         self._unit_done(unit)
         self._pump()
 
-    def _unit_done(self, unit: _Unit, failure: str | None = None) -> None:
+    def _unit_done(self, unit: Unit, failure: str | None = None) -> None:
         """``audio.done`` (after ``audio.start``, and the error if generation failed)."""
         self._send_start(unit)
         if failure is not None:
@@ -417,7 +367,7 @@ class SpeechStreamProtocol(WebSocketServerProtocol):
 
 
 class SpeechStreamFactory(WebSocketServerFactory):
-    """Builds a L{SpeechStreamProtocol} per connection, sharing one L{StreamSettings}."""
+    """Builds a ``SpeechStreamProtocol`` per connection, sharing one ``StreamSettings``."""
 
     protocol = SpeechStreamProtocol  # type: ignore[assignment]
 
@@ -438,20 +388,3 @@ def stream_resource(settings: StreamSettings) -> IResource:
     """
     resource: IResource = WebSocketResource(SpeechStreamFactory(settings))  # type: ignore[no-untyped-call]
     return resource
-
-
-class DemoRoot(Resource):
-    """The demo's root: WebSocket upgrades of the stream path to autobahn, the rest to Klein."""
-
-    isLeaf = True
-
-    def __init__(self, routes: IResource, stream: IResource) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self._routes = routes
-        self._stream = stream
-
-    def render(self, request: IRequest) -> Any:
-        upgrade = (request.getHeader(b"upgrade") or b"").lower()
-        if request.path == STREAM_PATH and b"websocket" in upgrade:
-            return self._stream.render(request)
-        return self._routes.render(request)

@@ -133,7 +133,7 @@ def parse_stream_config(message: Mapping[str, Any], model_name: str) -> StreamCo
     """Check a ``session.config`` as ``StreamingSpeechSessionConfig`` and ``_check_model`` do.
 
     Unknown fields are ignored (pydantic's default); the voice, language and task are left to
-    generation time. Raises L{StreamError} with the message the session sends back.
+    generation time. Raises ``StreamError`` with the message the session sends back.
     """
     fields = {k: v for k, v in message.items() if k != "type"}
     model = _typed(fields, "model", "str", None)
@@ -263,7 +263,7 @@ def split_units(buffer: str, terminators: frozenset[str], *, flush: bool) -> tup
 
 
 class SpeechTextSplitter:
-    """Collects one utterance's text; with ``"none"`` it all waits for L{flush}."""
+    """Collects one utterance's text; with ``"none"`` it all waits for ``flush``."""
 
     def __init__(self, granularity: str = "none") -> None:
         if granularity not in GRANULARITIES:

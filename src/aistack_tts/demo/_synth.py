@@ -4,12 +4,12 @@ Nothing here touches a reactor or a socket. The text becomes a *score* (syllable
 pauses, with a falling sentence melody and stressed syllables), which is then rendered through
 a wavetable of harmonics shaped by vowel-like formants, so the result sounds voiced (clear
 pitch, harmonics, envelopes) rather than like a beep or noise. The same text, voice and speed
-always give the same bytes.
+always give the same bytes. The step below the utterances (``_generation``, ``_batch``,
+``_stream``); the voices' numbers come from ``_profiles``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 import struct
@@ -19,6 +19,8 @@ from array import array
 from collections.abc import Iterator
 
 from attrs import frozen
+
+from ._profiles import VoiceProfile, stable_unit
 
 SAMPLE_RATE = 24_000
 CHANNELS = 1
@@ -34,64 +36,6 @@ STREAMING_SIZE = 0xFFFFFFFF
 _TABLE_SIZE = 1024
 _TABLE_MASK = _TABLE_SIZE - 1
 _PEAK = 0.32 * 32767
-
-
-@frozen
-class VoiceProfile:
-    """The few numbers that make one voice sound unlike another."""
-
-    name: str
-    #: Speaking pitch in Hz.
-    f0: float
-    #: Spectral tilt: higher is darker (harmonic k has weight k**-tilt).
-    tilt: float
-    #: Vocal tract length factor applied to the vowel formants (>1: shorter tract, brighter).
-    formant_scale: float
-    #: Pitch range of the sentence melody, in semitones.
-    expressiveness: float
-
-
-def _unit(seed: str, salt: str) -> float:
-    """A stable number in [0, 1) from ``seed`` (hash, not ``random``: same on every run)."""
-    digest = hashlib.sha256(f"{salt}\x00{seed}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
-
-
-def _profile(name: str, f0: float, formant_scale: float) -> VoiceProfile:
-    key = name.lower()
-    return VoiceProfile(
-        name=name,
-        f0=f0,
-        tilt=0.9 + 0.5 * _unit(key, "tilt"),
-        formant_scale=formant_scale,
-        expressiveness=2.0 + 2.5 * _unit(key, "range"),
-    )
-
-
-#: The CustomVoice model's nine speakers, with a pitch and tract length to suit each.
-BUILTIN_PROFILES: tuple[VoiceProfile, ...] = (
-    _profile("Vivian", 218.0, 1.17),
-    _profile("Serena", 196.0, 1.14),
-    _profile("Uncle_Fu", 96.0, 0.94),
-    _profile("Dylan", 128.0, 1.02),
-    _profile("Eric", 117.0, 1.0),
-    _profile("Ryan", 109.0, 0.98),
-    _profile("Aiden", 136.0, 1.04),
-    _profile("Ono_Anna", 242.0, 1.2),
-    _profile("Sohee", 228.0, 1.18),
-)
-
-
-def profile_for_upload(name: str, sample_digest: bytes) -> VoiceProfile:
-    """A voice for an uploaded sample: derived from its name and the sample's bytes."""
-    seed = name.lower() + sample_digest.hex()
-    return VoiceProfile(
-        name=name,
-        f0=90.0 + 160.0 * _unit(seed, "f0"),
-        tilt=0.9 + 0.5 * _unit(seed, "tilt"),
-        formant_scale=0.92 + 0.3 * _unit(seed, "formant"),
-        expressiveness=2.0 + 2.5 * _unit(seed, "range"),
-    )
 
 
 # --- text to score -------------------------------------------------------------------------
@@ -227,12 +171,12 @@ def score(text: str, voice: VoiceProfile, speed: float = 1.0) -> list[Segment]:
                 contour = voice.expressiveness * (0.5 - progress)
                 if question and progress > 0.7:
                     contour += voice.expressiveness * 2.5 * (progress - 0.7) / 0.3
-                stressed = index == 0 and (len(syllables) > 1 or _unit(token, "stress") > 0.5)
-                wobble = (_unit(f"{token}/{index}", "pitch") - 0.5) * 1.5
+                stressed = index == 0 and (len(syllables) > 1 or stable_unit(token, "stress") > 0.5)
+                wobble = (stable_unit(f"{token}/{index}", "pitch") - 0.5) * 1.5
                 pitch = voice.f0 * semitone ** (contour + wobble + (1.5 if stressed else 0.0))
                 glide = -0.8 if not (question and progress > 0.7) else 1.2
                 seconds = _SYLLABLE_SECONDS + _PER_LETTER_SECONDS * letters
-                seconds *= 0.9 + 0.2 * _unit(f"{token}/{index}", "length")
+                seconds *= 0.9 + 0.2 * stable_unit(f"{token}/{index}", "length")
                 if stressed:
                     seconds *= 1.15
                 segments.append(
