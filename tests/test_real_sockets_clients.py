@@ -18,8 +18,6 @@ import base64
 import io
 import json
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,7 +34,7 @@ import soundfile
 from openai import AsyncOpenAI, OpenAI
 
 from support.logs import log_events
-from support.processes import stop_process
+from support.processes import start_demo_gateway, stop_process
 from test_real_sockets_openai import (
     FRAME_BYTES,
     LONG_TEXT,
@@ -91,24 +89,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoGateway]:
     """``twist aistack-tts --demo`` (one slot) on a free loopback port."""
     port = free_port()
     log_path = tmp_path_factory.mktemp("clients") / "gateway.log"
-    twist = str(Path(sys.executable).parent / "twist")
     with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [twist, "aistack-tts", "--demo", "--listen", f"tcp:{port}:interface=127.0.0.1"],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        process = start_demo_gateway(port, log)
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    assert process.poll() is None, log_path.read_text()
-                    assert time.monotonic() < deadline, "the gateway did not start listening"
-                    time.sleep(0.05)
             yield DemoGateway(port, log_path)
         finally:
             stop_process(process)

@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 import soundfile
 
+from support.processes import start_demo_gateway, stop_process
+
 pytestmark = pytest.mark.real_sockets
 
 SAMPLE_RATE = 24_000
@@ -39,26 +41,11 @@ def free_port() -> int:
 def gateway() -> Iterator[int]:
     """``twist aistack-tts --demo`` on a free loopback port; its port."""
     port = free_port()
-    twist = str(Path(sys.executable).parent / "twist")
-    process = subprocess.Popen(
-        [twist, "aistack-tts", "--demo", "--listen", f"tcp:{port}:interface=127.0.0.1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start_demo_gateway(port)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert process.poll() is None, "twist aistack-tts --demo exited"
-                assert time.monotonic() < deadline, "gateway did not start listening"
-                time.sleep(0.05)
         yield port
     finally:
-        process.terminate()
-        process.wait(timeout=15)
+        stop_process(process)
 
 
 def post(port: int, path: str, body: dict[str, Any]) -> http.client.HTTPResponse:

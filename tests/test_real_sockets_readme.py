@@ -8,13 +8,13 @@ import shlex
 import shutil
 import socket
 import subprocess
-import sys
-import time
 import wave
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from support.processes import start_demo_gateway, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.rst").read_text()
@@ -53,26 +53,11 @@ def demo_gateway() -> Iterator[int]:
     assert argv[0].endswith("twist")
     assert argv[1:] == ["aistack-tts", "--demo"]
     port = free_port()
-    twist = str(Path(sys.executable).parent / "twist")
-    process = subprocess.Popen(
-        [twist, "aistack-tts", "--demo", "--listen", f"tcp:{port}:interface=127.0.0.1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start_demo_gateway(port)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert process.poll() is None, "twist aistack-tts --demo exited"
-                assert time.monotonic() < deadline, "gateway did not start listening"
-                time.sleep(0.05)
         yield port
     finally:
-        process.terminate()
-        process.wait(timeout=15)
+        stop_process(process)
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")

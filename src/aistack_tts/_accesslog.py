@@ -15,6 +15,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from ._errors import GatewayError
 from ._metrics import UPSTREAM_FAULTS, GatewayMetrics
 
 log = Logger(namespace="aistack_tts.access")
@@ -90,6 +91,27 @@ class AccessLog:
         """Seconds since ``request`` arrived (0 if its arrival was never noted)."""
         arrived: float | None = getattr(request, _ARRIVED, None)
         return 0.0 if arrived is None else max(self.clock.seconds() - arrived, 0.0)
+
+    def answered(
+        self,
+        request: IRequest,
+        error: GatewayError,
+        *,
+        slot: str = "none",
+        queue_wait: float | None = None,
+    ) -> None:
+        """Record a request the gateway answered itself, with ``error``'s envelope."""
+        self.finished(
+            request,
+            status=error.status,
+            outcome=error.type,
+            provider=error.provider,
+            slot=slot,
+            bytes_out=len(error.envelope()),
+            envelope=True,
+            cause=error.message,
+            queue_wait=queue_wait,
+        )
 
     def finished(
         self,

@@ -24,7 +24,6 @@ from werkzeug.routing import BaseConverter
 
 from ._accesslog import AccessLog, tag_response
 from ._errors import (
-    AISTACK,
     COMPOSE_HINT,
     Draining,
     GatewayError,
@@ -151,17 +150,12 @@ class _Routes:
 
     def _answer(self, request: IRequest, error: GatewayError) -> bytes:
         body = apply_error(request, error)
-        self._proxy.access_log.finished(
-            request,
-            status=error.status,
-            outcome=error.type,
-            provider=error.provider,
-            slot="busy" if isinstance(error, GPUBusy) else "none",
-            bytes_out=len(body),
-            envelope=True,
-            cause=error.message,
-            queue_wait=error.queue_wait if isinstance(error, GPUBusy) else None,
-        )
+        if isinstance(error, GPUBusy):
+            self._proxy.access_log.answered(
+                request, error, slot="busy", queue_wait=error.queue_wait
+            )
+        else:
+            self._proxy.access_log.answered(request, error)
         return body
 
 
@@ -189,16 +183,7 @@ class _Guard(Resource):
         try:
             check_target(request.uri)
         except InvalidRequest as error:
-            self._access_log.finished(
-                request,
-                status=error.status,
-                outcome=error.type,
-                provider=AISTACK,
-                slot="none",
-                bytes_out=len(error.envelope()),
-                envelope=True,
-                cause=error.message,
-            )
+            self._access_log.answered(request, error)
             write_error(request, error)
             return NOT_DONE_YET
         return self._routes.render(request)

@@ -350,13 +350,4 @@ class GatewayChannel(HTTPChannel):
         access_log = self.limits.access_log
         if access_log is None:
             return
-        access_log.finished(
-            target,
-            status=error.status,
-            outcome=error.type,
-            provider=error.provider,
-            slot="none",
-            bytes_out=len(error.envelope()),
-            envelope=True,
-            cause=error.message,
-        )
+        access_log.answered(target, error)

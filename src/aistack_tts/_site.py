@@ -110,16 +110,7 @@ class GatewayRequest(server.Request):
             error = NotFound("no route for *")
             tag_response(self)
             if self.access_log is not None:
-                self.access_log.finished(
-                    self,
-                    status=error.status,
-                    outcome=error.type,
-                    provider=error.provider,
-                    slot="none",
-                    bytes_out=len(error.envelope()),
-                    envelope=True,
-                    cause=error.message,
-                )
+                self.access_log.answered(self, error)
             write_error(self, error)
             return
         super().process()  # type: ignore[no-untyped-call]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -89,6 +90,32 @@ def stop_process(process: subprocess.Popen[Any], grace: float = 10) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def start_demo_gateway(
+    port: int, stdout: IO[bytes] | int = subprocess.DEVNULL
+) -> subprocess.Popen[bytes]:
+    """``twist aistack-tts --demo`` on 127.0.0.1:``port``, returned once it accepts connections."""
+    twist = str(Path(sys.executable).parent / "twist")
+    process = subprocess.Popen(
+        [twist, "aistack-tts", "--demo", "--listen", f"tcp:{port}:interface=127.0.0.1"],
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=subprocess.STDOUT if stdout is not subprocess.DEVNULL else subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process
+        except OSError:
+            if process.poll() is not None:
+                code = process.returncode
+                raise RuntimeError(f"twist aistack-tts --demo exited with {code}") from None
+            if time.monotonic() > deadline:
+                stop_process(process)
+                raise TimeoutError("twist aistack-tts --demo did not start listening") from None
+            time.sleep(0.05)
 
 
 def aistack_command(upstream: str, *options: str) -> list[str]:
