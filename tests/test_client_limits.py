@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 
-from aistack_tts._channel import LINGER_SECONDS, MIN_BODY_RATE, Phase
+from twisted.internet.testing import StringTransport
+
+from aistack_tts._channel import LINGER_SECONDS, MIN_BODY_RATE, GatewayChannel, Phase
 from aistack_tts._site import CHUNKS_BEFORE_CHECK
 from support.harness import Harness, Peer
 from support.logs import LogCapture
@@ -239,15 +241,22 @@ def test_metrics_are_not_cached() -> None:
 
 
 def test_connections_over_max_connections_are_closed_at_once() -> None:
-    """``buildProtocol`` answers ``None`` (the port closes the socket) once ``max_connections``
-    are open; a slot frees as soon as one closes; one warning per interval, with a count."""
+    """Once ``max_connections`` are open, a new connection is closed as soon as it is made
+    (nothing read, not counted); a place frees as soon as one closes; one warning per
+    interval, with a count."""
     h = Harness(max_connections=2)
     first, _second = h.client(), h.client()
     with LogCapture() as logs:
-        assert h.site.buildProtocol(None) is None
-        assert h.site.buildProtocol(None) is None
+        for _ in range(2):
+            refused = h.site.buildProtocol(None)
+            transport = StringTransport()
+            refused.makeConnection(transport)
+            assert transport.disconnecting
+            refused.dataReceived(GET)
+            assert transport.value() == b""
+        assert h.site.connections.count == 2
         first.lose()
-        assert h.site.buildProtocol(None) is not None
+        assert isinstance(h.site.buildProtocol(None), GatewayChannel)
     [warning] = [e for e in logs.events if e.get("log_namespace") == "aistack_tts.resources"]
     assert "2 client connections are open" in warning["detail"]
 

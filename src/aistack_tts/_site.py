@@ -12,6 +12,7 @@ from typing import Any
 
 from attrs import frozen
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.http import HTTPChannel
@@ -132,6 +133,15 @@ class GatewayRequest(server.Request):
         channel.refuse(error, self)
 
 
+class _ClosedAtOnce(Protocol):
+    """A connection over ``--max-connections``: closed as soon as it is made, unread."""
+
+    def connectionMade(self) -> None:
+        """Close (after nothing: no byte is read or written)."""
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+
 @implementer(INonQueuedRequestFactory)
 @frozen
 class GatewayRequestFactory:
@@ -196,14 +206,15 @@ class GatewaySite(server.Site):
     def buildProtocol(self, addr: Any) -> Any:
         """A channel for a new connection, tracked in ``connections``.
 
-        ``None`` (the port closes the connection at once) when ``max_connections`` are open.
+        When ``max_connections`` are open, a protocol that closes the connection at once (not
+        ``None``, which a TCP port takes as "close", but a TLS listener's wrapper would wrap).
         """
         if self.connections.count >= self.max_connections:
             self._refusing.occurred(
                 f"{self.connections.count} client connections are open, the most "
                 f"--max-connections allows: new ones are closed at once"
             )
-            return None
+            return _ClosedAtOnce()
         protocol = super().buildProtocol(addr)  # type: ignore[no-untyped-call]
         if protocol is not None:
             self.connections.add(protocol)
