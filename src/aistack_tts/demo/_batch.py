@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Any
 
-from ._api_error import APIError, not_found
+from ._api_error import APIError, json_object, not_found
 from ._encode import CONTENT_TYPES, encode
 from ._speech import MODEL_NAME, parse_speech_request, usage
 from ._synth import synthesize
@@ -38,12 +38,7 @@ def speech_batch(raw: bytes, voices: VoiceRegistry, model_name: str = MODEL_NAME
     An item that fails its checks is an ``"error"`` result, not a failed batch, as in
     vLLM-Omni; the audio is made at once (no pacing: the batch answers when all are done).
     """
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise APIError(f"The request body is not valid JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise APIError("The request body must be a JSON object")
+    body = json_object(raw)
     items = body.get("items")
     if not isinstance(items, list) or not items:
         raise APIError("items: List should have at least 1 item after validation", param="items")

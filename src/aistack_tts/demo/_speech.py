@@ -15,7 +15,7 @@ from typing import Any
 
 from attrs import frozen
 
-from ._api_error import APIError, not_found
+from ._api_error import APIError, json_object, not_found
 from ._encode import RESPONSE_FORMATS
 from ._encode import STREAM_FORMATS as _STREAMABLE
 from ._profiles import VoiceProfile
@@ -140,12 +140,7 @@ def parse_speech_request(
     The schema first (pydantic's ``OpenAICreateSpeechRequest``), then the model name, then the
     Qwen3-TTS checks of ``serving_speech.py`` (input, language, voice, task, instructions).
     """
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise APIError(f"The request body is not valid JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise APIError("The request body must be a JSON object")
+    body = json_object(raw)
 
     if "input" not in body or body["input"] is None:
         raise APIError("input: Field required", param="input")
