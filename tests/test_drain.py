@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from twisted.internet.defer import DeferredSemaphore
 from twisted.internet.error import ConnectionDone
+from twisted.web.http import HTTPChannel
 from twisted.web.server import Site
 
 from aistack_tts._drain import ABORT_GRACE
@@ -117,7 +120,8 @@ def test_registry_closes_idle_and_aborts_all() -> None:
     arriving = h.request(b"GET /healthz HTTP/1.1\r\n")
     busy = h.request(GET)
     registry = h.proxy.connections
-    assert [registry.is_idle(p.protocol) for p in (idle, arriving, busy)] == [True, False, False]
+    channels = [cast(HTTPChannel, p.protocol) for p in (idle, arriving, busy)]
+    assert [registry.is_idle(c) for c in channels] == [True, False, False]
     assert registry.close_idle() == 1
     assert (idle.closed, arriving.closed, busy.closed) == (True, False, False)
     assert registry.abort_all() == 3

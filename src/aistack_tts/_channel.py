@@ -39,6 +39,7 @@ from twisted.web.http import HTTPChannel, datetimeToString
 from twisted.web.iweb import IRequest
 
 from ._accesslog import REQUEST_ID, AccessLog, ensure_request_id
+from ._connections import ConnectionRegistry
 from ._errors import (
     GatewayError,
     HeaderTooLarge,
@@ -79,6 +80,8 @@ class ClientLimits:
     client_timeout: float
     keepalive_timeout: float
     access_log: AccessLog | None = None
+    #: Where the site tracks its open connections; the channel leaves it when it is lost.
+    connections: ConnectionRegistry | None = None
 
 
 class Phase(enum.Enum):
@@ -272,7 +275,11 @@ class GatewayChannel(HTTPChannel):
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
         self._linger = None
-        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        try:
+            super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        finally:
+            if self.limits.connections is not None:
+                self.limits.connections.discard(self)
 
     # Framing rules.
 

@@ -11,29 +11,22 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IProtocol
-from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.iweb import IRequest
 
 
-def _channel(protocol: IProtocol) -> Any:
-    """The HTTP channel behind what ``Site.buildProtocol`` returned.
-
-    That is a wrapper, which would switch to an HTTP/2 connection after ALPN.
-    """
-    return getattr(protocol, "_channel", protocol)
-
-
 class ConnectionRegistry:
-    """Open client connections, from ``buildProtocol`` to ``connectionLost``.
+    """Open client connections (HTTP channels), from ``buildProtocol`` to ``connectionLost``.
+
+    The site adds each channel it builds; the channel takes itself out when its connection is
+    lost (``GatewayChannel.connectionLost``, which a WebSocket tunnel still calls in the end).
 
     ``keep_alive`` is True until ``stop_keep_alive``; from then on every response ends its
     connection.
     """
 
     def __init__(self) -> None:
-        self._open: set[IProtocol] = set()
+        self._open: set[HTTPChannel] = set()
         self._empty_waiters: list[Deferred[None]] = []
         self.keep_alive = True
 
@@ -42,35 +35,27 @@ class ConnectionRegistry:
         """Connections open now."""
         return len(self._open)
 
-    def add(self, protocol: IProtocol) -> None:
-        """Track ``protocol`` (from ``Site.buildProtocol``) until its connection is lost."""
-        self._open.add(protocol)
-        # Wrapped on the instance the transport calls: the channel behind it may be swapped
-        # (HTTP/2) or have its connectionLost handed to a WebSocket tunnel.
-        lost = protocol.connectionLost
+    def add(self, channel: HTTPChannel) -> None:
+        """Track ``channel`` until ``discard``."""
+        self._open.add(channel)
 
-        def connectionLost(reason: Failure) -> None:
-            self._open.discard(protocol)
-            try:
-                lost(reason)
-            finally:
-                if not self._open:
-                    waiters, self._empty_waiters = self._empty_waiters, []
-                    for waiter in waiters:
-                        waiter.callback(None)
+    def discard(self, channel: HTTPChannel) -> None:
+        """``channel``'s connection is gone; fire ``when_empty``'s waiters once none is left."""
+        self._open.discard(channel)
+        if not self._open:
+            waiters, self._empty_waiters = self._empty_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
 
-        protocol.connectionLost = connectionLost  # type: ignore[method-assign]
-
-    def is_idle(self, protocol: IProtocol) -> bool:
-        """No request is under way on ``protocol``'s connection (none arriving, none answered)."""
-        channel = _channel(protocol)
-        return isinstance(channel, HTTPChannel) and not channel.requests
+    def is_idle(self, channel: HTTPChannel) -> bool:
+        """No request is under way on ``channel`` (none arriving, none answered)."""
+        return not channel.requests
 
     def close_idle(self) -> int:
         """Close every idle connection (after what it still has to send); how many."""
-        idle = [p for p in self._open if self.is_idle(p)]
-        for protocol in idle:
-            _channel(protocol).loseConnection()
+        idle = [c for c in self._open if self.is_idle(c)]
+        for channel in idle:
+            channel.loseConnection()
         return len(idle)
 
     def stop_keep_alive(self) -> int:
@@ -79,11 +64,9 @@ class ConnectionRegistry:
         Returns how many were closed now.
         """
         self.keep_alive = False
-        for protocol in self._open:
-            channel = _channel(protocol)
-            if isinstance(channel, HTTPChannel):
-                # Headers already sent cannot say so; the close after the response still does.
-                channel.persistent = False
+        for channel in self._open:
+            # Headers already sent cannot say so; the close after the response still does.
+            channel.persistent = False
         return self.close_idle()
 
     def response_starting(self, request: IRequest) -> None:
@@ -107,9 +90,9 @@ class ConnectionRegistry:
 
     def abort_all(self) -> int:
         """Abort every connection now, whatever it still has to send; how many."""
-        protocols = list(self._open)
-        for protocol in protocols:
-            transport: Any = getattr(_channel(protocol), "transport", None)
+        channels = list(self._open)
+        for channel in channels:
+            transport: Any = channel.transport
             if transport is not None:
                 transport.abortConnection()
-        return len(protocols)
+        return len(channels)

@@ -192,7 +192,11 @@ class GatewaySite(server.Site):
             timeout=None,
         )
         self.limits = ClientLimits(
-            reactor, client_timeout, keepalive_timeout or client_timeout, access_log
+            reactor,
+            client_timeout,
+            keepalive_timeout or client_timeout,
+            access_log,
+            self.connections,
         )
         #: Beyond this many open client connections, new ones are closed at once: each holds
         #: descriptors, and running out of them fails everyone's calls.
