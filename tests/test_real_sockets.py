@@ -15,7 +15,6 @@ import gzip
 import hashlib
 import json
 import random
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -32,7 +31,14 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 from aistack_tts import TTSProxy
-from support.processes import AISTACK_TTS, TWISTED_WEB_PROXY, Event, GatewayProcess, UpstreamProcess
+from support.processes import (
+    AISTACK_TTS,
+    TWISTED_WEB_PROXY,
+    Event,
+    GatewayProcess,
+    UpstreamProcess,
+    free_port,
+)
 from support.reactor import (
     blockon,
     disconnected,
@@ -313,13 +319,6 @@ def assert_envelope(response: Response, status: int, kind: str, provider: str) -
     return cast(dict[str, Any], error)
 
 
-def closed_port() -> int:
-    """A port on 127.0.0.1 nobody listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return cast(int, s.getsockname()[1])
-
-
 # (c) Every way a call ends gives the slot back.
 
 
@@ -343,7 +342,7 @@ async def test_completed_call_streams_whole_body_and_releases_slot(
 @twisted_test
 async def test_upstream_refusing_connection_gives_503_unavailable(gateways: Gateways) -> None:
     """Nothing listens upstream: 503 upstream_unavailable from qwen3-tts, with Retry-After."""
-    gateway = gateways(f"http://127.0.0.1:{closed_port()}")
+    gateway = gateways(f"http://127.0.0.1:{free_port()}")
     _, response = await gateway.exchange(http_request(b"POST", b"/v1/audio/speech", body=b"{}"))
     error = assert_envelope(response, 503, "upstream_unavailable", "qwen3-tts")
     assert "docker compose up -d" in error["message"]

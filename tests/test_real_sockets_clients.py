@@ -17,7 +17,6 @@ import asyncio
 import base64
 import io
 import json
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ import soundfile
 from openai import AsyncOpenAI, OpenAI
 
 from support.logs import log_events
-from support.processes import start_demo_gateway, stop_process
+from support.processes import free_port, start_demo_gateway, stop_process
 from test_real_sockets_openai import (
     FRAME_BYTES,
     LONG_TEXT,
@@ -75,13 +74,6 @@ class DemoGateway:
     def access(self) -> list[dict[str, Any]]:
         """The access log events (one per request), in order."""
         return [e for e in self.events() if e.get("namespace") == "aistack_tts.access"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")

@@ -22,19 +22,12 @@ from typing import Any
 import pytest
 import soundfile
 
-from support.processes import start_demo_gateway, stop_process
+from support.processes import free_port, start_demo_gateway, stop_process
 
 pytestmark = pytest.mark.real_sockets
 
 SAMPLE_RATE = 24_000
 TEXT = "Hello from aistack. The quick brown fox jumps over the lazy dog."
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,8 @@ import soundfile
 from websockets.exceptions import ConnectionClosedOK
 from websockets.sync.client import ClientConnection, connect
 
-from test_real_sockets_demo_twin import free_port, gateway
+from support.processes import free_port
+from test_real_sockets_demo_twin import gateway
 
 pytestmark = pytest.mark.real_sockets
 

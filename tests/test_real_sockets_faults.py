@@ -25,7 +25,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -45,7 +44,7 @@ from zope.interface import implementer
 
 from aistack_tts import TTSProxy
 from support.logs import LogCapture
-from support.processes import Event, UpstreamProcess
+from support.processes import Event, UpstreamProcess, free_port
 from support.reactor import (
     blockon,
     disconnected,
@@ -120,13 +119,6 @@ FAULTS = [
     Fault("short_content_length", f"{STREAM}&length=1&short={MID}", "truncated"),
 ]
 CLIENTS = ["reads", "aborts_before_headers", "aborts_mid_body", "reads_slowly"]
-
-
-def closed_port() -> int:
-    """A port on 127.0.0.1 nobody listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return cast(int, s.getsockname()[1])
 
 
 # The slot, counted.
@@ -486,7 +478,7 @@ async def test_fault_matrix_cell(
     calls_before = set(reactor.getDelayedCalls())
     view = UpstreamView(upstream)
     gateway = gateways(
-        upstream.url if fault.reaches_upstream else f"http://127.0.0.1:{closed_port()}"
+        upstream.url if fault.reaches_upstream else f"http://127.0.0.1:{free_port()}"
     )
     ident = new_id()
     with LogCapture() as logs:

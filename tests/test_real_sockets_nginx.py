@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from support.processes import listening_ports, stop_process
+from support.processes import free_port, listening_ports, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -34,13 +34,6 @@ pytestmark = [
     pytest.mark.real_sockets,
     pytest.mark.skipif(not Path(NGINX).exists(), reason="nginx is not installed"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

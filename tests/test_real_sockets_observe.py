@@ -18,11 +18,11 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
-from support.processes import aistack_command, listening_ports, stop_process
+from support.processes import aistack_command, free_port, listening_ports, stop_process
 from support.raw_upstream import Reply, raw_upstream
 
 pytestmark = [pytest.mark.real_sockets]
@@ -106,12 +106,6 @@ def call(
         return response.status, got, data, time.monotonic() - started
     finally:
         conn.close()
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return cast(int, s.getsockname()[1])
 
 
 @pytest.fixture
@@ -273,7 +267,7 @@ def test_readyz_probes_and_the_demo_are_told_apart(demo: Gateway) -> None:
 def test_a_dead_upstream_is_named_with_its_cause(tmp_path: Path) -> None:
     """An upstream that refuses: the access event names it and the cause (the exception the
     client's envelope names), counts the envelope's bytes; the fault is counted by upstream."""
-    dead = f"http://127.0.0.1:{closed_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     gateway = Gateway(aistack_command(dead), tmp_path)
     try:
         status, headers, body, _s = call(gateway.port, "GET", "/v1/audio/voices")

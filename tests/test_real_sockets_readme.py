@@ -6,7 +6,6 @@ import io
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import wave
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from support.processes import start_demo_gateway, stop_process
+from support.processes import free_port, start_demo_gateway, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.rst").read_text()
@@ -35,13 +34,6 @@ def quick_start() -> tuple[str, str]:
     run = next(b for b in literal_blocks() if "twist aistack-tts --demo" in b)
     curl = next(b for b in literal_blocks() if b.startswith("curl") and "/v1/audio/speech" in b)
     return run, curl
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture

@@ -92,6 +92,15 @@ def stop_process(process: subprocess.Popen[Any], grace: float = 10) -> None:
             process.wait()
 
 
+def free_port() -> int:
+    """A port on 127.0.0.1 nobody listens on (bound, then released): for a process to listen
+    on, or for an upstream that refuses connections."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 def start_demo_gateway(
     port: int, stdout: IO[bytes] | int = subprocess.DEVNULL
 ) -> subprocess.Popen[bytes]:
