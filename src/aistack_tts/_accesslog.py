@@ -16,7 +16,8 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from ._errors import GatewayError
-from ._metrics import UPSTREAM_FAULTS, GatewayMetrics
+from ._metrics import GatewayMetrics
+from ._outcome import Outcome, upstream_fault
 
 log = Logger(namespace="aistack_tts.access")
 
@@ -166,13 +167,13 @@ class AccessLog:
         m.requests.labels(method.decode("ascii"), str(status or "none"), provider).inc()
         if outcome == "gpu_busy":
             m.gpu_busy.inc()
-        elif outcome in ("client_abort", "client_stalled"):
+        elif outcome in (Outcome.CLIENT_ABORT, Outcome.CLIENT_STALLED):
             m.client_aborts.inc()
         if queue_wait is not None:
             m.queue_wait.observe(queue_wait)
         if upstream is not None:
             m.upstream_calls.labels(upstream, outcome).inc()
-        fault = UPSTREAM_FAULTS.get(outcome)
+        fault = upstream_fault(outcome)
         if fault is not None:
             # "none": every upstream was in its cool-down, none was tried.
             m.upstream_faults.labels(fault, upstream or "none").inc()

@@ -89,16 +89,6 @@ class GatewayMetrics:
         self.in_flight.set_function(in_flight)
 
 
-#: Exchange outcomes that are the upstream's fault, and the fault type they count as.
-UPSTREAM_FAULTS = {
-    "upstream_unavailable": "unavailable",
-    "upstream_timeout": "timeout",
-    "upstream_error": "error",
-    "upstream_error_mid_body": "mid_body",
-    "upstream_stalled": "stalled",
-}
-
-
 class MetricsResource(Resource):
     """``GET /metrics`` in the Prometheus text format.
 

@@ -42,6 +42,7 @@ from ._errors import (
 from ._exchange import _Exchange
 from ._health import ReadinessProbe
 from ._metrics import GatewayMetrics, MetricsResource
+from ._outcome import Outcome
 from ._pool import DEFAULT_DOWN_COOLDOWN, Grant, Upstream, UpstreamPool, WaitTimedOut
 from ._protocol import ALLOW_HEADER, ALLOWED_METHODS
 from ._resources import RateLimitedWarning
@@ -333,7 +334,7 @@ class TTSProxy:
             self.access_log.finished(
                 request,
                 status=None,
-                outcome="client_abort_queued",
+                outcome=Outcome.CLIENT_ABORT_QUEUED,
                 provider="none",
                 slot="none",
                 cause="the client closed the connection while waiting for the GPU",

@@ -9,9 +9,10 @@ side registered as the push producer of the other, so a slow reader on either en
 other end's socket instead of filling the gateway's memory. Any other answer is relayed as an
 HTTP response (status, reason, end-to-end headers, body), like a proxied call.
 
-States: ``connecting`` → ``handshake`` (request written, waiting for the head) → ``open``
-(after a 101) or ``relaying`` (another status, its body going to the client) → ``done``. Every
-way out goes through ``ProxiedCall._finish``, the only place that releases the slot.
+States (``Phase``): ``connecting`` → ``handshake`` (request written, waiting for the head) →
+``open`` (after a 101) or ``relaying`` (another status, its body going to the client) →
+``done``. Every way out goes through ``_finish`` and so ``CallRecord.finish``, the only place
+that releases the slot.
 
 This module is the session, which decides; the step below it has the parts it moves bytes
 with: ``aistack_tts._tunnel_head`` (the endpoint, the answer head and its body's decoder) and
@@ -20,15 +21,19 @@ with: ``aistack_tts._tunnel_head`` (the endpoint, the answer head and its body's
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from enum import StrEnum
+
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import PotentialDataLoss
 from twisted.web.server import Request
+from zope.interface import implementer
 
-from ._call import ProxiedCall
-from ._context import CallContext
+from ._call import CallRecord
+from ._context import CallContext, IInFlightCall
 from ._errors import (
     QWEN3_TTS,
     GatewayError,
@@ -40,6 +45,7 @@ from ._errors import (
     stall_cause,
 )
 from ._headers import websocket_handshake
+from ._outcome import Outcome, cut_outcome
 from ._protocol import RETRY_UNAVAILABLE_S
 from ._slot import SlotHold
 from ._tunnel_head import (
@@ -69,16 +75,36 @@ from ._upstream import Watchdog
 _log = Logger()
 
 
-# --- the session --------------------------------------------------------------------------
+class Phase(StrEnum):
+    """Where a WebSocket session is."""
+
+    CONNECTING = "connecting"
+    HANDSHAKE = "handshake"
+    OPEN = "open"
+    RELAYING = "relaying"
+    DONE = "done"
 
 
-class WebSocketTunnel(ProxiedCall):
+@implementer(IInFlightCall)
+class WebSocketTunnel:
     """One WebSocket session, from slot taken to slot released, on every path exactly once."""
 
     def __init__(
         self, context: CallContext, request: Request, hold: SlotHold, target: TunnelTarget
     ) -> None:
-        super().__init__(context, request, hold, self._stalled)
+        self._context = context
+        self._request = request
+        self._clock = context.clock
+        self._record = CallRecord(context, request, hold, self, target.url)
+        self._state = Phase.CONNECTING
+        self._watchdog = Watchdog(self._clock, context.idle_timeout, self._stalled)
+        #: Set when the gateway cuts the session short before the answer: what the waiting
+        #: client is told.
+        self._cut_short: GatewayError | None = None
+        # What the router waits on. Fired only once an HTTP answer is finished; on the abort
+        # paths (and after a 101) it stays pending and the router cancels it when the
+        # connection drops.
+        self.done: Deferred[None] = Deferred(lambda _: self._client_left())
         self._target = target
         self._timed_out = False
         self._connecting: Deferred[IProtocol] | None = None
@@ -94,21 +120,14 @@ class WebSocketTunnel(ProxiedCall):
         self.bytes_out = 0
         self.bytes_in = 0
 
-    def _bytes_out(self) -> int:
-        return self.bytes_out
-
-    def _upstream_url(self) -> str:
-        return self._target.url
-
     def _closed_by(self, dropped: str) -> str:
         """The outcome for a session whose ``dropped`` side ended its TCP connection first."""
-        outcome, self._cause = self._frames.closed_by(dropped)
+        outcome, self._record.cause = self._frames.closed_by(dropped)
         return outcome
 
     def start(self) -> Deferred[None]:
         """Connect to the upstream; the returned Deferred fires when an HTTP answer is done."""
         self._request.notifyFinish().addErrback(lambda _: self._client_left())
-        self._context.in_flight.track(self)
         self._watchdog.touch("upstream")
         connecting = self._target.endpoint.connect(
             UpstreamFactory(self._upstream_data, self._upstream_lost)
@@ -119,8 +138,8 @@ class WebSocketTunnel(ProxiedCall):
         return self.done
 
     @property
-    def state(self) -> str:
-        """``connecting``, ``handshake``, ``open``, ``relaying`` or ``done``."""
+    def state(self) -> Phase:
+        """Where the session is."""
         return self._state
 
     # Before the answer.
@@ -130,10 +149,10 @@ class WebSocketTunnel(ProxiedCall):
         # The endpoint (TLS-wrapped or not) hands back the protocol our factory built.
         assert isinstance(protocol, UpstreamProtocol)
         assert protocol.transport is not None
-        if self._state != "connecting":
+        if self._state is not Phase.CONNECTING:
             protocol.transport.abortConnection()  # type: ignore[attr-defined]
             return
-        self._state = "handshake"
+        self._state = Phase.HANDSHAKE
         self._upstream_protocol = protocol
         self.upstream.transport = protocol.transport
         request = self._request
@@ -148,14 +167,14 @@ class WebSocketTunnel(ProxiedCall):
 
     def _connect_failed(self, failure: Failure) -> None:
         self._connecting = None
-        if self._state != "connecting":
+        if self._state is not Phase.CONNECTING:
             return  # we cancelled it: the client left
         self._watchdog.stop()
         error = self._cut_short or error_for_upstream_failure(
             failure, timed_out=self._timed_out, retry_after=RETRY_UNAVAILABLE_S
         )
         if self._cut_short is None:
-            self._cause = failure_cause(
+            self._record.cause = failure_cause(
                 failure,
                 timed_out=self._timed_out,
                 idle_timeout=self._context.idle_timeout,
@@ -164,14 +183,14 @@ class WebSocketTunnel(ProxiedCall):
         self._answer_with(error)
 
     def _upstream_data(self, protocol: UpstreamProtocol, data: bytes) -> None:
-        if protocol is not self._upstream_protocol or self._state == "done":
+        if protocol is not self._upstream_protocol or self._state is Phase.DONE:
             return
-        if self._state == "open":
+        if self._state is Phase.OPEN:
             self.bytes_out += len(data)
             self._watchdog.touch("upstream")
             self._frames.to_client_feed(data)
             self.client.transport.write(data)
-        elif self._state == "relaying":
+        elif self._state is Phase.RELAYING:
             self._watchdog.touch("upstream")
             self._decode(data)
         else:
@@ -180,21 +199,22 @@ class WebSocketTunnel(ProxiedCall):
             self._read_head()
 
     def _read_head(self) -> None:
-        while self._state == "handshake":
+        while self._state is Phase.HANDSHAKE:
             try:
                 split = split_head(self._buffer)
                 if split is None:
                     return
                 raw, self._buffer = split
                 head = parse_head(raw)
-                self._provider = QWEN3_TTS
+                self._record.provider = QWEN3_TTS
             except BadAnswer as e:
                 self.upstream.close(self._clock, abort=True)
                 self._answer_with(UpstreamError(describe(e)))
                 return
             if 100 <= head.status < 200 and head.status != 101:
                 continue  # an interim answer (100 Continue, 103): the real one follows
-            self._context.metrics.upstream_headers.observe(self._clock.seconds() - self._started)
+            waited = self._clock.seconds() - self._record.started
+            self._context.metrics.upstream_headers.observe(waited)
             if head.status == 101:
                 self._open(head)
             else:
@@ -208,8 +228,8 @@ class WebSocketTunnel(ProxiedCall):
             self._client_data, self._client_lost, request.channel.connectionLost
         )
         transport, early = take_over(request, client)
-        self._state = "open"
-        self._status = head.status
+        self._state = Phase.OPEN
+        self._record.status = head.status
         self.client.transport = transport
         self._watchdog.stop()
         self._watchdog = Watchdog(self._clock, self._context.ws_idle_timeout, self._idle)
@@ -232,7 +252,7 @@ class WebSocketTunnel(ProxiedCall):
         self._watchdog.touch()
 
     def _client_data(self, data: bytes) -> None:
-        if self._state != "open":
+        if self._state is not Phase.OPEN:
             return
         self.bytes_in += len(data)
         self._watchdog.touch("client")
@@ -240,13 +260,13 @@ class WebSocketTunnel(ProxiedCall):
         self.upstream.transport.write(data)
 
     def _idle(self, kind: str) -> None:
-        if self._state != "open":
+        if self._state is not Phase.OPEN:
             return
         self._frames.say_goodbye(self.client, self.upstream)
-        self._cause = (
+        self._record.cause = (
             f"--ws-idle-timeout: no byte either way for {self._context.ws_idle_timeout:g} s"
         )
-        self._end("ws_idle", abort=False)
+        self._end(Outcome.WS_IDLE, abort=False)
 
     def _end(self, outcome: str, *, abort: bool) -> None:
         """End an open session: close both connections (a closed one is left alone)."""
@@ -257,7 +277,7 @@ class WebSocketTunnel(ProxiedCall):
     # Another answer: relayed as an HTTP response.
 
     def _relay(self, head: AnswerHead) -> None:
-        self._status = head.status
+        self._record.status = head.status
         request = self._request
         try:
             decoder = body_decoder(head, self._relay_data, self._relay_end)
@@ -265,7 +285,7 @@ class WebSocketTunnel(ProxiedCall):
             self.upstream.close(self._clock, abort=True)
             self._answer_with(UpstreamError(describe(e)))
             return
-        self._state = "relaying"
+        self._state = Phase.RELAYING
         start_response(request, head, decoder)
         if decoder is None:
             self._relay_end(b"")
@@ -289,14 +309,14 @@ class WebSocketTunnel(ProxiedCall):
         self._request.write(data)
 
     def _relay_end(self, extra: bytes) -> None:
-        if self._state != "relaying":
+        if self._state is not Phase.RELAYING:
             return
         if self._relay_valve is not None:
             self._request.unregisterProducer()
         # The connection carried a handshake that was refused: it is not reused.
         self.upstream.close(self._clock, abort=False)
-        self._cause = f"the upstream answered the handshake with {self._status}"
-        self._finish("ws_rejected", then=self._request.finish)
+        self._record.cause = f"the upstream answered the handshake with {self._record.status}"
+        self._finish(Outcome.WS_REJECTED, then=self._request.finish)
 
     def _relay_broken(self, why: str) -> None:
         # Truth after headers: a truncated body must never end like a whole one.
@@ -307,8 +327,8 @@ class WebSocketTunnel(ProxiedCall):
         )
         self.upstream.close(self._clock, abort=True)
         abort_client(self.client, self._request, self._clock)
-        self._cause = why
-        self._finish("upstream_error_mid_body", fired=False)
+        self._record.cause = why
+        self._finish(Outcome.UPSTREAM_ERROR_MID_BODY, fired=False)
 
     # Either side goes, or time runs out.
 
@@ -316,9 +336,9 @@ class WebSocketTunnel(ProxiedCall):
         if protocol is not self._upstream_protocol:
             return
         self.upstream.gone()
-        if self._state == "handshake":
+        if self._state is Phase.HANDSHAKE:
             self._answer_with(UpstreamError(f"ResponseNeverReceived: {describe(reason.value)}"))
-        elif self._state == "relaying":
+        elif self._state is Phase.RELAYING:
             assert self._decoder is not None
             try:
                 self._decoder.noMoreData()
@@ -326,40 +346,40 @@ class WebSocketTunnel(ProxiedCall):
                 self._relay_end(b"")  # a body delimited by the end of the connection
             except Exception as e:
                 self._relay_broken(describe(e))
-        elif self._state == "open":
+        elif self._state is Phase.OPEN:
             self._end(self._closed_by("upstream"), abort=False)
 
     def _client_lost(self, reason: Failure) -> None:
         """The client's connection ended after the 101."""
         self.client.gone()
-        if self._state == "open":
+        if self._state is Phase.OPEN:
             self._end(self._closed_by("client"), abort=False)
 
     def _client_left(self) -> None:
         """The client went away (or Klein gave up on it) before the tunnel opened."""
-        if self._state == "connecting":
-            self._finish("client_abort", fired=False)
+        if self._state is Phase.CONNECTING:
+            self._finish(Outcome.CLIENT_ABORT, fired=False)
             if self._connecting is not None:
                 self._connecting.cancel()
-        elif self._state in ("handshake", "relaying"):
+        elif self._state in (Phase.HANDSHAKE, Phase.RELAYING):
             self.upstream.close(self._clock, abort=True)
-            self._finish("client_abort", fired=False)
+            self._finish(Outcome.CLIENT_ABORT, fired=False)
 
     def _stalled(self, kind: str) -> None:
         self._timed_out = True
-        if self._state == "connecting":
+        if self._state is Phase.CONNECTING:
             assert self._connecting is not None
             self._connecting.cancel()  # _connect_failed answers 504
-        elif self._state == "handshake":
+        elif self._state is Phase.HANDSHAKE:
             self.upstream.close(self._clock, abort=True)
             self._answer_with(
                 UpstreamTimeout("the Qwen3-TTS upstream did not answer the handshake in time")
             )
-        elif self._state == "relaying":
+        elif self._state is Phase.RELAYING:
             self.upstream.close(self._clock, abort=True)
             abort_client(self.client, self._request, self._clock)
-            self._cause = stall_cause(kind, self._context.idle_timeout)
-            self._finish(f"{kind}_stalled", fired=False)
+            self._record.cause = stall_cause(kind, self._context.idle_timeout)
+            self._finish(Outcome.stalled(kind), fired=False)
 
     def cut_short(self, error: GatewayError) -> None:
         """End the session now (the gateway is shutting down): both sides closed, slot released.
@@ -367,26 +387,47 @@ class WebSocketTunnel(ProxiedCall):
         A client still waiting for the upstream's answer gets ``error``; a tunnel or an answer
         being relayed is cut.
         """
-        if self._state == "connecting":
+        if self._state is Phase.CONNECTING:
             assert self._connecting is not None
             self._cut_short = error
             self._connecting.cancel()  # _connect_failed answers with the error
-        elif self._state == "handshake":
+        elif self._state is Phase.HANDSHAKE:
             self.upstream.close(self._clock, abort=True)
             self._answer_with(error)
-        elif self._state == "relaying":
+        elif self._state is Phase.RELAYING:
             self.upstream.close(self._clock, abort=True)
             abort_client(self.client, self._request, self._clock)
-            self._finish(f"{error.type}_cut", fired=False)
-        elif self._state == "open":
-            self._end(f"{error.type}_cut", abort=True)
+            self._finish(cut_outcome(error.type), fired=False)
+        elif self._state is Phase.OPEN:
+            self._end(cut_outcome(error.type), abort=True)
 
     def _unexpected(self, failure: Failure) -> None:
         _log.failure("tunnelling {path} failed", failure, path=self._request.uri.decode("latin-1"))
-        if self._state in ("connecting", "handshake"):
+        if self._state in (Phase.CONNECTING, Phase.HANDSHAKE):
             self.upstream.close(self._clock, abort=True)
             self._answer_with(GatewayError("the gateway failed; see its log"))
-        elif self._state != "done":
+        elif self._state is not Phase.DONE:
             self.upstream.close(self._clock, abort=True)
             abort_client(self.client, self._request, self._clock)
-            self._finish("internal_error", fired=False)
+            self._finish(Outcome.INTERNAL_ERROR, fired=False)
+
+    # The ways out.
+
+    def _answer_with(self, error: GatewayError) -> None:
+        """End the session with the gateway's envelope for ``error``."""
+        self._finish(error.type, then=self._record.answer_with(error))
+
+    def _finish(
+        self, outcome: str, *, then: Callable[[], None] | None = None, fired: bool = True
+    ) -> None:
+        """Stop the watchdog and finish the record.
+
+        On the abort paths (``fired=False``) the router is let go when the connection drops.
+        """
+        if self._state is Phase.DONE:
+            return
+        self._state = Phase.DONE
+        self._watchdog.stop()
+        self._record.finish(outcome, bytes_out=self.bytes_out, then=then)
+        if fired and not self.done.called:
+            self.done.callback(None)
