@@ -210,12 +210,17 @@ def _protocol_error(failure: Failure) -> BaseException | None:
     return None
 
 
+def upstream_timeout() -> UpstreamTimeout:
+    """The envelope for an upstream that sent nothing for ``--idle-timeout`` before its head."""
+    return UpstreamTimeout("the Qwen3-TTS upstream did not answer in time")
+
+
 def error_for_upstream_failure(
     failure: Failure, *, timed_out: bool, retry_after: int
 ) -> GatewayError:
     """Map a failed upstream call (before response headers) to the envelope for the client."""
     if timed_out:
-        return UpstreamTimeout("the Qwen3-TTS upstream did not answer in time")
+        return upstream_timeout()
     exhausted = local_exhaustion(failure)
     if exhausted is not None:
         return LocalResourceExhausted(

@@ -1,16 +1,17 @@
-"""One proxied call, from slot taken to slot released, on every path exactly once.
+"""One proxied call, from slot taken to slot released: the shell around its sans-IO core.
 
-States (``Phase``): ``connecting`` (request sent, no response headers yet) → ``streaming``
-(headers sent to the client, body flowing) → ``done``. Every way out — completed, upstream
-error before or after headers, client gone before or after headers, stall — goes through
-``_finish`` and so ``CallRecord.finish``, the only place that releases the slot.
+The call step of a request's way, below ``aistack_tts._proxy``. The decisions are
+``aistack_tts._exchange_machine``'s; this module does the I/O it asks for: the request through
+the ``IAgent``, the ``StreamBridge`` relaying the body, the ``Watchdog``, the upstream pool on
+a fail-over, and the ``CallRecord`` whose ``finish`` (the machine's one ``Finish``) releases
+the slot exactly once, before the response ends. What Twisted reports (a response, a
+``Failure``, the body's end, the client leaving) is classified here and fed in as events.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from enum import StrEnum
-from typing import Any
+from typing import Any, assert_never
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -31,10 +32,33 @@ from ._errors import (
     error_for_upstream_failure,
     failure_cause,
     is_connect_failure,
-    stall_cause,
+)
+from ._exchange_machine import (
+    AbortClient,
+    AnswerWith,
+    BodyEnded,
+    Bug,
+    CallFailed,
+    CancelCall,
+    ClientLeft,
+    Cut,
+    Effect,
+    Ending,
+    Event,
+    ExchangeMachine,
+    FailedOver,
+    Finish,
+    NoFailOver,
+    Response,
+    Send,
+    Stalled,
+    Start,
+    StartResponse,
+    StopUpstream,
+    TryFailOver,
 )
 from ._headers import client_response_headers, upstream_request_headers
-from ._outcome import Outcome, cut_outcome
+from ._outcome import Outcome
 from ._pool import Upstream
 from ._protocol import CLIENT_SEND_BUFFER, NO_BODY_STATUS, RETRY_UNAVAILABLE_S
 from ._slot import SlotHold
@@ -43,12 +67,18 @@ from ._upstream import Watchdog, body_producer, upstream_url
 _log = Logger()
 
 
-class Phase(StrEnum):
-    """Where a proxied call is."""
-
-    CONNECTING = "connecting"
-    STREAMING = "streaming"
-    DONE = "done"
+def classify(failure: Failure, context: CallContext) -> CallFailed:
+    """What a request that failed before its head means: may it fail over, what to answer."""
+    return CallFailed(
+        refused=is_connect_failure(failure),
+        error=error_for_upstream_failure(failure, timed_out=False, retry_after=RETRY_UNAVAILABLE_S),
+        cause=failure_cause(
+            failure,
+            timed_out=False,
+            idle_timeout=context.idle_timeout,
+            connect_timeout=context.connect_timeout,
+        ),
+    )
 
 
 @implementer(IInFlightCall)
@@ -61,17 +91,15 @@ class _Exchange:
         self._context = context
         self._request = request
         self._record = CallRecord(context, request, hold, self, upstream.url)
-        self._phase = Phase.CONNECTING
+        self._machine = ExchangeMachine(context.idle_timeout)
         self._watchdog = Watchdog(context.clock, context.idle_timeout, self._stalled)
         self._upstream = upstream
         self._tried: list[Upstream] = []
-        self._client_gone = False
-        self._timed_out = False
-        #: Set when the gateway cuts the call short (drain timeout) before the headers: what
-        #: the waiting client is told.
-        self._cut_short: GatewayError | None = None
-        self._bridge: StreamBridge | None = None
         self._call: Deferred[IResponse] | None = None
+        self._response: IResponse | None = None
+        self._bridge: StreamBridge | None = None
+        #: What writes the envelope of an ``AnswerWith``, for the ``Finish`` after it.
+        self._answer: Callable[[], None] | None = None
         # What the router waits on. Fired only once an HTTP answer is finished; on the abort
         # paths it stays pending and the router cancels it when the connection drops.
         self.done: Deferred[None] = Deferred(lambda _: self._client_left())
@@ -79,8 +107,74 @@ class _Exchange:
     def start(self) -> Deferred[None]:
         """Send the request upstream; the returned Deferred fires when the client has its answer."""
         self._request.notifyFinish().addErrback(lambda _: self._client_left())
-        self._send()
+        self._feed(Start())
         return self.done
+
+    def cut_short(self, error: GatewayError) -> None:
+        """End the call now (the gateway is shutting down): upstream closed, slot released.
+
+        A client still waiting for headers gets ``error``; one receiving the body is aborted.
+        """
+        self._feed(Cut(error))
+
+    # What Twisted reports, as events.
+
+    def _feed(self, event: Event) -> None:
+        # An effect may feed another event at once (a cancel fires the call's errback): its
+        # effects are applied then, inside; the machine has moved on already.
+        for effect in self._machine.handle(event):
+            self._apply(effect)
+
+    def _got_response(self, response: IResponse) -> None:
+        self._response = response
+        self._feed(Response(response.code))
+
+    def _call_failed(self, failure: Failure) -> None:
+        self._watchdog.stop()
+        self._feed(classify(failure, self._context))
+
+    def _body_ended(self, reason: Failure) -> None:
+        whole = reason.check(ResponseDone, PotentialDataLoss) is not None
+        self._feed(BodyEnded(None if whole else describe(reason.value)))
+
+    def _client_left(self) -> None:
+        self._feed(ClientLeft())
+
+    def _stalled(self, kind: str) -> None:
+        self._feed(Stalled(kind))
+
+    def _unexpected(self, failure: Failure) -> None:
+        _log.failure("proxying {path} failed", failure, path=self._path)
+        self._feed(Bug(describe(failure.value)))
+
+    # The effects, as I/O.
+
+    def _apply(self, effect: Effect) -> None:
+        match effect:
+            case Send():
+                self._send()
+            case StartResponse():
+                self._start_response()
+            case CancelCall():
+                assert self._call is not None
+                # The Agent aborts the connection (or the connect attempt); the call's errback
+                # feeds the failure back.
+                self._call.cancel()
+            case TryFailOver():
+                self._feed(self._fail_over())
+            case StopUpstream():
+                if self._bridge is not None:
+                    self._bridge.stop_upstream()
+            case AbortClient():
+                transport: Any = self._request.transport
+                if transport is not None:
+                    transport.abortConnection()
+            case AnswerWith(error):
+                self._answer = self._record.answer_with(error)
+            case Finish():
+                self._finish(effect)
+            case _:
+                assert_never(effect)
 
     def _send(self) -> None:
         request = self._request
@@ -95,8 +189,8 @@ class _Exchange:
         call.addCallbacks(self._got_response, self._call_failed)
         call.addErrback(self._unexpected)
 
-    def _fail_over(self) -> bool:
-        """The upstream refused the connection (nothing was sent): try another GPU instead.
+    def _fail_over(self) -> FailedOver | NoFailOver:
+        """The upstream refused the connection (nothing was sent): take another GPU instead.
 
         Its slot token is given back and one on a free, reachable upstream taken in its place.
         """
@@ -107,12 +201,12 @@ class _Exchange:
         if self._record.hold is None:
             others = [u for u in pool.upstreams if u not in self._tried and u.is_up(now)]
             if not others:
-                return False
+                return NoFailOver()
             upstream = others[0]
         else:
             grant = pool.try_take(exclude=self._tried)
             if grant is None:
-                return False
+                return NoFailOver()
             self._record.swap_hold(grant.hold)
             upstream = grant.upstream
         _log.info(
@@ -122,14 +216,12 @@ class _Exchange:
         )
         self._upstream = upstream
         self._record.upstream = upstream.url
-        self._send()
-        return True
+        return FailedOver()
 
-    # Before headers.
-
-    def _got_response(self, response: IResponse) -> None:
+    def _start_response(self) -> None:
+        response = self._response
+        assert response is not None
         self._watchdog.touch("upstream")
-        self._phase = Phase.STREAMING
         self._record.status = response.code
         self._record.provider = QWEN3_TTS
         self._context.metrics.upstream_headers.observe(
@@ -147,131 +239,26 @@ class _Exchange:
         self._bridge = StreamBridge(request, self._watchdog, self._body_ended, self._client_left)
         response.deliverBody(self._bridge)
 
-    def _call_failed(self, failure: Failure) -> None:
+    def _finish(self, finish: Finish) -> None:
+        """Stop the watchdog and finish the record: the slot goes back, then the response ends."""
         self._watchdog.stop()
-        if self._client_gone:
-            # We cancelled the call ourselves because the client left.
-            self._record.cause = "the client closed the connection before the upstream answered"
-            self._finish(Outcome.CLIENT_ABORT)
-            return
-        if self._cut_short is None and is_connect_failure(failure) and self._fail_over():
-            return
-        self._record.cause = (
-            self._cut_short.message
-            if self._cut_short is not None
-            else failure_cause(
-                failure,
-                timed_out=self._timed_out,
-                idle_timeout=self._context.idle_timeout,
-                connect_timeout=self._context.connect_timeout,
-            )
-        )
-        error = self._cut_short or error_for_upstream_failure(
-            failure, timed_out=self._timed_out, retry_after=RETRY_UNAVAILABLE_S
-        )
-        self._answer_with(error)
-
-    # After headers.
-
-    def _body_ended(self, reason: Failure) -> None:
-        if self._phase is Phase.DONE:
-            return
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self._request.unregisterProducer()
-            self._finish(Outcome.OK, then=self._request.finish)
-        else:
-            # Truth after headers: a truncated body must never end like a whole one.
+        if finish.outcome == Outcome.UPSTREAM_ERROR_MID_BODY:
             _log.info(
-                "upstream failed mid-body for {path}: {why}",
-                path=self._request.uri.decode("latin-1"),
-                why=describe(reason.value),
+                "upstream failed mid-body for {path}: {why}", path=self._path, why=finish.cause
             )
-            self._abort_client()
-            self._record.cause = describe(reason.value)
-            self._finish(Outcome.UPSTREAM_ERROR_MID_BODY, fired=False)
-
-    # Either side.
-
-    def _client_left(self) -> None:
-        if self._client_gone or self._phase is Phase.DONE:
-            return
-        self._client_gone = True
-        if self._phase is Phase.CONNECTING:
-            assert self._call is not None
-            # The Agent aborts the connection (or the connect attempt); _call_failed finishes.
-            self._call.cancel()
-        else:
-            assert self._bridge is not None
-            self._bridge.stop_upstream()
-            self._record.cause = "the client closed the connection during the body"
-            self._finish(Outcome.CLIENT_ABORT, fired=False)
-
-    def _stalled(self, kind: str) -> None:
-        self._timed_out = True
-        if self._phase is Phase.CONNECTING:
-            assert self._call is not None
-            self._call.cancel()  # _call_failed answers 504
-        elif self._phase is Phase.STREAMING:
-            self._stop_both()
-            self._record.cause = stall_cause(kind, self._context.idle_timeout)
-            self._finish(Outcome.stalled(kind), fired=False)
-
-    def cut_short(self, error: GatewayError) -> None:
-        """End the call now (the gateway is shutting down): upstream closed, slot released.
-
-        A client still waiting for headers gets ``error``; one receiving the body is aborted.
-        """
-        if self._phase is Phase.CONNECTING:
-            assert self._call is not None
-            self._cut_short = error
-            self._call.cancel()  # _call_failed answers with the error
-        elif self._phase is Phase.STREAMING:
-            self._stop_both()
-            self._record.cause = error.message
-            self._finish(cut_outcome(error.type), fired=False)
-
-    def _unexpected(self, failure: Failure) -> None:
-        _log.failure("proxying {path} failed", failure, path=self._request.uri.decode("latin-1"))
-        if self._phase is Phase.DONE:
-            return
-        if self._phase is Phase.CONNECTING and not self._client_gone:
-            self._answer_with(GatewayError("the gateway failed; see its log"))
-            return
-        self._stop_both()
-        self._record.cause = describe(failure.value)
-        self._finish(Outcome.INTERNAL_ERROR, fired=False)
-
-    # The ways out.
-
-    def _answer_with(self, error: GatewayError) -> None:
-        """End the call with the gateway's envelope for ``error``."""
-        self._finish(error.type, then=self._record.answer_with(error))
-
-    def _finish(
-        self, outcome: str, *, then: Callable[[], None] | None = None, fired: bool = True
-    ) -> None:
-        """Stop the watchdog and finish the record.
-
-        On the abort paths (``fired=False``) the router is let go when the connection drops.
-        """
-        if self._phase is Phase.DONE:
-            return
-        self._phase = Phase.DONE
-        self._watchdog.stop()
+        if finish.cause is not None:
+            self._record.cause = finish.cause
+        then: Callable[[], None] | None = None
+        if finish.ending is Ending.BODY:
+            self._request.unregisterProducer()
+            then = self._request.finish
+        elif finish.ending is Ending.ENVELOPE:
+            then = self._answer
         bytes_out = self._bridge.bytes_out if self._bridge is not None else 0
-        self._record.finish(outcome, bytes_out=bytes_out, then=then)
-        if fired and not self.done.called:
+        self._record.finish(finish.outcome, bytes_out=bytes_out, then=then)
+        if finish.fired and not self.done.called:
             self.done.callback(None)
 
-    def _stop_both(self) -> None:
-        """Close the upstream body and abort the client (a cut, a stall, a bug after headers)."""
-        if self._bridge is not None:
-            self._bridge.stop_upstream()
-        self._abort_client()
-
-    def _abort_client(self) -> None:
-        if not self._client_gone:
-            self._client_gone = True
-            transport: Any = self._request.transport
-            if transport is not None:
-                transport.abortConnection()
+    @property
+    def _path(self) -> str:
+        return self._request.uri.decode("latin-1")
