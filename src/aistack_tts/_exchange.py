@@ -67,16 +67,13 @@ from ._upstream import Watchdog, body_producer, upstream_url
 _log = Logger()
 
 
-def classify(failure: Failure, context: CallContext) -> CallFailed:
+def classify(failure: Failure, *, idle_timeout: float, connect_timeout: float) -> CallFailed:
     """What a request that failed before its head means: may it fail over, what to answer."""
     return CallFailed(
         refused=is_connect_failure(failure),
         error=error_for_upstream_failure(failure, timed_out=False, retry_after=RETRY_UNAVAILABLE_S),
         cause=failure_cause(
-            failure,
-            timed_out=False,
-            idle_timeout=context.idle_timeout,
-            connect_timeout=context.connect_timeout,
+            failure, timed_out=False, idle_timeout=idle_timeout, connect_timeout=connect_timeout
         ),
     )
 
@@ -131,7 +128,14 @@ class _Exchange:
 
     def _call_failed(self, failure: Failure) -> None:
         self._watchdog.stop()
-        self._feed(classify(failure, self._context))
+        context = self._context
+        self._feed(
+            classify(
+                failure,
+                idle_timeout=context.idle_timeout,
+                connect_timeout=context.connect_timeout,
+            )
+        )
 
     def _body_ended(self, reason: Failure) -> None:
         whole = reason.check(ResponseDone, PotentialDataLoss) is not None
