@@ -218,7 +218,7 @@ class ExchangeMachine:
         self._calling = False
         #: The failure a fail-over may still undo, while the shell looks for another upstream.
         self._deciding: CallFailed | None = None
-        # Why the gateway stops the call itself; each is set once, the first one cancels.
+        # Why the gateway stops the call itself, before the head; the first one cancels.
         self._client_gone = False
         self._timed_out = False
         self._cut: GatewayError | None = None
@@ -237,10 +237,10 @@ class ExchangeMachine:
         match event:
             case Start() if not self._started:
                 self._started = True
-                return self._send()
+                return self._attempt()
             case FailedOver() if self._deciding is not None:
                 self._deciding = None
-                return self._send()
+                return self._attempt()
             case NoFailOver() if self._deciding is not None:
                 failed, self._deciding = self._deciding, None
                 return self._failed(failed)
@@ -278,7 +278,8 @@ class ExchangeMachine:
         """The gateway has a reason of its own to end the call before the head."""
         return self._client_gone or self._timed_out or self._cut is not None
 
-    def _send(self) -> list[Effect]:
+    def _attempt(self) -> list[Effect]:
+        """Send the request, unless the gateway stopped the call meanwhile."""
         stopped = self._stopped()
         if stopped is not None:
             return stopped
