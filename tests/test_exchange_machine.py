@@ -279,8 +279,9 @@ def check(fed: Sequence[tuple[Event, list[Effect]]]) -> Finish | None:
             elif isinstance(effect, AnswerWith):
                 assert not head, "no envelope once the head is out"
                 assert not left, "no envelope for a client that left"
-                assert isinstance(effects[i + 1], Finish)
-                assert effects[i + 1].ending is Ending.ENVELOPE
+                after = effects[i + 1]
+                assert isinstance(after, Finish)
+                assert after.ending is Ending.ENVELOPE
             elif isinstance(effect, AbortClient | StopUpstream):
                 assert head, "nothing to abort or stop before the head"
                 assert not (left and isinstance(effect, AbortClient)), "it left already"
