@@ -1,9 +1,4 @@
-"""Fixtures the real-socket suites share; its presence also puts ``tests/`` on ``sys.path``.
-
-pytest imports this file first (rootdir conftest insertion, "prepend" mode), which is what
-makes the ``support`` package importable from every test module and from the scripts
-``tests/upstream_server.py`` and ``tests/gateway_process.py`` (run from ``tests/``).
-"""
+"""Fixtures the suites share (``support`` holds the helpers, ``testbed`` the processes)."""
 
 from __future__ import annotations
 
@@ -12,12 +7,12 @@ from collections.abc import Iterator
 import pytest
 
 from support.logs import Captured, capturing
-from support.processes import UpstreamProcess
+from testbed.processes import UpstreamProcess
 
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamProcess]:
-    """The scriptable upstream (``tests/upstream_server.py``) as a process, for one module."""
+    """The scriptable upstream (``testbed.upstream_server``) as a process, for one module."""
     process = UpstreamProcess.start(tmp_path_factory.mktemp("upstream"))
     try:
         yield process

@@ -1,6 +1,6 @@
 """Real sockets: the gateway between real TCP clients and a real upstream process on 127.0.0.1.
 
-The upstream is ``tests/upstream_server.py`` in its own process; it reports what happened to
+The upstream is ``testbed/upstream_server.py`` in its own process; it reports what happened to
 each request (START, HEADERS, STALLED, DONE, CLOSED, FAULT) on stdout, so the tests wait for
 events instead of sleeping. The gateway runs either in this process (pytest-twisted's reactor;
 ``TTSProxy(...).site()`` on a real listening port, so a test can look at the slot's tokens)
@@ -31,14 +31,6 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 
 from aistack_tts import TTSProxy
-from support.processes import (
-    AISTACK_TTS,
-    TWISTED_WEB_PROXY,
-    Event,
-    GatewayProcess,
-    UpstreamProcess,
-    free_port,
-)
 from support.reactor import (
     blockon,
     disconnected,
@@ -48,8 +40,17 @@ from support.reactor import (
     twisted_test,
     until,
 )
-from support.upstream_server import COOKIE, pattern
-from support.wire import dechunk, fetch, open_stream
+from support.wire import dechunk
+from testbed.clients import fetch, open_stream
+from testbed.processes import (
+    AISTACK_TTS,
+    TWISTED_WEB_PROXY,
+    Event,
+    GatewayProcess,
+    UpstreamProcess,
+    free_port,
+)
+from testbed.upstream_server import COOKIE, pattern
 
 pytestmark = [pytest.mark.real_sockets]
 

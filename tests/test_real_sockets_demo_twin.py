@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import soundfile
 
-from support.processes import free_port, start_demo_gateway, stop_process
+from testbed.processes import free_port, start_demo_gateway, stop_process
 
 pytestmark = pytest.mark.real_sockets
 

@@ -23,8 +23,8 @@ import soundfile
 from websockets.exceptions import ConnectionClosedOK
 from websockets.sync.client import ClientConnection, connect
 
-from support.processes import free_port
 from test_real_sockets_demo_twin import gateway
+from testbed.processes import free_port
 
 pytestmark = pytest.mark.real_sockets
 

@@ -42,7 +42,6 @@ from aistack_tts.demo import DemoUpstream
 from aistack_tts.demo._synth import FRAME_BYTES, synthesize
 from aistack_tts.demo._voices import VoiceRegistry
 from support.logs import Captured
-from support.processes import AISTACK_TTS, GatewayProcess
 from support.reactor import (
     blockon,
     disconnected,
@@ -52,6 +51,7 @@ from support.reactor import (
     twisted_test,
     until,
 )
+from testbed.processes import AISTACK_TTS, GatewayProcess
 
 pytestmark = [pytest.mark.real_sockets]
 
