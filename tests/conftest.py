@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from twisted.internet.defer import Deferred
 
+from support.inprocess import Gateways, InProcessGateway
 from support.logs import Captured, capturing
+from support.reactor import blockon
 from testbed.processes import UpstreamProcess
 
 
@@ -30,3 +33,17 @@ def demo_log() -> Iterator[Captured]:
 def access_log() -> Iterator[Captured]:
     """The gateway's access-log lines (namespace ``aistack_tts.access``) while the test runs."""
     yield from capturing("aistack_tts.access")
+
+
+@pytest.fixture
+def inprocess_gateways() -> Iterator[Gateways]:
+    """Starts gateways in this process for one test; takes each down after it."""
+    started = Gateways()
+    yield started
+    blockon(Deferred.fromCoroutine(started.close()))
+
+
+@pytest.fixture
+def inprocess_gateway(upstream: UpstreamProcess, inprocess_gateways: Gateways) -> InProcessGateway:
+    """A gateway in this process in front of the module's ``upstream``."""
+    return inprocess_gateways(upstream.url)
