@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred
 from support.inprocess import Gateways, InProcessGateway
 from support.logs import Captured, capturing
 from support.reactor import blockon
+from support.websocket import Stacks
 from testbed.processes import UpstreamProcess
 
 
@@ -47,3 +48,11 @@ def inprocess_gateways() -> Iterator[Gateways]:
 def inprocess_gateway(upstream: UpstreamProcess, inprocess_gateways: Gateways) -> InProcessGateway:
     """A gateway in this process in front of the module's ``upstream``."""
     return inprocess_gateways(upstream.url)
+
+
+@pytest.fixture
+def ws_stacks() -> Iterator[Stacks]:
+    """WebSocket stacks (an upstream, a gateway in front) for one test; each taken down after."""
+    started = Stacks()
+    yield started
+    blockon(Deferred.fromCoroutine(started.close()))
