@@ -33,7 +33,7 @@ import soundfile
 from openai import AsyncOpenAI, OpenAI
 
 from support.logs import log_events
-from test_real_sockets_openai import (
+from support.speech import (
     FRAME_BYTES,
     LONG_TEXT,
     MODEL,
