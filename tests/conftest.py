@@ -11,7 +11,7 @@ from support.inprocess import Gateways, InProcessGateway
 from support.logs import Captured, capturing
 from support.reactor import blockon
 from support.websocket import Stacks
-from testbed.processes import UpstreamProcess
+from testbed.processes import UpstreamProcess, free_port, start_demo_gateway, stop_process
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +22,17 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamProce
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture(scope="module")
+def demo_gateway_port() -> Iterator[int]:
+    """``twist aistack-tts --demo`` on a free loopback port, for one module; its port."""
+    port = free_port()
+    process = start_demo_gateway(port)
+    try:
+        yield port
+    finally:
+        stop_process(process)
 
 
 @pytest.fixture
