@@ -118,7 +118,7 @@ def open_stream(
 ) -> tuple[socket.socket, int]:
     """A client that sent ``POST target`` and read the head and ``body_bytes``, then stops.
 
-    As ``tests/gateway_process.open_stream`` does: its receive buffer is fixed before it
+    As ``testbed.clients.open_stream`` does: its receive buffer is fixed before it
     connects, so the kernel does not absorb tens of MB on its behalf. Returns the socket and
     the body bytes read so far.
     """

@@ -1,9 +1,10 @@
 """The contenders: the processes in front of the upstream, started and measured from outside.
 
 ``direct`` (no proxy), ``aistack-tts`` (``twist aistack-tts``), ``twisted.web.proxy``
-(``tests/gateway_process.py``), ``nginx`` (a config written into a temporary directory) and the
+(``testbed.web_proxy``), ``nginx`` (a config written into a temporary directory) and the
 Twisted floors (``bench/floors.py``); the upstream itself is ``bench/fast_upstream.py``. Each
-runs as its own process; ``/proc`` tells which processes are the gateway and what they use.
+runs as its own process (``testbed.processes`` starts and stops them; ``python -m`` children run
+in the repository's root); ``/proc`` tells which processes are the gateway and what they use.
 """
 
 from __future__ import annotations
@@ -14,17 +15,22 @@ import pwd
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Collection
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-from gateway_process import aistack_command, listening_ports
-from upstream_server import UpstreamProcess
+from testbed.processes import (
+    ROOT,
+    UpstreamProcess,
+    aistack_command,
+    free_port,
+    listening_ports,
+    module_command,
+    stop_process,
+)
 
 BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
 
 DIRECT = "direct"
 AISTACK = "aistack-tts"
@@ -87,33 +93,17 @@ def children(pid: int) -> list[int]:
     return sorted(found)
 
 
-def stop_process(process: subprocess.Popen[Any]) -> None:
-    """Terminate a process this harness started, and wait for it."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # The upstream
 
 
 def start_upstream(workdir: Path) -> UpstreamProcess:
     """``bench/fast_upstream.py`` as a child process, its events collected as
-    ``tests/upstream_server.py``'s are (the two print the same event lines)."""
+    ``testbed.upstream_server``'s are (the two print the same event lines)."""
     port_file = workdir / "upstream.port"
     log = (workdir / "upstream.stderr").open("w")
     process = subprocess.Popen(
-        [sys.executable, str(BENCH / "fast_upstream.py"), "--port-file", str(port_file)],
+        module_command("bench.fast_upstream", "--port-file", str(port_file)),
+        cwd=ROOT,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=log,
@@ -180,15 +170,13 @@ def start_aistack(upstream: UpstreamProcess, workdir: Path, slots: int) -> Conte
 
 
 def start_twisted(upstream: UpstreamProcess, workdir: Path) -> Contender:
-    script = ROOT / "tests" / "gateway_process.py"
-    command = [sys.executable, str(script), "--upstream-port", str(upstream.port), "--port", "0"]
+    command = module_command("testbed.web_proxy", "--upstream-port", str(upstream.port))
     return _start(TWISTED, command, workdir)
 
 
 def start_floor(name: str, upstream: UpstreamProcess, workdir: Path) -> Contender:
-    script = BENCH / "floors.py"
     kind = FLOOR_KINDS[name]
-    command = [sys.executable, str(script), kind, "--upstream-port", str(upstream.port)]
+    command = module_command("bench.floors", kind, "--upstream-port", str(upstream.port))
     return _start(name, command, workdir)
 
 
@@ -197,7 +185,12 @@ def _start(name: str, command: list[str], workdir: Path) -> Contender:
     log_file = log_path.open("wb")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AISTACK_TTS_")}
     process = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=ROOT,
     )
     try:
         port = _wait_listening(process, name, log_path)

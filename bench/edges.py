@@ -1,8 +1,8 @@
 """Hostile clients beside an honest one: what they cost the honest client, on a real gateway.
 
-    python bench/edges.py [--seconds 4] [-- GATEWAY OPTIONS...]
+    python -m bench.edges [--seconds 4] [-- GATEWAY OPTIONS...]
 
-``twist aistack-tts`` (a real process) in front of ``tests/upstream_server.py``; two rounds,
+``twist aistack-tts`` (a real process) in front of ``testbed/upstream_server.py``; two rounds,
 each with one honest client sending ``GET /healthz`` every 50 ms and timing it:
 
 1. *chunk floods*: four clients each send chunked request bodies of one-byte chunks
@@ -20,18 +20,14 @@ import argparse
 import contextlib
 import socket
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from gateway_process import GatewayProcess, read_to_close  # noqa: E402
-from upstream_server import UpstreamProcess  # noqa: E402
+from testbed.clients import read_to_close
+from testbed.processes import GatewayProcess, UpstreamProcess
 
 FLOOD = b"1\r\nx\r\n" * 20_000
 CHUNKED_HEAD = b"POST /v1/audio/echo HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"

@@ -1,8 +1,8 @@
 """A fast stand-in for the Qwen3-TTS upstream, for ``bench/run.py``: plain asyncio, one process.
 
-    python bench/fast_upstream.py --port 0 --port-file PATH
+    python -m bench.fast_upstream --port 0 --port-file PATH
 
-``tests/upstream_server.py`` is a twisted.web server: it is what the real-socket tests use, but
+``testbed/upstream_server.py`` is a twisted.web server: it is what the real-socket tests use, but
 in a throughput benchmark it would cost about as much CPU per byte as the gateways under
 test. This one is plain asyncio on raw non-blocking sockets with a hand-written HTTP/1.1
 parser, sending bodies with ``socket.send`` straight from a ready-made block of chunk frames,
@@ -21,7 +21,7 @@ so the upstream is not the bottleneck:
 
 It listens on 127.0.0.1, writes the bound port to ``PATH`` (atomically) and, for requests with
 an ``id`` query parameter only (so a load generator does not flood stdout), prints the same
-event lines as ``tests/upstream_server.py``, flushed::
+event lines as ``testbed/upstream_server.py``, flushed::
 
     LISTENING - <t> <port>
     START <id> <t> <method> <raw-uri>

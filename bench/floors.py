@@ -1,6 +1,6 @@
 """Twisted with no gateway logic at all: what the stack costs by itself, for ``bench/run.py``.
 
-    python bench/floors.py {web,agent,relay} --upstream-port PORT [--port 0]
+    python -m bench.floors {web,agent,relay} --upstream-port PORT [--port 0]
 
 Three processes that do less than any useful gateway, so that what they cost is a floor for
 every gateway built on the same pieces (the harness runs them in the same rounds as the
@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor as _reactor
@@ -37,8 +35,6 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.fast_upstream import VOICES
 

@@ -9,9 +9,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from bench.contenders import ROOT, nginx_binary
+from bench.contenders import nginx_binary
 from bench.scenarios import FLOOR_ORDER, SCENARIOS
 from bench.table import Row, Target, Targets
+from testbed.processes import ROOT
 
 
 def build(results: dict[str, Any], names: list[str]) -> tuple[list[Row], list[Target]]:

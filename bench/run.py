@@ -1,6 +1,6 @@
 """aistack-tts next to direct, twisted.web.proxy and nginx: seven scenarios in one run.
 
-    python bench/run.py [--repeat 5] [--scenarios 1,2,...] [--quick]
+    python -m bench.run [--repeat 5] [--scenarios 1,2,...] [--quick]
 
 Starts, on 127.0.0.1, one upstream (``bench/fast_upstream.py``: plain asyncio, so that the
 upstream is not the bottleneck) and four contenders in front of it, each its own process:
@@ -9,7 +9,7 @@ upstream is not the bottleneck) and four contenders in front of it, each its own
 - ``aistack-tts``: ``twist aistack-tts --upstream URL --listen tcp:0:interface=127.0.0.1
   --slots 16`` (16 so that no scenario but 6 ever meets a 503; scenario 6 starts its own with
   ``--slots 1``);
-- ``twisted.web.proxy``: ``tests/gateway_process.py`` (``ReverseProxyResource``);
+- ``twisted.web.proxy``: ``testbed/web_proxy.py`` (``ReverseProxyResource``);
 - ``nginx``: ``proxy_pass`` to an ``upstream`` block with ``keepalive``, HTTP/1.1 to the
   upstream, ``proxy_buffering off``, ``proxy_request_buffering off``, ``proxy_buffer_size
   64k``, one worker, from a config written into a temporary directory and run with ``nginx -p
@@ -42,8 +42,8 @@ Contenders run round-robin within each repetition (and the order rotates per rou
 drift on a shared machine hits them alike. Writes ``bench/results/<date>.json`` and, when
 matplotlib imports, ``bench/results/<date>.png`` (``--quick``: ``<date>-quick.*``).
 
-This module is the command (arguments, rounds, orchestration); ``python -m bench.run`` from the
-repository's root does the same. The pieces: ``bench/contenders.py`` (the processes),
+This module is the command (arguments, rounds, orchestration), run from the repository's root.
+The pieces: ``bench/contenders.py`` (the processes, through ``testbed.processes``),
 ``bench/clients.py`` (wrk, raw sockets), ``bench/scenarios/`` (one module per scenario, its
 measurement and its rows), ``bench/report.py`` (table, targets, JSON) and ``bench/chart.py``.
 """
@@ -61,20 +61,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-# The one place the bench reaches its imports: run as ``python bench/run.py``, only bench/ is on
-# sys.path; the repository's root makes ``bench`` a package, tests/ holds the process helpers
-# (gateway_process, upstream_server) that bench/contenders.py uses.
-ROOT = Path(__file__).resolve().parent.parent
-for _path in (ROOT / "tests", ROOT):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-from bench.chart import chart  # noqa: E402
-from bench.contenders import BENCH, CONTENDERS, GATEWAY_SLOTS, NGINX, nginx_binary  # noqa: E402
-from bench.harness import Bench, Settings  # noqa: E402
-from bench.report import build, loadavg, render, render_floors, versions  # noqa: E402
-from bench.scenarios import SCENARIOS  # noqa: E402
-from bench.stall_and_disconnect import machine  # noqa: E402
+from bench.chart import chart
+from bench.contenders import BENCH, CONTENDERS, GATEWAY_SLOTS, NGINX, nginx_binary
+from bench.harness import Bench, Settings
+from bench.report import build, loadavg, render, render_floors, versions
+from bench.scenarios import SCENARIOS
+from bench.stall_and_disconnect import machine
 
 
 def measure(bench: Bench, wanted: set[str]) -> None:

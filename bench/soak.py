@@ -1,8 +1,8 @@
 """Soak: many requests through a real gateway process, with upstream faults and client aborts.
 
-    python bench/soak.py [--requests 10000] [--concurrency 4] [--seed 1] [--json PATH]
+    python -m bench.soak [--requests 10000] [--concurrency 4] [--seed 1] [--json PATH]
 
-Starts ``tests/upstream_server.py`` (with connection events) and ``twist aistack-tts
+Starts ``testbed/upstream_server.py`` (with connection events) and ``twist aistack-tts
 --idle-timeout 0.3`` in front of it, both on 127.0.0.1, then sends ``--requests`` requests
 from ``--concurrency`` concurrent raw-socket clients. Each request is drawn (from ``--seed``)
 as an upstream behaviour (healthy most of the time; else one of the faults of
@@ -47,16 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from gateway_process import (  # noqa: E402
-    AISTACK_TTS,
-    LISTEN,
-    GatewayProcess,
-    tcp_sockets,
-)
-from upstream_server import UpstreamProcess  # noqa: E402
+from testbed.processes import AISTACK_TTS, LISTEN, GatewayProcess, UpstreamProcess, tcp_sockets
 
 MiB = 1024 * 1024
 IDLE_TIMEOUT = 0.3

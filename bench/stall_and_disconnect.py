@@ -1,8 +1,8 @@
 """Stalled clients and disconnects: aistack-tts next to twisted.web.proxy.ReverseProxyResource.
 
-    python bench/stall_and_disconnect.py [--trials 50] [--stall-mib 500] [--cap 20]
+    python -m bench.stall_and_disconnect [--trials 50] [--stall-mib 500] [--cap 20]
 
-Both gateways run as real processes on 127.0.0.1 in front of ``tests/upstream_server.py``
+Both gateways run as real processes on 127.0.0.1 in front of ``testbed/upstream_server.py``
 (also a real process), and are measured the same way:
 
 1. RSS growth while a client stalls: a raw socket asks for a 500 MiB response, reads the
@@ -36,13 +36,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-import twisted  # noqa: E402
-
-from gateway_process import KINDS, GatewayProcess, fetch, open_stream  # noqa: E402
-from upstream_server import UpstreamProcess  # noqa: E402
+import twisted
+from testbed.clients import fetch, open_stream
+from testbed.processes import KINDS, ROOT, GatewayProcess, UpstreamProcess
 
 MiB = 1024 * 1024
 RSS_GOAL_MIB = 16

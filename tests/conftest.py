@@ -1,28 +1,38 @@
-"""Fixtures the real-socket suites share; its presence also puts ``tests/`` on ``sys.path``.
-
-pytest imports this file first (rootdir conftest insertion, "prepend" mode), which is what
-makes the ``support`` package importable from every test module and from the scripts
-``tests/upstream_server.py`` and ``tests/gateway_process.py`` (run from ``tests/``).
-"""
+"""Fixtures the suites share (``support`` holds the helpers, ``testbed`` the processes)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
+from twisted.internet.defer import Deferred
 
+from support.inprocess import Gateways, InProcessGateway
 from support.logs import Captured, capturing
-from support.processes import UpstreamProcess
+from support.reactor import blockon
+from support.websocket import Stacks
+from testbed.processes import UpstreamProcess, free_port, start_demo_gateway, stop_process
 
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamProcess]:
-    """The scriptable upstream (``tests/upstream_server.py``) as a process, for one module."""
+    """The scriptable upstream (``testbed.upstream_server``) as a process, for one module."""
     process = UpstreamProcess.start(tmp_path_factory.mktemp("upstream"))
     try:
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture(scope="module")
+def demo_gateway_port() -> Iterator[int]:
+    """``twist aistack-tts --demo`` on a free loopback port, for one module; its port."""
+    port = free_port()
+    process = start_demo_gateway(port)
+    try:
+        yield port
+    finally:
+        stop_process(process)
 
 
 @pytest.fixture
@@ -35,3 +45,25 @@ def demo_log() -> Iterator[Captured]:
 def access_log() -> Iterator[Captured]:
     """The gateway's access-log lines (namespace ``aistack_tts.access``) while the test runs."""
     yield from capturing("aistack_tts.access")
+
+
+@pytest.fixture
+def inprocess_gateways() -> Iterator[Gateways]:
+    """Starts gateways in this process for one test; takes each down after it."""
+    started = Gateways()
+    yield started
+    blockon(Deferred.fromCoroutine(started.close()))
+
+
+@pytest.fixture
+def inprocess_gateway(upstream: UpstreamProcess, inprocess_gateways: Gateways) -> InProcessGateway:
+    """A gateway in this process in front of the module's ``upstream``."""
+    return inprocess_gateways(upstream.url)
+
+
+@pytest.fixture
+def ws_stacks() -> Iterator[Stacks]:
+    """WebSocket stacks (an upstream, a gateway in front) for one test; each taken down after."""
+    started = Stacks()
+    yield started
+    blockon(Deferred.fromCoroutine(started.close()))

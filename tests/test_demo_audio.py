@@ -32,7 +32,6 @@ from support.demo import (
     advance,
     duration,
     periodicity,
-    read_wav,
     rms,
     run_generation,
     samples_of,
@@ -40,6 +39,7 @@ from support.demo import (
     voiced_window,
     zero_crossing_rate,
 )
+from support.speech import read_wav
 
 # --- the audio -----------------------------------------------------------------------------
 
@@ -51,15 +51,16 @@ def test_wav_is_24k_mono_16bit_with_a_complete_header() -> None:
     assert response.code == 200
     assert response.headers.getRawHeaders("content-type") == ["audio/wav"]
     assert response.length == len(body)
-    (rate, channels, width, frames), pcm = read_wav(body)
-    assert (rate, channels, width) == (24000, 1, 2)
-    assert frames * 2 == len(pcm)
+    wav = read_wav(body)
+    pcm = wav.pcm
+    assert (wav.rate, wav.channels, wav.width) == (24000, 1, 2)
+    assert wav.frames * 2 == len(pcm)
     assert len(body) == 44 + len(pcm)
     riff_size, data_size = struct.unpack("<I", body[4:8])[0], struct.unpack("<I", body[40:44])[0]
     assert (riff_size, data_size) == (len(body) - 8, len(pcm))
     # Whole 80 ms codec frames, about a fifth of a second per syllable.
     assert len(pcm) % FRAME_BYTES == 0
-    assert 1.5 < frames / 24000 < 6.0
+    assert 1.5 < wav.frames / 24000 < 6.0
 
 
 def test_duration_follows_text_length_and_speed() -> None:
@@ -77,7 +78,7 @@ def test_duration_follows_text_length_and_speed() -> None:
 
 def test_voice_is_neither_silence_nor_noise() -> None:
     """Loud enough, and periodic like a voice: strong pitch autocorrelation, few crossings."""
-    values = samples_of(read_wav(Demo().audio(input=TEXT, voice="ryan"))[1])
+    values = samples_of(read_wav(Demo().audio(input=TEXT, voice="ryan")).pcm)
     assert rms(values) > 1000
     window = voiced_window(values)
     correlation, pitch = periodicity(window)
@@ -93,7 +94,7 @@ def test_voices_differ() -> None:
     bodies = {voice: demo.audio(input="Good morning.", voice=voice) for voice in VOICES}
     assert len(set(bodies.values())) == 9
     vivian, uncle_fu = (
-        periodicity(voiced_window(samples_of(read_wav(bodies[voice])[1])))[1]
+        periodicity(voiced_window(samples_of(read_wav(bodies[voice]).pcm)))[1]
         for voice in ("Vivian", "Uncle_Fu")
     )
     assert vivian > 1.5 * uncle_fu
@@ -117,7 +118,7 @@ def test_pcm_is_the_wav_data_without_a_header() -> None:
     response, pcm = demo.finish(demo.speech(input=TEXT, response_format="pcm"))
     assert response.headers.getRawHeaders("content-type") == ["audio/pcm"]
     assert pcm[:4] != b"RIFF"
-    assert pcm == read_wav(demo.audio(input=TEXT, response_format="wav"))[1]
+    assert pcm == read_wav(demo.audio(input=TEXT, response_format="wav")).pcm
 
 
 @pytest.mark.parametrize(
@@ -129,7 +130,7 @@ def test_pcm_is_the_wav_data_without_a_header() -> None:
 )
 def test_other_scripts_are_spoken(text: str, language: str) -> None:
     """Chinese and Korean text are spoken syllable by syllable."""
-    assert rms(samples_of(read_wav(Demo().audio(input=text, language=language))[1])) > 1000
+    assert rms(samples_of(read_wav(Demo().audio(input=text, language=language)).pcm)) > 1000
 
 
 def test_wav_header_builder() -> None:
@@ -193,10 +194,10 @@ def test_stream_sends_the_first_chunk_before_generation_ends() -> None:
     result_of(done)
     body = b"".join(received)
     assert body[:44] == wav_header(None)
-    (rate, channels, width, _frames), pcm = read_wav(body)
-    assert (rate, channels, width) == (24000, 1, 2)
+    wav = read_wav(body)
+    assert (wav.rate, wav.channels, wav.width) == (24000, 1, 2)
     # Streamed or not, the audio is the same.
-    assert pcm == demo.audio(input=TEXT)[44:]
+    assert wav.pcm == demo.audio(input=TEXT)[44:]
 
 
 def test_stream_chunks_are_one_frame_then_25() -> None:

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from support.processes import GatewayProcess, UpstreamProcess
-from support.wire import read_to_close
+from testbed.clients import read_to_close
+from testbed.processes import GatewayProcess, UpstreamProcess
 
 pytestmark = pytest.mark.real_sockets
 

@@ -33,8 +33,7 @@ import soundfile
 from openai import AsyncOpenAI, OpenAI
 
 from support.logs import log_events
-from support.processes import free_port, start_demo_gateway, stop_process
-from test_real_sockets_openai import (
+from support.speech import (
     FRAME_BYTES,
     LONG_TEXT,
     MODEL,
@@ -44,6 +43,7 @@ from test_real_sockets_openai import (
     error_body,
     read_wav,
 )
+from testbed.processes import free_port, start_demo_gateway, stop_process
 
 pytestmark = [pytest.mark.real_sockets]
 

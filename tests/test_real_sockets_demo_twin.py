@@ -15,30 +15,18 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import soundfile
 
-from support.processes import free_port, start_demo_gateway, stop_process
+from testbed.processes import free_port
 
 pytestmark = pytest.mark.real_sockets
 
 SAMPLE_RATE = 24_000
 TEXT = "Hello from aistack. The quick brown fox jumps over the lazy dog."
-
-
-@pytest.fixture(scope="module")
-def gateway() -> Iterator[int]:
-    """``twist aistack-tts --demo`` on a free loopback port; its port."""
-    port = free_port()
-    process = start_demo_gateway(port)
-    try:
-        yield port
-    finally:
-        stop_process(process)
 
 
 def post(port: int, path: str, body: dict[str, Any]) -> http.client.HTTPResponse:
@@ -64,10 +52,10 @@ def vllm_error(response: http.client.HTTPResponse, body: bytes, status: int) -> 
     return message
 
 
-def test_stream_true_is_server_sent_events_with_event_lines(gateway: int) -> None:
+def test_stream_true_is_server_sent_events_with_event_lines(demo_gateway_port: int) -> None:
     """``stream: true`` alone answers SSE: an ``event:`` and a ``data:`` line per event, base64
     pcm deltas naming their format, then ``speech.audio.done`` with vLLM-Omni's usage."""
-    response, body = speech(gateway, stream=True, response_format="pcm")
+    response, body = speech(demo_gateway_port, stream=True, response_format="pcm")
     assert response.status == 200
     assert response.getheader("content-type", "").startswith("text/event-stream")
     events = []
@@ -93,12 +81,12 @@ def test_stream_true_is_server_sent_events_with_event_lines(gateway: int) -> Non
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
 
 
-def test_stream_format_audio_streams_raw_pcm_as_it_is_made(gateway: int) -> None:
+def test_stream_format_audio_streams_raw_pcm_as_it_is_made(demo_gateway_port: int) -> None:
     """``stream_format: "audio"`` (no ``stream``) sends raw pcm as it is made: the first bytes
     come long before the last (the real first chunk is one 80 ms codec frame)."""
     started = time.monotonic()
     response = post(
-        gateway,
+        demo_gateway_port,
         "/v1/audio/speech",
         {"input": TEXT, "stream_format": "audio", "response_format": "pcm"},
     )
@@ -123,12 +111,12 @@ def test_stream_format_audio_streams_raw_pcm_as_it_is_made(gateway: int) -> None
     ],
 )
 def test_every_format_decodes_at_24k_and_the_right_length(
-    gateway: int, response_format: str, content_type: str, container: str
+    demo_gateway_port: int, response_format: str, content_type: str, container: str
 ) -> None:
     """wav, flac, mp3 and opus (in ogg) are made and decode in libsndfile at 24 kHz mono, as
     long as the pcm of the same request (an encoder may pad a frame or two)."""
-    _, pcm = speech(gateway, response_format="pcm")
-    response, body = speech(gateway, response_format=response_format)
+    _, pcm = speech(demo_gateway_port, response_format="pcm")
+    response, body = speech(demo_gateway_port, response_format=response_format)
     assert response.status == 200, body
     assert response.getheader("content-type") == content_type
     info = soundfile.info(io.BytesIO(body))
@@ -139,9 +127,9 @@ def test_every_format_decodes_at_24k_and_the_right_length(
     assert abs(len(samples) - len(pcm) // 2) < 0.1 * SAMPLE_RATE
 
 
-def test_usage_headers_on_a_whole_file(gateway: int) -> None:
+def test_usage_headers_on_a_whole_file(demo_gateway_port: int) -> None:
     """A non-streamed answer carries vLLM-Omni's five usage headers, consistent with each other."""
-    response, _ = speech(gateway)
+    response, _ = speech(demo_gateway_port)
     assert response.status == 200
     value = {
         name: int(response.getheader(f"x-vllm-omni-{name}-tokens") or "-1")
@@ -162,19 +150,19 @@ def test_usage_headers_on_a_whole_file(gateway: int) -> None:
         ({"stream": True, "response_format": "mp3"}, "response_format='pcm' or 'wav'"),
     ],
 )
-def test_streaming_refusals(gateway: int, fields: dict[str, Any], says: str) -> None:
+def test_streaming_refusals(demo_gateway_port: int, fields: dict[str, Any], says: str) -> None:
     """Streaming with a speed other than 1.0, or in a format other than pcm/wav, is a 400."""
-    response, body = speech(gateway, **fields)
+    response, body = speech(demo_gateway_port, **fields)
     assert says in vllm_error(response, body, 400)
 
 
-def test_voice_and_language_matching(gateway: int) -> None:
+def test_voice_and_language_matching(demo_gateway_port: int) -> None:
     """Voices match case-insensitively (``"default"`` is no voice); language is title-cased;
     an unknown voice is ``Invalid voice '…'`` with the lowercase sorted list."""
     for fields in ({"voice": "RYAN"}, {"voice": "default"}, {"language": "english"}):
-        response, body = speech(gateway, **fields)
+        response, body = speech(demo_gateway_port, **fields)
         assert response.status == 200, (fields, body)
-    response, body = speech(gateway, voice="alloy")
+    response, body = speech(demo_gateway_port, voice="alloy")
     message = vllm_error(response, body, 400)
     assert message.startswith("Invalid voice 'alloy'. Supported: aiden, dylan, eric,")
 
@@ -205,27 +193,27 @@ def wav(seconds: float) -> bytes:
     return out.getvalue()
 
 
-def test_voices_as_the_customvoice_checkpoint(gateway: int) -> None:
+def test_voices_as_the_customvoice_checkpoint(demo_gateway_port: int) -> None:
     """Upload needs 1-30 s of decodable audio; a same name replaces; the CustomVoice
     checkpoint refuses to speak an uploaded voice; DELETE of an unknown voice is vLLM-Omni's
     ``{"success": false, "error": ...}`` 404."""
-    status, body = upload(gateway, "twin", b"abc")
+    status, body = upload(demo_gateway_port, "twin", b"abc")
     assert status == 400
     assert body["error"]["message"].startswith("Could not decode audio file")
-    status, body = upload(gateway, "twin", wav(0.5))
+    status, body = upload(demo_gateway_port, "twin", wav(0.5))
     assert status == 400
     assert "too short" in body["error"]["message"]
-    assert upload(gateway, "twin", wav(2))[0] == 200
-    status, body = upload(gateway, "TWIN", wav(3), ref_text="Hello.")
+    assert upload(demo_gateway_port, "twin", wav(2))[0] == 200
+    status, body = upload(demo_gateway_port, "TWIN", wav(3), ref_text="Hello.")
     assert status == 200, body
     assert body["voice"]["ref_text"] == "Hello."
 
-    response, raw = speech(gateway, voice="twin")
+    response, raw = speech(demo_gateway_port, voice="twin")
     assert "CustomVoice checkpoint does not support task_type='Base'" in vllm_error(
         response, raw, 400
     )
 
-    connection = http.client.HTTPConnection("127.0.0.1", gateway, timeout=30)
+    connection = http.client.HTTPConnection("127.0.0.1", demo_gateway_port, timeout=30)
     connection.request("DELETE", "/v1/audio/voices/twin")
     assert json.loads(connection.getresponse().read())["success"] is True
     connection.request("DELETE", "/v1/audio/voices/twin")
@@ -234,11 +222,11 @@ def test_voices_as_the_customvoice_checkpoint(gateway: int) -> None:
     assert json.loads(gone.read()) == {"success": False, "error": "Voice 'twin' not found"}
 
 
-def test_batch_through_the_gateway(gateway: int) -> None:
+def test_batch_through_the_gateway(demo_gateway_port: int) -> None:
     """``POST /v1/audio/speech/batch``: shared defaults, per-item overrides, an item that fails
     its checks is an ``error`` result, successes carry base64 audio that decodes, and usage."""
     items = [{"input": "Hello."}, {"input": "Bye.", "response_format": "mp3"}, {"input": " "}]
-    response = post(gateway, "/v1/audio/speech/batch", {"items": items, "voice": "ryan"})
+    response = post(demo_gateway_port, "/v1/audio/speech/batch", {"items": items, "voice": "ryan"})
     assert response.status == 200
     answer = json.loads(response.read())
     assert (answer["total"], answer["succeeded"], answer["failed"]) == (3, 2, 1)

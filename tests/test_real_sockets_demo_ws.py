@@ -23,12 +23,9 @@ import soundfile
 from websockets.exceptions import ConnectionClosedOK
 from websockets.sync.client import ClientConnection, connect
 
-from support.processes import free_port
-from test_real_sockets_demo_twin import gateway
+from testbed.processes import free_port
 
 pytestmark = pytest.mark.real_sockets
-
-__all__ = ["gateway"]  # the fixture, shared with the HTTP twin's tests
 
 PATIENCE = 15.0
 FRAME_BYTES = 3840  # one 80 ms codec frame of 24 kHz 16-bit mono
@@ -90,11 +87,11 @@ def decoded(data: bytes) -> tuple[int, float, str]:
     return info.samplerate, info.duration, info.format
 
 
-def test_default_buffers_until_input_done_then_one_wav(gateway: int) -> None:
+def test_default_buffers_until_input_done_then_one_wav(demo_gateway_port: int) -> None:
     """Defaults: no audio before ``input.done`` (no sentence splitting), then one utterance:
     ``audio.start`` (format wav, no sample_rate), one binary message that is a whole WAV at
     24 kHz, ``audio.done`` with ``total_bytes`` and ``error``, ``session.done``."""
-    with session(gateway) as ws:
+    with session(demo_gateway_port) as ws:
         send(ws, type="session.config", voice="vivian")
         send(ws, type="input.text", text="Hello there. How are")
         send(ws, type="input.text", text=" you today? ")
@@ -125,11 +122,11 @@ def test_default_buffers_until_input_done_then_one_wav(gateway: int) -> None:
         assert closed_after(ws) == []
 
 
-def test_stream_audio_sends_pcm_chunks_as_made_and_names_the_rate(gateway: int) -> None:
+def test_stream_audio_sends_pcm_chunks_as_made_and_names_the_rate(demo_gateway_port: int) -> None:
     """``stream_audio: true`` with pcm: ``audio.start`` comes with the first chunk and names
     ``sample_rate``/``channels``; chunks are one codec frame, then 25 frames (about 2 s);
     ``audio.done``'s ``total_bytes`` is what was sent."""
-    with session(gateway) as ws:
+    with session(demo_gateway_port) as ws:
         send(ws, type="session.config", voice="ryan", response_format="pcm", stream_audio=True)
         send(ws, type="input.text", text="The quick brown fox jumps over the lazy dog, twice.")
         send(ws, type="input.done")
@@ -157,11 +154,13 @@ def test_stream_audio_sends_pcm_chunks_as_made_and_names_the_rate(gateway: int) 
         }
 
 
-def test_sentence_splitting_on_request_and_a_new_config_between_utterances(gateway: int) -> None:
+def test_sentence_splitting_on_request_and_a_new_config_between_utterances(
+    demo_gateway_port: int,
+) -> None:
     """``split_granularity: "sentence"`` speaks each sentence once it is complete (a wav each);
     a new ``session.config`` after ``session.done`` applies to the next utterance (mp3 here),
     whose ``utterance_index`` counts on."""
-    with session(gateway) as ws:
+    with session(demo_gateway_port) as ws:
         send(ws, type="session.config", voice="aiden", split_granularity="sentence")
         send(ws, type="input.text", text="Hi there. And")
         first = receive(ws)
@@ -189,10 +188,10 @@ def test_sentence_splitting_on_request_and_a_new_config_between_utterances(gatew
         assert session_done == {"type": "session.done", "utterance_index": 1, "total_sentences": 1}
 
 
-def test_voice_is_checked_at_generation_time(gateway: int) -> None:
+def test_voice_is_checked_at_generation_time(demo_gateway_port: int) -> None:
     """An unknown voice passes the config; the utterance fails: ``audio.start``, an ``error``
     naming the utterance and sentence, ``audio.done`` with ``error: true`` and no bytes."""
-    with session(gateway) as ws:
+    with session(demo_gateway_port) as ws:
         send(ws, type="session.config", voice="alloy")
         send(ws, type="input.text", text="Hello.")
         send(ws, type="input.done")
@@ -226,10 +225,10 @@ def test_voice_is_checked_at_generation_time(gateway: int) -> None:
     ],
 )
 def test_refused_first_config_is_an_error_then_the_close(
-    gateway: int, config: dict[str, Any], says: str
+    demo_gateway_port: int, config: dict[str, Any], says: str
 ) -> None:
     """A first ``session.config`` the schema refuses: one ``error`` event, then a clean close."""
-    with session(gateway) as ws:
+    with session(demo_gateway_port) as ws:
         send(ws, type="session.config", **config)
         [error] = closed_after(ws)
         assert error["type"] == "error"
@@ -237,9 +236,9 @@ def test_refused_first_config_is_an_error_then_the_close(
         assert says in error["message"]
 
 
-def test_text_message_limit_is_128_kib_and_the_session_goes_on(gateway: int) -> None:
+def test_text_message_limit_is_128_kib_and_the_session_goes_on(demo_gateway_port: int) -> None:
     """An ``input.text`` over 128 KiB is refused with an ``error``; the session goes on."""
-    with session(gateway) as ws:
+    with session(demo_gateway_port) as ws:
         send(ws, type="session.config")
         send(ws, type="input.text", text="a" * (128 * 1024))
         error = receive(ws)

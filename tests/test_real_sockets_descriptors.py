@@ -21,9 +21,10 @@ import pytest
 
 from aistack_tts._resources import default_max_connections
 from support.logs import log_events
-from support.processes import aistack_command, listening_ports, stop_process
 from support.raw_upstream import Reply, raw_upstream, wait_for
-from support.wire import parse_response, read_to_close
+from support.wire import parse_response
+from testbed.clients import read_to_close
+from testbed.processes import aistack_command, listening_ports, stop_process
 
 pytestmark = pytest.mark.real_sockets
 

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from support.processes import UpstreamProcess, aistack_command, listening_ports
-from support.upstream_server import pattern
-from support.wire import dechunk, get_request, parse_response, read_to_close
+from support.wire import dechunk, parse_response
+from testbed.clients import get_request, read_to_close
+from testbed.processes import UpstreamProcess, aistack_command, listening_ports
+from testbed.upstream_server import pattern
 
 pytestmark = pytest.mark.real_sockets
 

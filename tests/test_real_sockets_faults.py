@@ -1,6 +1,6 @@
 """The fault matrix: every upstream fault against every client behaviour, over real sockets.
 
-The upstream is ``tests/upstream_server.py`` in its own process, with ``--connection-events``
+The upstream is ``testbed/upstream_server.py`` in its own process, with ``--connection-events``
 so it reports each TCP connection it accepts and loses; the gateway runs in this process
 (pytest-twisted's reactor, a real listening port) so a test can read its slot. Each cell runs
 one request through a fresh gateway and checks, whatever happened:
@@ -44,7 +44,6 @@ from zope.interface import implementer
 
 from aistack_tts import TTSProxy
 from support.logs import LogCapture
-from support.processes import Event, UpstreamProcess, free_port
 from support.reactor import (
     blockon,
     disconnected,
@@ -54,8 +53,9 @@ from support.reactor import (
     twisted_test,
     until,
 )
-from support.upstream_server import pattern
 from support.wire import dechunk
+from testbed.processes import Event, UpstreamProcess, free_port
+from testbed.upstream_server import pattern
 
 pytestmark = [pytest.mark.real_sockets]
 

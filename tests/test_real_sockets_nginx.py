@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from support.processes import free_port, listening_ports, stop_process
+from testbed.processes import free_port, listening_ports, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from support.processes import aistack_command, free_port, listening_ports, stop_process
 from support.raw_upstream import Reply, raw_upstream
+from testbed.processes import aistack_command, free_port, listening_ports, stop_process
 
 pytestmark = [pytest.mark.real_sockets]
 

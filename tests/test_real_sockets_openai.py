@@ -22,7 +22,7 @@ from array import array
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import openai
 import pytest
@@ -44,20 +44,20 @@ from support.reactor import (
     twisted_test,
     until,
 )
+from support.speech import (
+    FRAME_BYTES,
+    LONG_TEXT,
+    MODEL,
+    PATIENCE,
+    SAMPLE_RATE,
+    SHORT_TEXT,
+    error_body,
+    read_wav,
+)
 
 pytestmark = [pytest.mark.real_sockets]
 
-MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"
-SAMPLE_RATE = 24_000
-#: One Qwen3-TTS-12Hz codec frame: 80 ms of 24 kHz mono 16-bit PCM.
-FRAME_BYTES = 1920 * 2
 WAV_HEADER_BYTES = 44
-#: Everything normally happens in milliseconds to a couple of seconds; this only bounds a hang.
-PATIENCE = 15.0
-
-SHORT_TEXT = "Hello there."
-#: About 3 s of audio: at rtf 0.5 its generation takes about 1.5 s.
-LONG_TEXT = "Hello from aistack. The quick brown fox jumps over the lazy dog."
 #: Many seconds of audio, for a client that leaves long before the end.
 VERY_LONG_TEXT = " ".join([LONG_TEXT] * 6)
 
@@ -167,30 +167,6 @@ def paced(stacks: Stacks) -> Stack:
 # Audio helpers.
 
 
-@dataclass
-class WavInfo:
-    rate: int
-    channels: int
-    width: int
-    frames: int
-    pcm: bytes
-
-    @property
-    def seconds(self) -> float:
-        return self.frames / self.rate
-
-
-def read_wav(data: bytes) -> WavInfo:
-    with wave.open(io.BytesIO(data), "rb") as wav:
-        return WavInfo(
-            rate=wav.getframerate(),
-            channels=wav.getnchannels(),
-            width=wav.getsampwidth(),
-            frames=wav.getnframes(),
-            pcm=wav.readframes(wav.getnframes()),
-        )
-
-
 def peak(pcm: bytes) -> int:
     samples = array("h")
     samples.frombytes(pcm)
@@ -241,11 +217,6 @@ def stream_pcm(
         response_format="pcm",
         extra_body={"stream_format": "audio"},
     )
-
-
-def error_body(error: openai.APIStatusError) -> dict[str, Any]:
-    assert isinstance(error.body, dict), error.body
-    return cast(dict[str, Any], error.body)
 
 
 # 1. A whole WAV file.

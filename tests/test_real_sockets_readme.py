@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from support.processes import free_port, start_demo_gateway, stop_process
+from testbed.processes import free_port, start_demo_gateway, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.rst").read_text()

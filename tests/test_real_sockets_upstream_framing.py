@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from support.logs import log_events
-from support.processes import AISTACK_TTS, GatewayProcess
 from support.raw_upstream import RawUpstream, Reply, raw_upstream, wait_for
-from support.wire import dechunk, get_request, parse_response, read_to_close
+from support.wire import dechunk, parse_response
+from testbed.clients import get_request, read_to_close
+from testbed.processes import AISTACK_TTS, GatewayProcess
 
 pytestmark = pytest.mark.real_sockets
 

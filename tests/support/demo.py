@@ -8,11 +8,9 @@ noise.
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import math
-import wave
 from array import array
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -41,6 +39,7 @@ from aistack_tts.demo._synth import (
     wav_header,
 )
 from support.deferreds import result_of
+from support.speech import read_wav
 
 T = TypeVar("T")
 
@@ -125,20 +124,8 @@ def zero_crossing_rate(window: list[int]) -> float:
     return crossings / (len(window) - 1)
 
 
-def read_wav(data: bytes) -> tuple[tuple[int, int, int, int], bytes]:
-    """(rate, channels, sample width, frames in the header) and the samples, via stdlib wave."""
-    with wave.open(io.BytesIO(data), "rb") as reader:
-        params = (
-            reader.getframerate(),
-            reader.getnchannels(),
-            reader.getsampwidth(),
-            reader.getnframes(),
-        )
-        return params, reader.readframes(1 << 30)
-
-
 def duration(wav: bytes) -> float:
-    return len(read_wav(wav)[1]) / 2 / SAMPLE_RATE
+    return len(read_wav(wav).pcm) / 2 / SAMPLE_RATE
 
 
 def sse_events(body: bytes) -> list[dict[str, Any]]:

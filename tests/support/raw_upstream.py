@@ -1,6 +1,6 @@
 """A raw-TCP upstream for the real-socket tests: exact bytes per connection, then FIN or RST.
 
-``tests/upstream_server.py`` speaks HTTP through twisted.web, which cannot send a malformed
+``testbed/upstream_server.py`` speaks HTTP through twisted.web, which cannot send a malformed
 head or end a length-less body with a reset. This one is a thread in the test process that,
 for each connection, reads the request head (and a ``Content-Length`` body), writes the
 scripted ``Reply`` bytes and ends as it says:

@@ -1,24 +1,23 @@
-"""A 500-request soak: ``bench/soak.py`` against a real ``twist aistack-tts`` process.
+"""A 500-request soak: ``python -m bench.soak`` against a real ``twist aistack-tts`` process.
 
 Random upstream faults and client aborts, four clients at once (so some get ``503 gpu_busy``),
 then, with nothing in flight: no slot leak (sequential requests all get their 200), no file
 descriptor growth, RSS growth within 10 MiB, no upstream connection left open, and every
-response allowed for its fault. ``python bench/soak.py`` runs the 10,000-request version.
+response allowed for its fault. ``python -m bench.soak`` runs the 10,000-request version.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from testbed.processes import ROOT, module_command
+
 pytestmark = [pytest.mark.real_sockets]
 
-SOAK = Path(__file__).resolve().parent.parent / "bench" / "soak.py"
 MiB = 1024 * 1024
 
 
@@ -27,8 +26,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("soak") / "report.json"
     finished = subprocess.run(
         [
-            sys.executable,
-            str(SOAK),
+            *module_command("bench.soak"),
             "--requests",
             "500",
             "--concurrency",
@@ -40,6 +38,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "--json",
             str(out),
         ],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,

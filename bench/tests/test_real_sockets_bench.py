@@ -13,8 +13,6 @@ from typing import Any, cast
 
 import pytest
 
-# bench/ is a package at the repository root, which the editable install puts on sys.path
-# (pyproject: dev-mode-dirs).
 from bench import clients, contenders, report, run
 from bench.common import MiB
 from bench.contenders import (
@@ -27,8 +25,7 @@ from bench.contenders import (
 )
 from bench.harness import Bench
 from bench.scenarios import SCENARIOS
-
-from support.processes import UpstreamProcess
+from testbed.processes import UpstreamProcess
 
 pytestmark = [pytest.mark.real_sockets]
 

@@ -1,15 +1,14 @@
 """The processes a real-socket test or a benchmark starts: gateways and the scriptable upstream.
 
 - ``aistack-tts``: ``twist aistack-tts --listen tcp:0:interface=127.0.0.1 --upstream URL``.
-- ``twisted.web.proxy``: ``tests/gateway_process.py`` run as a script (``main`` here), serving
-  Twisted's own ``twisted.web.proxy.ReverseProxyResource`` for ``/v1/audio`` in front of the
-  same upstream, the baseline the gateway's streaming and disconnect handling are measured
-  against::
+- ``twisted.web.proxy``: ``python -m testbed.web_proxy``, Twisted's own
+  ``ReverseProxyResource`` in front of the same upstream, the baseline the gateway's streaming
+  and disconnect handling are measured against.
+- the upstream: ``python -m testbed.upstream_server``; ``UpstreamProcess`` starts it and
+  collects its event lines.
 
-      python tests/gateway_process.py --upstream-port PORT [--port 0]
-
-- the upstream: ``tests/upstream_server.py`` (``support.upstream_server``) run as a script;
-  ``UpstreamProcess`` starts it and collects its event lines.
+A ``python -m testbed...`` child runs in the repository's root (``ROOT``), so it imports
+``testbed`` however the parent found it.
 
 Gateways listen on 127.0.0.1; ``GatewayProcess`` finds the bound port through ``/proc`` (the
 process's listening socket), so neither needs to print it. Linux only, like the RSS reading.
@@ -18,7 +17,6 @@ process's listening socket), so neither needs to print it. Linux only, like the 
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import subprocess
@@ -28,12 +26,11 @@ import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any
 
 #: The script entry points (kept at these paths: the benchmarks run them too).
-TESTS = Path(__file__).resolve().parent.parent
-GATEWAY_SCRIPT = TESTS / "gateway_process.py"
-UPSTREAM_SCRIPT = TESTS / "upstream_server.py"
+#: The repository's root: the working directory of ``python -m`` children (``module_command``).
+ROOT = Path(__file__).resolve().parent.parent
 
 AISTACK_TTS = "aistack-tts"
 TWISTED_WEB_PROXY = "twisted.web.proxy"
@@ -135,16 +132,16 @@ def aistack_command(upstream: str, *options: str) -> list[str]:
     return [*launcher, "aistack-tts", *listen, "--upstream", upstream, *options]
 
 
+def module_command(module: str, *args: str) -> list[str]:
+    """``python -m module args``, with this interpreter; start it with ``cwd=ROOT``."""
+    return [sys.executable, "-m", module, *args]
+
+
 def _command(kind: str, upstream_port: int, options: Sequence[str]) -> list[str]:
     if kind == AISTACK_TTS:
         return aistack_command(f"http://127.0.0.1:{upstream_port}", *options)
     if kind == TWISTED_WEB_PROXY:
-        return [
-            sys.executable,
-            str(GATEWAY_SCRIPT),
-            "--upstream-port",
-            str(upstream_port),
-        ]
+        return module_command("testbed.web_proxy", "--upstream-port", str(upstream_port))
     raise ValueError(f"unknown gateway kind {kind!r}")
 
 
@@ -181,6 +178,7 @@ class GatewayProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
+            cwd=ROOT,
         )
         gateway = cls(kind, process, log, log_path)
         gateway.command = command
@@ -231,7 +229,7 @@ class Event:
 
 
 class UpstreamProcess:
-    """``upstream_server.py`` as a child process, with its events collected by a thread."""
+    """``testbed.upstream_server`` as a child process, with its events collected by a thread."""
 
     def __init__(self, process: subprocess.Popen[str], port_file: Path, log: IO[str]) -> None:
         """Collect the events of ``process`` (already started, printing event lines and its
@@ -260,15 +258,15 @@ class UpstreamProcess:
         port_file = workdir / "upstream.port"
         log = (workdir / "upstream.stderr").open("w")
         process = subprocess.Popen(
-            [
-                sys.executable,
-                str(UPSTREAM_SCRIPT),
+            module_command(
+                "testbed.upstream_server",
                 "--port",
                 "0",
                 "--port-file",
                 str(port_file),
                 *(["--connection-events"] if connection_events else []),
-            ],
+            ),
+            cwd=ROOT,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=log,
@@ -328,29 +326,3 @@ class UpstreamProcess:
         if self.process.stdout is not None:
             self.process.stdout.close()
         self._log.close()
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Serve ``ReverseProxyResource`` for ``/v1/audio`` until SIGTERM."""
-    parser = argparse.ArgumentParser(description="twisted.web.proxy in front of the upstream")
-    parser.add_argument("--upstream-port", type=int, required=True)
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args(argv)
-
-    from twisted.internet import reactor as _reactor
-    from twisted.internet.posixbase import PosixReactorBase
-    from twisted.logger import globalLogBeginner, textFileLogObserver
-    from twisted.web.proxy import ReverseProxyResource
-    from twisted.web.resource import Resource
-    from twisted.web.server import Site
-
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
-    root = Resource()
-    v1 = Resource()
-    root.putChild(b"v1", v1)
-    v1.putChild(b"audio", ReverseProxyResource("127.0.0.1", args.upstream_port, b"/v1/audio"))
-    site = Site(root)
-    site.noisy = False
-    reactor = cast(PosixReactorBase, _reactor)
-    reactor.listenTCP(args.port, site, interface="127.0.0.1")
-    reactor.run()

@@ -1,9 +1,9 @@
 """A small upstream HTTP server for the real-socket tests and the benchmarks.
 
-Run it as a process (``tests/upstream_server.py`` is the script; ``support.processes``
-``UpstreamProcess`` starts it and collects its events)::
+Run it as a process (``testbed.processes.UpstreamProcess`` starts it and collects its
+events)::
 
-    python tests/upstream_server.py --port 0 --port-file PATH
+    python -m testbed.upstream_server --port 0 --port-file PATH
 
 It listens on 127.0.0.1, writes the bound port to ``PATH`` (atomically) and prints one line
 per event to stdout, flushed, so a test reads what happened instead of guessing with sleeps::
@@ -433,3 +433,7 @@ def main(argv: list[str] | None = None) -> None:
         os.replace(temporary, args.port_file)
     emit("LISTENING", "-", number)
     reactor.run()
+
+
+if __name__ == "__main__":
+    main()
