@@ -38,9 +38,9 @@ from zope.interface import implementer
 
 from aistack_tts import TTSProxy
 from aistack_tts._tunnel import WebSocketTunnel
-from aistack_tts.demo import DemoUpstream
-from aistack_tts.demo._synth import FRAME_BYTES, synthesize
-from aistack_tts.demo._voices import VoiceRegistry
+from aistack_tts_demo import DemoUpstream
+from aistack_tts_demo._synth import FRAME_BYTES, synthesize
+from aistack_tts_demo._voices import VoiceRegistry
 from support.logs import Captured
 from support.processes import AISTACK_TTS, GatewayProcess
 from support.reactor import (
