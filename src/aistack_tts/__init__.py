@@ -1,8 +1,8 @@
 """aistack-tts: a transparent Twisted gateway for Qwen3-TTS that guards one GPU slot.
 
 The public API, above every step of a request's way: the gateway (``TTSProxy``, its
-``GatewayConfig``, its errors) and the listening helpers a ``twist`` plugin beside it (the demo
-upstream, ``aistack_tts_demo``) uses to listen the way the gateway does: ``parse_endpoints``,
+``GatewayConfig``, its errors) and the listening helpers with which a ``twist`` plugin beside
+it (the demo upstream's) listens the way the gateway does: ``parse_endpoints``,
 ``add_listeners`` and ``or_fail`` (a ``ConfigError`` at start ends the program with one line).
 """
 
