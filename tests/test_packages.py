@@ -131,7 +131,7 @@ def test_the_plugin_loads_the_demo_or_says_how_to_install_it(
     factory = aistack_tts_plugin.load_demo()
     assert IProtocolFactory.providedBy(factory(MemoryReactor()))
     monkeypatch.setitem(sys.modules, "aistack_tts_demo", None)
-    with pytest.raises(ConfigError, match=r"pip install 'aistack-tts\[demo\]'"):
+    with pytest.raises(ConfigError, match=r"the demo extra, e\.g\. pip install -e '\.\[demo\]'"):
         aistack_tts_plugin.load_demo()
 
 
@@ -162,7 +162,7 @@ def test_demo_without_its_extra_fails_at_start_with_one_line(tmp_path: Path) -> 
     assert result.stderr.strip().count("\n") == 0, result.stderr
     assert result.stderr.startswith("aistack-tts: error: --demo needs the demo upstream")
     assert "No module named" in result.stderr
-    assert "pip install 'aistack-tts[demo]'" in result.stderr
+    assert "the demo extra, e.g. pip install -e '.[demo]'" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
 
 

@@ -120,7 +120,7 @@ def test_wheel_installs_plugin_in_fresh_venv(tmp_path: Path) -> None:
     # A plain install leaves the demo extra out: the gateway runs, --demo says what to install.
     demo = run(twist, "aistack-tts", "--demo", "--listen", "tcp:0", env=clean_env, cwd=tmp_path)
     assert demo.returncode == 64, demo.stderr
-    assert "pip install 'aistack-tts[demo]'" in demo.stderr
+    assert "the demo extra, e.g. pip install -e '.[demo]'" in demo.stderr
     assert demo.stderr.strip().count("\n") == 0, demo.stderr
 
 

@@ -126,7 +126,10 @@ def make_gateway_service(
     endpoints = parse_endpoints(reactor, config.listen)
     if config.demo:
         if demo is None:
-            raise ConfigError("--demo: no demo upstream was given to this gateway")
+            raise ConfigError(
+                "--demo: no demo upstream was given to this gateway (the twist plugin gives"
+                " it; an older installed copy of the plugin does not: reinstall the package)"
+            )
         return DemoGatewayService(config, endpoints, reactor, demo())
     proxy = TTSProxy.from_config(config, reactor=reactor)
     log_startup(config)

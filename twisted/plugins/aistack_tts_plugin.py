@@ -27,7 +27,7 @@ def load_demo() -> Callable[[Any], Any]:
     except ImportError as e:
         raise ConfigError(
             f"--demo needs the demo upstream, which cannot be imported ({e}); "
-            "install the package with its demo extra: pip install 'aistack-tts[demo]'"
+            "install it with the demo extra, e.g. pip install -e '.[demo]' in a checkout"
         ) from None
     return lambda reactor: DemoUpstream(reactor=reactor).site()
 
