@@ -3,10 +3,10 @@
 ``--demo`` runs an upstream in-process, but the gateway never imports the demo's package:
 whoever starts the service hands in a ``DemoLoader``, which the gateway calls only for
 ``--demo``. The ``twist`` plugin (``twisted/plugins/aistack_tts_plugin.py``) is that caller,
-the one module above both packages. This beats the demo composing the gateway
-itself: start, drain and the second signal stay here in one place, the public API does not
-grow by the gateway's service internals, and the demo stays a plain upstream that only needs
-the public listening helpers. A gateway installed without the demo's extra runs unchanged.
+the one module above both packages. This beats the demo composing the gateway itself: start,
+drain and the second signal stay here in one place, the public API does not grow by the
+gateway's service internals, and the demo stays a plain upstream that only needs the public
+listening helpers. A gateway installed without the demo's extra runs unchanged.
 """
 
 from __future__ import annotations
