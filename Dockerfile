@@ -5,6 +5,7 @@ WORKDIR /src
 COPY pyproject.toml README.rst NEWS.rst ./
 COPY src ./src
 COPY twisted ./twisted
+# The gateway alone: the demo upstream's extra (autobahn, soundfile, numpy) is left out.
 RUN pip install --no-cache-dir . && rm -rf /src
 
 ENV AISTACK_TTS_LISTEN=tcp:8000:interface=0.0.0.0

@@ -37,8 +37,8 @@ def demo_gateway_port() -> Iterator[int]:
 
 @pytest.fixture
 def demo_log() -> Iterator[Captured]:
-    """The demo upstream's log lines (namespace ``aistack_tts.demo``) while the test runs."""
-    yield from capturing("aistack_tts.demo")
+    """The demo upstream's log lines (namespace ``aistack_tts_demo``) while the test runs."""
+    yield from capturing("aistack_tts_demo")
 
 
 @pytest.fixture

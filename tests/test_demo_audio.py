@@ -13,8 +13,8 @@ import pytest
 import treq
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from aistack_tts.demo import VOICES
-from aistack_tts.demo._synth import (
+from aistack_tts_demo import VOICES
+from aistack_tts_demo._synth import (
     FRAME_BYTES,
     FRAME_SAMPLES,
     SAMPLE_RATE,

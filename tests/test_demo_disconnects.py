@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from twisted.logger import formatEvent
 
-from aistack_tts.demo._synth import (
+from aistack_tts_demo._synth import (
     FRAME_BYTES,
     synthesize,
     wav_header,
@@ -45,7 +45,7 @@ def test_client_leaving_stops_generation_and_is_logged() -> None:
     [abort] = messages(events, ABORTED)
     assert formatEvent(abort) == f"{ABORTED} after 4 frames"
     assert abort["frames"] == 4
-    assert abort["log_namespace"] == "aistack_tts.demo"
+    assert abort["log_namespace"] == "aistack_tts_demo"
     assert [e for e in events if e.get("isError") or "log_failure" in e] == []
 
 

@@ -7,8 +7,8 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
-from aistack_tts.demo._pacing import PacedFrames
-from aistack_tts.demo._synth import FRAME_SECONDS
+from aistack_tts_demo._pacing import PacedFrames
+from aistack_tts_demo._synth import FRAME_SECONDS
 
 FIRST = 0.25
 FRAME = FRAME_SECONDS  # 80 ms, one codec frame

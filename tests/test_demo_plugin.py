@@ -10,9 +10,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.web.server import Site
 
-import aistack_tts.demo
-from aistack_tts.demo import VOICES, DemoUpstream, listen_demo
-from aistack_tts.demo._plugin import DemoSettings, Options, make_demo_service
+import aistack_tts_demo
+from aistack_tts_demo import VOICES, DemoUpstream, listen_demo
+from aistack_tts_demo._plugin import DemoSettings, Options, make_demo_service
 from support.deferreds import result_of
 from support.demo import WS_HANDSHAKE
 
@@ -21,8 +21,8 @@ from support.demo import WS_HANDSHAKE
 
 def test_public_names() -> None:
     """The package re-exports what it lists in ``__all__``; VOICES are the model's speakers."""
-    for name in aistack_tts.demo.__all__:
-        assert hasattr(aistack_tts.demo, name), name
+    for name in aistack_tts_demo.__all__:
+        assert hasattr(aistack_tts_demo, name), name
     assert VOICES == (
         "Vivian",
         "Serena",
@@ -156,4 +156,4 @@ def test_plugin_is_lazy() -> None:
 
     maker = aistack_tts_demo_plugin.aistack_tts_demo_upstream
     assert maker.tapname == "aistack-tts-demo-upstream"
-    assert maker.module == "aistack_tts.demo._plugin"
+    assert maker.module == "aistack_tts_demo._plugin"

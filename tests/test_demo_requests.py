@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 import soundfile
 
-from aistack_tts.demo import VOICES, APIError
-from aistack_tts.demo._synth import (
+from aistack_tts_demo import VOICES, APIError
+from aistack_tts_demo._synth import (
     SAMPLE_RATE,
     wav_header,
 )
-from aistack_tts.demo._voices import MAX_VOICE_SAMPLE_BYTES, parse_voice_upload
+from aistack_tts_demo._voices import MAX_VOICE_SAMPLE_BYTES, parse_voice_upload
 from support.demo import MULTIPART, TEXT, Demo, Wire, advance, check_error, multipart, silent_wav
 
 # --- validation ----------------------------------------------------------------------------

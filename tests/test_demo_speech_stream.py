@@ -12,9 +12,9 @@ import soundfile
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 
-import aistack_tts.demo
-from aistack_tts.demo._encode import encode
-from aistack_tts.demo._synth import (
+import aistack_tts_demo
+from aistack_tts_demo._encode import encode
+from aistack_tts_demo._synth import (
     FRAME_BYTES,
     synthesize,
 )
@@ -118,7 +118,7 @@ def test_stream_default_is_one_wav_per_utterance() -> None:
     run_generation(wire.clock)
     frames = wire.frames()
     [audio] = [payload for opcode, payload in frames if opcode == 0x2]
-    ryan = aistack_tts.demo.VoiceRegistry().get("ryan")
+    ryan = aistack_tts_demo.VoiceRegistry().get("ryan")
     assert ryan is not None
     pcm = b"".join(synthesize("Hello there. How are you?", ryan).frames())
     assert audio == encode(pcm, "wav")
@@ -160,7 +160,7 @@ def test_stream_speaks_each_sentence_as_soon_as_it_is_complete() -> None:
     run_generation(wire.clock)
     wire.event(type="input.done")
     run_generation(wire.clock)
-    ryan = aistack_tts.demo.VoiceRegistry().get("ryan")
+    ryan = aistack_tts_demo.VoiceRegistry().get("ryan")
     assert ryan is not None
     sentences = ["Hello there.", "How are you?", "Fine"]
     starts = [e for e in wire.events() if e["type"] == "audio.start"]
@@ -227,7 +227,7 @@ def test_stream_client_leaving_stops_generation_and_is_logged() -> None:
         assert generation_steps(wire.clock) == []
         run_generation(wire.clock)
     [abort] = messages(events, STREAM_ABORTED)
-    assert abort["log_namespace"] == "aistack_tts.demo"
+    assert abort["log_namespace"] == "aistack_tts_demo"
     assert (abort["frames"], abort["index"]) == (3, 0)
     assert [e for e in events if e.get("isError") or "log_failure" in e] == []
 
@@ -385,7 +385,7 @@ def test_stream_path_without_upgrade_is_plain_http() -> None:
 def test_speech_text_splitter(
     granularity: str, pieces: list[str], units: list[str], rest: str
 ) -> None:
-    splitter = aistack_tts.demo.SpeechTextSplitter(granularity)
+    splitter = aistack_tts_demo.SpeechTextSplitter(granularity)
     got = [s for piece in pieces for s in splitter.feed(piece)]
     assert got == units
     assert splitter.flush() == ([rest] if rest else [])

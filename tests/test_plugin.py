@@ -27,7 +27,8 @@ def test_plugin_import_is_lazy() -> None:
     """Listing plugins imports neither klein nor the reactor (twist picks the reactor later)."""
     code = (
         "import sys, twisted.plugins.aistack_tts_plugin as p;"
-        "bad = [m for m in ('klein', 'twisted.internet.reactor', 'aistack_tts._service')"
+        "bad = [m for m in ('klein', 'twisted.internet.reactor', 'aistack_tts._service',"
+        " 'aistack_tts_demo')"
         " if m in sys.modules];"
         "print(p.aistack_tts.tapname, bad)"
     )
@@ -96,6 +97,9 @@ def test_wheel_installs_plugin_in_fresh_venv(tmp_path: Path) -> None:
     [wheel] = wheels.glob("aistack_tts-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "twisted/plugins/aistack_tts_plugin.py" in names
+    assert "twisted/plugins/aistack_tts_demo_plugin.py" in names
+    assert "aistack_tts/__init__.py" in names
+    assert "aistack_tts_demo/__init__.py" in names
     assert "twisted/plugins/__init__.py" not in names
     assert not [n for n in names if n.endswith("dropin.cache")]
 
@@ -113,6 +117,11 @@ def test_wheel_installs_plugin_in_fresh_venv(tmp_path: Path) -> None:
     assert "aistack-tts" in listing.stdout, listing.stdout + listing.stderr
     helptext = run(twist, "aistack-tts", "--help", env=clean_env, cwd=tmp_path)
     assert "--upstream" in helptext.stdout, helptext.stderr
+    # A plain install leaves the demo extra out: the gateway runs, --demo says what to install.
+    demo = run(twist, "aistack-tts", "--demo", "--listen", "tcp:0", env=clean_env, cwd=tmp_path)
+    assert demo.returncode == 64, demo.stderr
+    assert "the demo extra, e.g. pip install -e '.[demo]'" in demo.stderr
+    assert demo.stderr.strip().count("\n") == 0, demo.stderr
 
 
 def test_port_in_use_exits_with_one_line() -> None:

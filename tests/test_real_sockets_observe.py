@@ -260,7 +260,7 @@ def test_readyz_probes_and_the_demo_are_told_apart(demo: Gateway) -> None:
     assert len(ours) == 1
     assert theirs
     for event in theirs:
-        assert event["namespace"] == "aistack_tts.demo.access"
+        assert event["namespace"] == "aistack_tts_demo.access"
         assert event["message"].startswith("demo upstream: "), event["message"]
 
 

@@ -33,7 +33,7 @@ from twisted.internet.threads import blockingCallFromThread, deferToThread
 from twisted.logger import formatEvent
 
 from aistack_tts import TTSProxy
-from aistack_tts.demo import listen_demo
+from aistack_tts_demo import listen_demo
 from support.logs import Captured
 from support.reactor import (
     blockon,

@@ -29,7 +29,7 @@ from twisted.internet.threads import deferToThread
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
 from aistack_tts import TTSProxy
-from aistack_tts.demo._synth import FRAME_BYTES
+from aistack_tts_demo._synth import FRAME_BYTES
 from support.logs import Captured
 from support.reactor import disconnected, listen_tracking, reactor, twisted_test, until
 from support.websocket import (

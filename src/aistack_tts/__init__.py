@@ -1,4 +1,10 @@
-"""aistack-tts: a transparent Twisted gateway for Qwen3-TTS that guards one GPU slot."""
+"""aistack-tts: a transparent Twisted gateway for Qwen3-TTS that guards one GPU slot.
+
+The public API, above every step of a request's way: the gateway (``TTSProxy``, its
+``GatewayConfig``, its errors) and the listening helpers with which a ``twist`` plugin beside
+it (the demo upstream's) listens the way the gateway does: ``parse_endpoints``,
+``add_listeners`` and ``or_fail`` (a ``ConfigError`` at start ends the program with one line).
+"""
 
 from ._config import ConfigError, GatewayConfig
 from ._errors import (
@@ -13,6 +19,7 @@ from ._errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from ._listen import add_listeners, or_fail, parse_endpoints
 from ._proxy import TTSProxy
 from ._slot import GPUSlot, RetryAfter
 
@@ -35,4 +42,7 @@ __all__ = [
     "UpstreamTimeout",
     "UpstreamUnavailable",
     "__version__",
+    "add_listeners",
+    "or_fail",
+    "parse_endpoints",
 ]

@@ -1,4 +1,8 @@
-"""Listening and failing at start: shared by the gateway and the demo upstream plugins."""
+"""At start, before any request: listening, and failing with one line.
+
+``parse_endpoints``, ``add_listeners`` and ``or_fail`` are public (``aistack_tts``): the
+gateway's service uses them, and so does the demo upstream's plugin beside the gateway.
+"""
 
 from __future__ import annotations
 

@@ -1,22 +1,38 @@
-"""The ``twist aistack-tts`` service: listeners for the gateway's site, closed cleanly."""
+"""The ``twist aistack-tts`` service: listeners for the gateway's site, closed cleanly.
+
+``--demo`` runs an upstream in-process, but the gateway never imports the demo's package:
+whoever starts the service hands in a ``DemoLoader``, which the gateway calls only for
+``--demo``. The ``twist`` plugin (``twisted/plugins/aistack_tts_plugin.py``) is that caller,
+the one module above both packages. This beats the demo composing the gateway itself: start,
+drain and the second signal stay here in one place, the public API does not grow by the
+gateway's service internals, and the demo stays a plain upstream that only needs the public
+listening helpers. A gateway installed without the demo's extra runs unchanged.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from attrs import evolve
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import Logger
 
-from ._config import DEFAULT_DRAIN_TIMEOUT, GatewayConfig
+from ._config import DEFAULT_DRAIN_TIMEOUT, ConfigError, GatewayConfig
 from ._listen import Listen, add_listeners, or_fail, parse_endpoints
 from ._proxy import TTSProxy
 from ._shutdown import FastShutdown
 from ._startup import log_startup
 
 _log = Logger()
+
+#: Builds an upstream's site on a reactor: what ``--demo`` listens with on loopback.
+SiteFactory = Callable[[Any], IProtocolFactory]
+
+#: Finds the demo upstream's ``SiteFactory``, or raises ``ConfigError`` saying why it cannot.
+DemoLoader = Callable[[], SiteFactory]
 
 
 class GatewayService(MultiService):
@@ -50,22 +66,30 @@ class GatewayService(MultiService):
 
 
 class DemoGatewayService(MultiService):
-    """``--demo``: the demo upstream on an ephemeral loopback port, and the gateway in front."""
+    """``--demo``: the demo upstream on an ephemeral loopback port, and the gateway in front.
 
-    def __init__(self, config: GatewayConfig, endpoints: list[Listen], reactor: Any) -> None:
+    ``upstream_site`` builds the demo's site; it comes from outside the gateway.
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        endpoints: list[Listen],
+        reactor: Any,
+        upstream_site: SiteFactory,
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._config = config
         self._endpoints = endpoints
         self._reactor = reactor
+        self._upstream_site = upstream_site
         self._demo_port: IListeningPort | None = None
         self._gateway: GatewayService | None = None
 
     def startService(self) -> None:
         """Listen for the demo first: the gateway's upstream URL needs its port."""
-        from .demo import DemoUpstream
-
         self._demo_port = self._reactor.listenTCP(
-            0, DemoUpstream(reactor=self._reactor).site(), interface="127.0.0.1"
+            0, self._upstream_site(self._reactor), interface="127.0.0.1"
         )
         assert self._demo_port is not None
         address: Any = self._demo_port.getHost()
@@ -93,19 +117,30 @@ class DemoGatewayService(MultiService):
 
 
 def make_gateway_service(
-    config: GatewayConfig, reactor: Any
+    config: GatewayConfig, reactor: Any, demo: DemoLoader | None = None
 ) -> GatewayService | DemoGatewayService:
-    """Build the service for ``config``; a bad listen description raises ``ConfigError``."""
+    """Build the service for ``config``; a bad listen description raises ``ConfigError``.
+
+    ``demo`` is called only for ``--demo``; without one, ``--demo`` raises ``ConfigError``.
+    """
     endpoints = parse_endpoints(reactor, config.listen)
     if config.demo:
-        return DemoGatewayService(config, endpoints, reactor)
+        if demo is None:
+            raise ConfigError(
+                "--demo: no demo upstream was given to this gateway (the twist plugin gives"
+                " it; an older installed copy of the plugin does not: reinstall the package)"
+            )
+        return DemoGatewayService(config, endpoints, reactor, demo())
     proxy = TTSProxy.from_config(config, reactor=reactor)
     log_startup(config)
     return GatewayService(proxy, endpoints, config.drain_timeout)
 
 
-def makeService(options: Any) -> IService:
+def makeService(options: Any, demo: DemoLoader | None = None) -> IService:
     """Entry point for the ``twist`` plugin (imported lazily by the ServiceMaker).
+
+    ``demo`` is the plugin's loader for ``--demo``'s upstream (see the module docstring); a
+    ``ConfigError`` from it ends the program with one line, as a bad option does.
 
     The first SIGTERM/SIGINT drains (the reactor's handlers stop it, which stops the service);
     a second one cuts the drain short (``FastShutdown``, installed once the reactor runs,
@@ -113,6 +148,6 @@ def makeService(options: Any) -> IService:
     """
     from twisted.internet import reactor
 
-    service = or_fail("aistack-tts", lambda: make_gateway_service(options.config, reactor))
+    service = or_fail("aistack-tts", lambda: make_gateway_service(options.config, reactor, demo))
     reactor.callWhenRunning(FastShutdown(reactor, service.cut_now).install)
     return service

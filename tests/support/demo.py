@@ -31,9 +31,9 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
-from aistack_tts.demo import DemoUpstream
-from aistack_tts.demo._profiles import BUILTIN_PROFILES
-from aistack_tts.demo._synth import (
+from aistack_tts_demo import DemoUpstream
+from aistack_tts_demo._profiles import BUILTIN_PROFILES
+from aistack_tts_demo._synth import (
     FRAME_SAMPLES,
     SAMPLE_RATE,
     wav_header,

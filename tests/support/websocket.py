@@ -28,9 +28,9 @@ from websockets.sync.client import ClientConnection, connect
 
 from aistack_tts import TTSProxy
 from aistack_tts._tunnel import WebSocketTunnel
-from aistack_tts.demo import DemoUpstream
-from aistack_tts.demo._synth import synthesize
-from aistack_tts.demo._voices import VoiceRegistry
+from aistack_tts_demo import DemoUpstream
+from aistack_tts_demo._synth import synthesize
+from aistack_tts_demo._voices import VoiceRegistry
 from support.reactor import disconnected, listen_tracking, new_delayed_calls, reactor, until
 
 STREAM = "/v1/audio/speech/stream"

@@ -11,8 +11,7 @@ from attrs import frozen
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
-from aistack_tts._config import ConfigError
-from aistack_tts._listen import add_listeners, or_fail, parse_endpoints
+from aistack_tts import ConfigError, add_listeners, or_fail, parse_endpoints
 
 from ._app import DemoUpstream
 from ._speech import MODEL_NAME

@@ -41,9 +41,9 @@ from ._voices import (
     too_large,
 )
 
-log = Logger(namespace="aistack_tts.demo")
+log = Logger(namespace="aistack_tts_demo")
 #: The demo's access lines, marked as the demo's: in front of it, the gateway logs its own.
-access_log = Logger(namespace="aistack_tts.demo.access")
+access_log = Logger(namespace="aistack_tts_demo.access")
 
 
 def _body_size(request: IRequest) -> int:

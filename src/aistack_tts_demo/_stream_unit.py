@@ -1,6 +1,6 @@
 """One unit of a streaming session's work, and the producer that paces it.
 
-A step below ``aistack_tts.demo._stream``: a ``Unit`` is one TTS request of a session (an
+A step below ``aistack_tts_demo._stream``: a ``Unit`` is one TTS request of a session (an
 utterance, or a sentence or clause of one) with its indexes, its pacer and its
 ``audio.start`` event; the session's ``Throttle`` passes its socket's pause and resume on to
 the unit being made.

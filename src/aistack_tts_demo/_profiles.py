@@ -1,6 +1,6 @@
 """The voices' numbers: the model's nine speakers, and one derived for each uploaded sample.
 
-The lowest step of the demo's audio: a ``VoiceProfile`` is what ``aistack_tts.demo._synth``
+The lowest step of the demo's audio: a ``VoiceProfile`` is what ``aistack_tts_demo._synth``
 renders with, derived by hashing (not ``random``), so a voice sounds the same on every run.
 """
 

@@ -23,7 +23,7 @@ from ._pacing import PacedFrames
 from ._speech import SpeechRequest, usage, usage_headers
 from ._synth import FRAME_SECONDS, synthesize, wav_header
 
-log = Logger(namespace="aistack_tts.demo")
+log = Logger(namespace="aistack_tts_demo")
 
 #: vLLM-Omni's deploy config: the first chunk is one codec frame, then 25 (2 s) at a time.
 INITIAL_CHUNK_FRAMES = 1

@@ -1,6 +1,6 @@
 """``POST /v1/audio/speech/batch``: each item checked as a speech request and spoken whole.
 
-Beside ``aistack_tts.demo._generation``, at the same step: a plain function from the body to
+Beside ``aistack_tts_demo._generation``, at the same step: a plain function from the body to
 the batch's answer (no pacing, no request object).
 """
 

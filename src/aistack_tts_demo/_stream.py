@@ -57,7 +57,7 @@ from ._synth import FRAME_SECONDS, synthesize
 if TYPE_CHECKING:
     from ._speech import SpeechRequest
 
-log = Logger(namespace="aistack_tts.demo")
+log = Logger(namespace="aistack_tts_demo")
 
 STREAM_PATH = b"/v1/audio/speech/stream"
 #: vLLM-Omni's chunks: the first codec frame alone, then ``chunk_frames`` at a time.
