@@ -322,7 +322,7 @@ def test_public_names_are_reexported() -> None:
 
 def test_watchdog_fires_after_a_quiet_interval_blaming_the_last_kind() -> None:
     """Each touch restarts the interval; the stall names whoever was last waited on."""
-    from aistack_tts._upstream import Watchdog
+    from aistack_tts._watchdog import Watchdog
 
     clock = Clock()
     stalls: list[str] = []

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from ._upstream import Watchdog
+from ._watchdog import Watchdog
 
 
 @implementer(IPushProducer)

@@ -62,7 +62,8 @@ from ._outcome import Outcome
 from ._pool import Upstream
 from ._protocol import CLIENT_SEND_BUFFER, NO_BODY_STATUS, RETRY_UNAVAILABLE_S
 from ._slot import SlotHold
-from ._upstream import Watchdog, body_producer, upstream_url
+from ._upstream import body_producer, upstream_url
+from ._watchdog import Watchdog
 
 _log = Logger()
 

@@ -70,7 +70,7 @@ from ._tunnel_sides import (
     couple,
     take_over,
 )
-from ._upstream import Watchdog
+from ._watchdog import Watchdog
 
 _log = Logger()
 

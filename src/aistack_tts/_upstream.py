@@ -10,13 +10,11 @@ calls the ``Agent`` treq itself is built on, directly, with the same pool treq w
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import IO, Any, cast
 
-from attrs import define, field
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.task import Cooperator
 from twisted.python.failure import Failure
 from twisted.web.client import URI, Agent, FileBodyProducer, HTTPConnectionPool
@@ -190,41 +188,3 @@ def body_producer(content: IO[bytes] | None, cooperator: Cooperator) -> IBodyPro
 def make_cooperator(reactor: IReactorTime) -> Cooperator:
     """A cooperator on the injected reactor (the default one uses the global reactor)."""
     return Cooperator(scheduler=lambda work: reactor.callLater(0, work))
-
-
-@define
-class Watchdog:
-    """Fires ``on_stall(kind)`` when nothing has happened for ``timeout`` seconds.
-
-    ``kind`` says who went quiet: ``"upstream"`` (no byte from it) or ``"client"`` (it stopped
-    reading while the gateway waited to write). ``touch`` runs once per body chunk, so it only
-    notes the time; the one timer re-arms itself for the rest of the interval when it fires.
-    """
-
-    clock: IReactorTime
-    timeout: float
-    on_stall: Callable[[str], None]
-    _call: IDelayedCall | None = field(default=None, init=False)
-    _last: float = field(default=0.0, init=False)
-    _kind: str = field(default="upstream", init=False)
-
-    def touch(self, kind: str = "upstream") -> None:
-        """Something happened: start counting again, blaming ``kind`` if it runs out."""
-        self._last = self.clock.seconds()
-        self._kind = kind
-        if self._call is None:
-            self._call = self.clock.callLater(self.timeout, self._check)
-
-    def stop(self) -> None:
-        """Disarm."""
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-
-    def _check(self) -> None:
-        quiet = self.clock.seconds() - self._last
-        if quiet < self.timeout:
-            self._call = self.clock.callLater(self.timeout - quiet, self._check)
-            return
-        self._call = None
-        self.on_stall(self._kind)
