@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import os
 
+from attrs import define, field
+
+from ._outcome import Outcome
+
 #: Close code and reason for a session ended by ``--ws-idle-timeout`` (1001: going away).
 IDLE_CLOSE = (1001, b"idle timeout")
 
@@ -109,3 +113,41 @@ def close_frame(code: int, reason: bytes, *, masked: bool) -> bytes:
         + mask
         + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     )
+
+
+@define
+class Frames:
+    """Where frames end in what was relayed each way, and who sent the first close frame."""
+
+    to_client: FrameBoundary = field(factory=FrameBoundary)
+    to_upstream: FrameBoundary = field(factory=FrameBoundary)
+    #: Who sent the first close frame: ``client`` or ``upstream``.
+    closer: str | None = None
+
+    def to_client_feed(self, data: bytes) -> None:
+        """``data`` went from the upstream to the client."""
+        self.to_client.feed(data)
+        if self.closer is None and self.to_client.closed:
+            self.closer = "upstream"
+
+    def to_upstream_feed(self, data: bytes) -> None:
+        """``data`` went from the client to the upstream."""
+        self.to_upstream.feed(data)
+        if self.closer is None and self.to_upstream.closed:
+            self.closer = "client"
+
+    def closed_by(self, dropped: str) -> tuple[Outcome, str]:
+        """The outcome and its cause for a session whose ``dropped`` side ended its TCP first.
+
+        It is put down to the side that sent the first close frame, if one did.
+        """
+        closer = self.closer
+        if closer is None:
+            return (
+                Outcome.closed_by(dropped),
+                f"the {dropped} closed the connection without a close frame",
+            )
+        frames = self.to_upstream if closer == "client" else self.to_client
+        code = frames.close_code
+        cause = f"the {closer} sent the first close frame (code {code or 'none'})"
+        return Outcome.closed_by(closer), cause

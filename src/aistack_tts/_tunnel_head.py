@@ -158,10 +158,10 @@ def body_decoder(
     return _IdentityTransferDecoder(int(length), on_data, on_end)
 
 
-def start_response(request: Request, head: AnswerHead, decoder: BodyDecoder | None) -> None:
-    """Start the client's response as the upstream's ``head`` (its body read by ``decoder``)."""
+def start_response(request: Request, head: AnswerHead, *, chunked: bool) -> None:
+    """Start the client's response as the upstream's ``head`` (``chunked``: its body is)."""
     request.setResponseCode(head.status, head.reason)
     client_response_headers(head.headers, request.responseHeaders)
-    if isinstance(decoder, _ChunkedTransferDecoder):
+    if chunked:
         # twisted.web frames the body for the client itself.
         request.responseHeaders.removeHeader(b"content-length")

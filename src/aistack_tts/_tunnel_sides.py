@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from attrs import define, field
+from attrs import define
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
@@ -20,7 +20,6 @@ from twisted.web.http import HTTPChannel
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from ._frames import IDLE_CLOSE, FrameBoundary, close_frame
 from ._protocol import CLIENT_SEND_BUFFER
 
 #: How long a side the gateway closed politely may take to flush what it was still sending
@@ -207,53 +206,3 @@ def couple(client: Side, upstream: Side, on_resume: Callable[[], None]) -> None:
     client.transport.registerProducer(client.producer, True)
     upstream.producer = Valve(client, on_resume)
     upstream.transport.registerProducer(upstream.producer, True)
-
-
-@define
-class Frames:
-    """Where frames end in what was relayed each way, and who sent the first close frame."""
-
-    to_client: FrameBoundary = field(factory=FrameBoundary)
-    to_upstream: FrameBoundary = field(factory=FrameBoundary)
-    #: Who sent the first close frame: ``client`` or ``upstream``.
-    closer: str | None = None
-
-    def to_client_feed(self, data: bytes) -> None:
-        """``data`` went from the upstream to the client."""
-        self.to_client.feed(data)
-        if self.closer is None and self.to_client.closed:
-            self.closer = "upstream"
-
-    def to_upstream_feed(self, data: bytes) -> None:
-        """``data`` went from the client to the upstream."""
-        self.to_upstream.feed(data)
-        if self.closer is None and self.to_upstream.closed:
-            self.closer = "client"
-
-    def closed_by(self, dropped: str) -> tuple[str, str]:
-        """The outcome and its cause for a session whose ``dropped`` side ended its TCP first.
-
-        It is put down to the side that sent the first close frame, if one did.
-        """
-        closer = self.closer
-        if closer is None:
-            return (
-                f"ws_closed_by_{dropped}",
-                f"the {dropped} closed the connection without a close frame",
-            )
-        frames = self.to_upstream if closer == "client" else self.to_client
-        code = frames.close_code
-        cause = f"the {closer} sent the first close frame (code {code or 'none'})"
-        return f"ws_closed_by_{closer}", cause
-
-    def say_goodbye(self, client: Side, upstream: Side) -> None:
-        """Send each open side a close frame (1001), where it is between two frames.
-
-        Said in WebSocket terms, so a side does not see an abnormal closure; only between
-        frames, so a side whose stream stopped mid-frame gets the TCP close only.
-        """
-        code, reason = IDLE_CLOSE
-        if client.open and self.to_client.at_boundary:
-            client.transport.write(close_frame(code, reason, masked=False))
-        if upstream.open and self.to_upstream.at_boundary:
-            upstream.transport.write(close_frame(code, reason, masked=True))

@@ -1,0 +1,196 @@
+"""The vocabulary of a WebSocket session's core: the events it is told and the effects it returns.
+
+The lowest step of the tunnel: values only (frozen attrs classes), shared by
+``aistack_tts._tunnel_machine`` (which decides) and ``aistack_tts._tunnel`` (its shell, which
+turns Twisted's callbacks into events and applies the effects in order).
+"""
+
+from __future__ import annotations
+
+from attrs import frozen
+
+from ._errors import GatewayError
+from ._tunnel_head import AnswerHead
+
+# Events: what happened, told by the shell.
+
+
+@frozen
+class Connected:
+    """The upstream's connection is up."""
+
+
+@frozen
+class ConnectFailed:
+    """The connect attempt failed, classified by the shell (``error`` for the client)."""
+
+    error: GatewayError
+    cause: str
+
+
+@frozen
+class UpstreamData:
+    """Bytes from the upstream."""
+
+    data: bytes
+
+
+@frozen
+class ClientData:
+    """Bytes from the client, once the tunnel holds its connection."""
+
+    data: bytes
+
+
+@frozen
+class UpstreamLost:
+    """The upstream's connection ended; ``why`` describes how."""
+
+    why: str
+
+
+@frozen
+class ClientLost:
+    """The client's connection ended after the 101."""
+
+
+@frozen
+class ClientLeft:
+    """The client went away (or the router gave up on it) before the tunnel opened."""
+
+
+@frozen
+class Stalled:
+    """The watchdog ran out: ``--idle-timeout`` before the 101, ``--ws-idle-timeout`` after."""
+
+    kind: str
+
+
+@frozen
+class Cut:
+    """The gateway ends the session now (the shutdown drain ran out): ``error`` for the client."""
+
+    error: GatewayError
+
+
+@frozen
+class Bug:
+    """An exception escaped the shell while it handled the session (already logged)."""
+
+
+Event = (
+    Connected
+    | ConnectFailed
+    | UpstreamData
+    | ClientData
+    | UpstreamLost
+    | ClientLost
+    | ClientLeft
+    | Stalled
+    | Cut
+    | Bug
+)
+
+
+# Effects: what the shell does, in the order given.
+
+
+@frozen
+class SendHandshake:
+    """Write the client's handshake to the upstream."""
+
+
+@frozen
+class CancelConnect:
+    """Cancel the connect attempt; its failure comes back as ``ConnectFailed``."""
+
+
+@frozen
+class Open:
+    """A 101: take the client's connection over, couple both sides, write ``head`` then ``rest``.
+
+    The bytes the client sent after its handshake come back as ``ClientData``.
+    """
+
+    head: AnswerHead
+    rest: bytes
+
+
+@frozen
+class StartRelay:
+    """Another status: start the client's response from ``head``; a body follows if ``body``."""
+
+    head: AnswerHead
+    chunked: bool
+    body: bool
+
+
+@frozen
+class WriteClient:
+    """Write ``data`` to the client: tunnel bytes, or (``relayed``) a body chunk of the answer."""
+
+    data: bytes
+    relayed: bool = False
+
+
+@frozen
+class WriteUpstream:
+    """Write ``data`` to the upstream (a side being closed is left alone)."""
+
+    data: bytes
+
+
+@frozen
+class CloseUpstream:
+    """Close the upstream's connection: politely or (``abort``) at once."""
+
+    abort: bool
+
+
+@frozen
+class CloseClient:
+    """Close the client's connection the tunnel holds: politely or (``abort``) at once."""
+
+    abort: bool
+
+
+@frozen
+class AbortClient:
+    """Cut the client's connection, whoever holds it: its response must not look complete."""
+
+
+@frozen
+class AnswerWith:
+    """The client gets ``error``'s envelope (the ``Finish`` that follows writes it)."""
+
+    error: GatewayError
+
+
+@frozen
+class Finish:
+    """The session is over: release the slot, end the response (``ending``), write the record.
+
+    ``ending`` is ``body`` (a relayed answer is whole), ``envelope`` (the ``AnswerWith`` just
+    before) or ``none``. ``fired``: whether the router's Deferred fires now; on the abort
+    paths (and after a 101) it is let go when the client's connection drops.
+    """
+
+    outcome: str
+    cause: str | None
+    ending: str = "none"
+    fired: bool = True
+
+
+Effect = (
+    SendHandshake
+    | CancelConnect
+    | Open
+    | StartRelay
+    | WriteClient
+    | WriteUpstream
+    | CloseUpstream
+    | CloseClient
+    | AbortClient
+    | AnswerWith
+    | Finish
+)

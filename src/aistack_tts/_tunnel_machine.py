@@ -1,0 +1,326 @@
+"""The decisions of one WebSocket session, without I/O: events in, effects out (sans-IO).
+
+The core of the tunnel step: ``aistack_tts._tunnel`` is its shell, which turns what Twisted
+reports (the connect, bytes from either side, either side's end, the watchdog, the drain's
+cut) into ``Event`` values, hands them to ``TunnelMachine.handle`` and applies the ``Effect``
+values it returns, in order (both are in ``aistack_tts._tunnel_events``). No transport, no
+clock, no Deferred: time arrives as ``Stalled``, failures arrive already classified
+(``ConnectFailed``). The machine reads the upstream's answer head, follows frame boundaries
+both ways (for the idle close frame and to say who closed), and decodes the body of an
+answer that is not a 101.
+
+Phases: ``connecting`` → ``handshake`` (request written, waiting for the head) → ``open``
+(after a 101) or ``relaying`` (another status, its body going to the client) → ``done``.
+Exactly one ``Finish`` ends a session; after it every event is answered with no effect.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from twisted.web.http import PotentialDataLoss
+
+from ._errors import GatewayError, UpstreamError, UpstreamTimeout, describe, stall_cause
+from ._frames import IDLE_CLOSE, Frames, close_frame
+from ._outcome import Outcome, cut_outcome
+from ._tunnel_events import (
+    AbortClient,
+    AnswerWith,
+    Bug,
+    CancelConnect,
+    ClientData,
+    ClientLeft,
+    ClientLost,
+    CloseClient,
+    CloseUpstream,
+    Connected,
+    ConnectFailed,
+    Cut,
+    Effect,
+    Event,
+    Finish,
+    Open,
+    SendHandshake,
+    Stalled,
+    StartRelay,
+    UpstreamData,
+    UpstreamLost,
+    WriteClient,
+    WriteUpstream,
+)
+from ._tunnel_head import AnswerHead, BadAnswer, BodyDecoder, body_decoder, parse_head, split_head
+from ._twisted_private import _ChunkedTransferDecoder
+
+#: What a client waiting for the answer is told when the gateway itself failed (a bug).
+GATEWAY_FAILED = "the gateway failed; see its log"
+NO_HANDSHAKE_ANSWER = "the Qwen3-TTS upstream did not answer the handshake in time"
+
+
+class Phase(StrEnum):
+    """Where a WebSocket session is."""
+
+    CONNECTING = "connecting"
+    HANDSHAKE = "handshake"
+    OPEN = "open"
+    RELAYING = "relaying"
+    DONE = "done"
+
+
+class TunnelMachine:
+    """The state of one WebSocket session and what each event makes of it."""
+
+    def __init__(self, idle_timeout: float, ws_idle_timeout: float) -> None:
+        self._idle_timeout = idle_timeout
+        self._ws_idle_timeout = ws_idle_timeout
+        self.phase = Phase.CONNECTING
+        #: Whether the gateway itself cut the connect attempt short: a stall or a cut.
+        self.timed_out = False
+        self._cut: GatewayError | None = None
+        self._buffer = b""
+        self._decoder: BodyDecoder | None = None
+        #: What the body decoder produced during the event being handled.
+        self._decoded: list[Effect] = []
+        self._status: int | None = None
+        self.frames = Frames()
+        self.bytes_out = 0
+        self.bytes_in = 0
+
+    def handle(self, event: Event) -> list[Effect]:
+        """What ``event`` changes: the effects for the shell to apply, in order."""
+        match self.phase:
+            case Phase.CONNECTING:
+                return self._connecting(event)
+            case Phase.HANDSHAKE:
+                return self._handshake(event)
+            case Phase.OPEN:
+                return self._open(event)
+            case Phase.RELAYING:
+                return self._relaying(event)
+        return []
+
+    # Before the connection.
+
+    def _connecting(self, event: Event) -> list[Effect]:
+        match event:
+            case Connected():
+                self.phase = Phase.HANDSHAKE
+                return [SendHandshake()]
+            case ConnectFailed(error, cause):
+                if self._cut is not None:
+                    return self._answer(self._cut, self._cut.message)
+                return self._answer(error, cause)
+            case ClientLeft():
+                return [*self._finish(Outcome.CLIENT_ABORT, None, fired=False), CancelConnect()]
+            case Stalled():
+                self.timed_out = True
+                return [CancelConnect()]  # ConnectFailed answers 504
+            case Cut(error):
+                self._cut = error
+                return [CancelConnect()]  # ConnectFailed answers with the error
+            case Bug():
+                return [CloseUpstream(abort=True), *self._answer_bug()]
+        return []
+
+    # Waiting for the answer head.
+
+    def _handshake(self, event: Event) -> list[Effect]:
+        match event:
+            case UpstreamData(data):
+                self._buffer += data
+                return self._read_head()
+            case UpstreamLost(why):
+                error = UpstreamError(f"ResponseNeverReceived: {why}")
+                return self._answer(error, error.message)
+            case ClientLeft():
+                return [CloseUpstream(abort=True), *self._left()]
+            case Stalled():
+                self.timed_out = True
+                return [
+                    CloseUpstream(abort=True),
+                    *self._answer_error(UpstreamTimeout(NO_HANDSHAKE_ANSWER)),
+                ]
+            case Cut(error):
+                return [CloseUpstream(abort=True), *self._answer_error(error)]
+            case Bug():
+                return [CloseUpstream(abort=True), *self._answer_bug()]
+        return []
+
+    def _read_head(self) -> list[Effect]:
+        while True:
+            try:
+                split = split_head(self._buffer)
+                if split is None:
+                    return []
+                raw, self._buffer = split
+                head = parse_head(raw)
+            except BadAnswer as e:
+                return [CloseUpstream(abort=True), *self._answer_error(UpstreamError(describe(e)))]
+            if 100 <= head.status < 200 and head.status != 101:
+                continue  # an interim answer (100 Continue, 103): the real one follows
+            self._status = head.status
+            if head.status == 101:
+                return self._open_tunnel(head)
+            return self._relay(head)
+
+    # After a 101: the tunnel.
+
+    def _open_tunnel(self, head: AnswerHead) -> list[Effect]:
+        self.phase = Phase.OPEN
+        rest, self._buffer = self._buffer, b""
+        self.bytes_out += len(rest)
+        self.frames.to_client_feed(rest)
+        return [Open(head, rest)]
+
+    def _open(self, event: Event) -> list[Effect]:
+        match event:
+            case UpstreamData(data):
+                self.bytes_out += len(data)
+                self.frames.to_client_feed(data)
+                return [WriteClient(data)]
+            case ClientData(data):
+                self.bytes_in += len(data)
+                self.frames.to_upstream_feed(data)
+                return [WriteUpstream(data)]
+            case UpstreamLost():
+                return self._end(*self.frames.closed_by("upstream"), abort=False)
+            case ClientLost():
+                return self._end(*self.frames.closed_by("client"), abort=False)
+            case Stalled():
+                cause = f"--ws-idle-timeout: no byte either way for {self._ws_idle_timeout:g} s"
+                return [*self._goodbyes(), *self._end(Outcome.WS_IDLE, cause, abort=False)]
+            case Cut(error):
+                return self._end(cut_outcome(error.type), None, abort=True)
+            case Bug():
+                return [
+                    CloseUpstream(abort=True),
+                    AbortClient(),
+                    *self._finish(Outcome.INTERNAL_ERROR, None, fired=False),
+                ]
+        return []
+
+    def _goodbyes(self) -> list[Effect]:
+        """A close frame (1001) to each side, where its stream is between two frames.
+
+        Said in WebSocket terms, so a side does not see an abnormal closure; only between
+        frames, so a side whose stream stopped mid-frame gets the TCP close only.
+        """
+        code, reason = IDLE_CLOSE
+        said: list[Effect] = []
+        if self.frames.to_client.at_boundary:
+            said.append(WriteClient(close_frame(code, reason, masked=False)))
+        if self.frames.to_upstream.at_boundary:
+            said.append(WriteUpstream(close_frame(code, reason, masked=True)))
+        return said
+
+    def _end(self, outcome: str, cause: str | None, *, abort: bool) -> list[Effect]:
+        """End an open session: close both connections (one already closed is left alone)."""
+        return [
+            CloseClient(abort=abort),
+            CloseUpstream(abort=abort),
+            *self._finish(outcome, cause, fired=False),
+        ]
+
+    # Another answer: relayed as an HTTP response.
+
+    def _relay(self, head: AnswerHead) -> list[Effect]:
+        try:
+            decoder = body_decoder(head, self._decoded_data, self._decoded_end)
+        except BadAnswer as e:
+            return [CloseUpstream(abort=True), *self._answer_error(UpstreamError(describe(e)))]
+        self.phase = Phase.RELAYING
+        chunked = isinstance(decoder, _ChunkedTransferDecoder)
+        started: list[Effect] = [StartRelay(head, chunked=chunked, body=decoder is not None)]
+        if decoder is None:
+            return [*started, *self._relayed()]
+        self._decoder = decoder
+        rest, self._buffer = self._buffer, b""
+        return [*started, *self._decode(rest)] if rest else started
+
+    def _relaying(self, event: Event) -> list[Effect]:
+        match event:
+            case UpstreamData(data):
+                return self._decode(data)
+            case UpstreamLost():
+                assert self._decoder is not None
+                try:
+                    self._decoder.noMoreData()
+                except PotentialDataLoss:
+                    # A body delimited by the end of the connection (its end already decoded).
+                    if self.phase is Phase.RELAYING:
+                        self._decoded.extend(self._relayed())
+                except Exception as e:
+                    return [*self._drain_decoded(), *self._broken(describe(e))]
+                return self._drain_decoded()
+            case ClientLeft():
+                return [CloseUpstream(abort=True), *self._left()]
+            case Stalled(kind):
+                return self._cut_relay(Outcome.stalled(kind), stall_cause(kind, self._idle_timeout))
+            case Cut(error):
+                return self._cut_relay(cut_outcome(error.type), None)
+            case Bug():
+                return self._cut_relay(Outcome.INTERNAL_ERROR, None)
+        return []
+
+    def _decode(self, data: bytes) -> list[Effect]:
+        assert self._decoder is not None
+        try:
+            self._decoder.dataReceived(data)
+        except Exception as e:  # a malformed chunked body
+            return [*self._drain_decoded(), *self._broken(describe(e))]
+        return self._drain_decoded()
+
+    def _drain_decoded(self) -> list[Effect]:
+        effects, self._decoded = self._decoded, []
+        return effects
+
+    def _decoded_data(self, data: bytes) -> None:
+        if self.phase is Phase.RELAYING:
+            self.bytes_out += len(data)
+            self._decoded.append(WriteClient(data, relayed=True))
+
+    def _decoded_end(self, extra: bytes) -> None:
+        if self.phase is Phase.RELAYING:
+            self._decoded.extend(self._relayed())
+
+    def _relayed(self) -> list[Effect]:
+        """The answer is whole. Its connection carried a refused handshake: it is not reused."""
+        cause = f"the upstream answered the handshake with {self._status}"
+        return [
+            CloseUpstream(abort=False),
+            *self._finish(Outcome.WS_REJECTED, cause, ending="body"),
+        ]
+
+    def _broken(self, why: str) -> list[Effect]:
+        # Truth after headers: a truncated body must never end like a whole one.
+        if self.phase is not Phase.RELAYING:
+            return []
+        return self._cut_relay(Outcome.UPSTREAM_ERROR_MID_BODY, why)
+
+    def _cut_relay(self, outcome: str, cause: str | None) -> list[Effect]:
+        return [
+            CloseUpstream(abort=True),
+            AbortClient(),
+            *self._finish(outcome, cause, fired=False),
+        ]
+
+    # The ways out.
+
+    def _left(self) -> list[Effect]:
+        return self._finish(Outcome.CLIENT_ABORT, None, fired=False)
+
+    def _answer_bug(self) -> list[Effect]:
+        return self._answer_error(GatewayError(GATEWAY_FAILED))
+
+    def _answer_error(self, error: GatewayError) -> list[Effect]:
+        return self._answer(error, error.message)
+
+    def _answer(self, error: GatewayError, cause: str) -> list[Effect]:
+        """End the session with the gateway's envelope for ``error``."""
+        return [AnswerWith(error), *self._finish(error.type, cause, ending="envelope")]
+
+    def _finish(
+        self, outcome: str, cause: str | None, *, ending: str = "none", fired: bool = True
+    ) -> list[Effect]:
+        """The one way out."""
+        self.phase = Phase.DONE
+        return [Finish(outcome, cause, ending=ending, fired=fired)]
