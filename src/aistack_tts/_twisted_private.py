@@ -3,7 +3,7 @@
 Every Twisted upgrade starts here: these are the names that may move or change without notice.
 Private *attributes* the gateway reads or overrides are named in the docstring of the module
 that uses them (``_channel``: ``HTTPChannel``'s parser hooks; ``_upstream``:
-``Agent._requestWithEndpoint``; ``_tunnel``: ``HTTPChannel._dataBuffer``; ``_resources``:
+``Agent._requestWithEndpoint``; ``_tunnel_sides``: ``HTTPChannel._dataBuffer``; ``_resources``:
 a port's ``_logger``).
 """
 
