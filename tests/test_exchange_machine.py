@@ -18,6 +18,16 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectionRefusedError
 from twisted.python.failure import Failure
 
+from aistack_tts._call_events import (
+    AbortClient,
+    AnswerWith,
+    Bug,
+    ClientLeft,
+    Cut,
+    Ending,
+    Finish,
+    Stalled,
+)
 from aistack_tts._errors import (
     Draining,
     GatewayError,
@@ -31,25 +41,17 @@ from aistack_tts._exchange_machine import (
     GATEWAY_FAILED,
     LEFT_BEFORE_HEAD,
     LEFT_DURING_BODY,
-    AbortClient,
-    AnswerWith,
     BodyEnded,
-    Bug,
     CallFailed,
     CancelCall,
-    ClientLeft,
-    Cut,
     Effect,
-    Ending,
     Event,
     ExchangeMachine,
     FailedOver,
-    Finish,
     NoFailOver,
     Phase,
     Response,
     Send,
-    Stalled,
     Start,
     StartResponse,
     StopUpstream,

@@ -15,27 +15,30 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aistack_tts._errors import Draining, UpstreamTimeout, UpstreamUnavailable
-from aistack_tts._frames import close_frame
-from aistack_tts._tunnel_events import (
+from aistack_tts._call_events import (
     AbortClient,
     AnswerWith,
     Bug,
+    ClientLeft,
+    Cut,
+    Ending,
+    Finish,
+    Stalled,
+)
+from aistack_tts._errors import Draining, UpstreamTimeout, UpstreamUnavailable
+from aistack_tts._frames import close_frame
+from aistack_tts._tunnel_events import (
     CancelConnect,
     ClientData,
-    ClientLeft,
     ClientLost,
     CloseClient,
     CloseUpstream,
     Connected,
     ConnectFailed,
-    Cut,
     Effect,
     Event,
-    Finish,
     Open,
     SendHandshake,
-    Stalled,
     StartRelay,
     UpstreamData,
     UpstreamLost,
@@ -61,7 +64,7 @@ EVENTS: dict[str, Event] = {
     "client_left": ClientLeft(),
     "stalled": Stalled("upstream"),
     "cut": Cut(DRAINING),
-    "bug": Bug(),
+    "bug": Bug("RuntimeError: boom"),
 }
 
 
@@ -144,7 +147,10 @@ def test_a_cut_while_connecting_answers_with_the_cut_once_the_attempt_fails() ->
     m = machine(Phase.CONNECTING)
     assert m.handle(Cut(DRAINING)) == [CancelConnect()]
     effects = m.handle(ConnectFailed(UpstreamTimeout("cancelled"), "cancelled"))
-    assert effects == [AnswerWith(DRAINING), Finish("draining", DRAINING.message, "envelope")]
+    assert effects == [
+        AnswerWith(DRAINING),
+        Finish("draining", DRAINING.message, ending=Ending.ENVELOPE),
+    ]
 
 
 def test_a_stall_while_connecting_marks_the_failure_as_a_timeout() -> None:
@@ -198,7 +204,7 @@ def test_a_refusal_starts_an_http_response(head: bytes, chunked: bool, body: boo
             Finish(
                 "ws_rejected",
                 f"the upstream answered the handshake with {start.head.status}",
-                "body",
+                ending=Ending.BODY,
             ),
         ]
 

@@ -24,6 +24,16 @@ from zope.interface import implementer
 
 from ._bridge import StreamBridge
 from ._call import CallRecord
+from ._call_events import (
+    AbortClient,
+    AnswerWith,
+    Bug,
+    ClientLeft,
+    Cut,
+    Ending,
+    Finish,
+    Stalled,
+)
 from ._context import CallContext, IInFlightCall
 from ._errors import (
     QWEN3_TTS,
@@ -34,24 +44,16 @@ from ._errors import (
     is_connect_failure,
 )
 from ._exchange_machine import (
-    AbortClient,
-    AnswerWith,
     BodyEnded,
-    Bug,
     CallFailed,
     CancelCall,
-    ClientLeft,
-    Cut,
     Effect,
-    Ending,
     Event,
     ExchangeMachine,
     FailedOver,
-    Finish,
     NoFailOver,
     Response,
     Send,
-    Stalled,
     Start,
     StartResponse,
     StopUpstream,

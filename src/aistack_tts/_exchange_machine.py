@@ -24,6 +24,7 @@ from enum import StrEnum
 
 from attrs import frozen
 
+from ._call_events import AbortClient, AnswerWith, Bug, ClientLeft, Cut, Ending, Finish, Stalled
 from ._errors import GatewayError, stall_cause, upstream_timeout
 from ._outcome import Outcome, cut_outcome
 
@@ -88,32 +89,6 @@ class BodyEnded:
     broken: str | None = None
 
 
-@frozen
-class ClientLeft:
-    """The client's connection went away (or the router cancelled the call)."""
-
-
-@frozen
-class Stalled:
-    """The watchdog ran out: ``"upstream"`` sent nothing, or the ``"client"`` read nothing."""
-
-    kind: str
-
-
-@frozen
-class Cut:
-    """The gateway ends the call now (the shutdown drain ran out): ``error`` for the client."""
-
-    error: GatewayError
-
-
-@frozen
-class Bug:
-    """An exception escaped the shell while it handled the call (already logged)."""
-
-    why: str
-
-
 Event = (
     Start
     | Response
@@ -156,43 +131,6 @@ class TryFailOver:
 @frozen
 class StopUpstream:
     """Close the upstream body's connection, so the server stops generating."""
-
-
-@frozen
-class AbortClient:
-    """Abort the client's connection: its response must not look complete."""
-
-
-@frozen
-class AnswerWith:
-    """The client gets ``error``'s envelope; the ``Finish`` that follows writes it."""
-
-    error: GatewayError
-
-
-class Ending(StrEnum):
-    """What ends the client's response, once the slot is released."""
-
-    #: The relayed body is whole: end the response.
-    BODY = "body"
-    #: Write the envelope of the ``AnswerWith`` just before.
-    ENVELOPE = "envelope"
-    #: Nothing: the client left, or was aborted.
-    NONE = "none"
-
-
-@frozen
-class Finish:
-    """The call is over: release the slot, end the response (``ending``), write the record.
-
-    ``fired``: whether the router's Deferred fires now; on the abort paths it is let go when
-    the client's connection drops.
-    """
-
-    outcome: str
-    cause: str | None
-    fired: bool = True
-    ending: Ending = Ending.NONE
 
 
 Effect = (

@@ -29,6 +29,16 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from ._call import CallRecord
+from ._call_events import (
+    AbortClient,
+    AnswerWith,
+    Bug,
+    ClientLeft,
+    Cut,
+    Ending,
+    Finish,
+    Stalled,
+)
 from ._context import CallContext, IInFlightCall
 from ._errors import (
     QWEN3_TTS,
@@ -41,30 +51,23 @@ from ._headers import websocket_handshake
 from ._protocol import RETRY_UNAVAILABLE_S
 from ._slot import SlotHold
 from ._tunnel_events import (
-    AbortClient,
-    AnswerWith,
     CancelConnect,
     ClientData,
-    ClientLeft,
     ClientLost,
     CloseClient,
     CloseUpstream,
     Connected,
     ConnectFailed,
-    Cut,
     Effect,
     Event,
-    Finish,
     Open,
     SendHandshake,
-    Stalled,
     StartRelay,
     UpstreamData,
     UpstreamLost,
     WriteClient,
     WriteUpstream,
 )
-from ._tunnel_events import Bug as BugEvent
 from ._tunnel_head import TunnelTarget, head_for_client, start_response
 from ._tunnel_machine import Phase, TunnelMachine
 from ._tunnel_sides import (
@@ -202,7 +205,7 @@ class WebSocketTunnel:
 
     def _unexpected(self, failure: Failure) -> None:
         _log.failure("tunnelling {path} failed", failure, path=self._request.uri.decode("latin-1"))
-        self._feed(BugEvent())
+        self._feed(Bug(describe(failure.value)))
 
     # The effects, applied in order.
 
@@ -284,9 +287,9 @@ class WebSocketTunnel:
         """Stop the watchdog and finish the record: the slot is released here, once."""
         self._watchdog.stop()
         then = None
-        if finish.ending == "envelope":
+        if finish.ending is Ending.ENVELOPE:
             then = self._envelope
-        elif finish.ending == "body":
+        elif finish.ending is Ending.BODY:
             then = self._end_relay
         self._record.cause = finish.cause
         self._record.finish(finish.outcome, bytes_out=self._machine.bytes_out, then=then)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from attrs import frozen
 
+from ._call_events import AbortClient, AnswerWith, Bug, ClientLeft, Cut, Finish, Stalled
 from ._errors import GatewayError
 from ._tunnel_head import AnswerHead
 
@@ -52,30 +53,6 @@ class UpstreamLost:
 @frozen
 class ClientLost:
     """The client's connection ended after the 101."""
-
-
-@frozen
-class ClientLeft:
-    """The client went away (or the router gave up on it) before the tunnel opened."""
-
-
-@frozen
-class Stalled:
-    """The watchdog ran out: ``--idle-timeout`` before the 101, ``--ws-idle-timeout`` after."""
-
-    kind: str
-
-
-@frozen
-class Cut:
-    """The gateway ends the session now (the shutdown drain ran out): ``error`` for the client."""
-
-    error: GatewayError
-
-
-@frozen
-class Bug:
-    """An exception escaped the shell while it handled the session (already logged)."""
 
 
 Event = (
@@ -152,33 +129,6 @@ class CloseClient:
     """Close the client's connection the tunnel holds: politely or (``abort``) at once."""
 
     abort: bool
-
-
-@frozen
-class AbortClient:
-    """Cut the client's connection, whoever holds it: its response must not look complete."""
-
-
-@frozen
-class AnswerWith:
-    """The client gets ``error``'s envelope (the ``Finish`` that follows writes it)."""
-
-    error: GatewayError
-
-
-@frozen
-class Finish:
-    """The session is over: release the slot, end the response (``ending``), write the record.
-
-    ``ending`` is ``body`` (a relayed answer is whole), ``envelope`` (the ``AnswerWith`` just
-    before) or ``none``. ``fired``: whether the router's Deferred fires now; on the abort
-    paths (and after a 101) it is let go when the client's connection drops.
-    """
-
-    outcome: str
-    cause: str | None
-    ending: str = "none"
-    fired: bool = True
 
 
 Effect = (

@@ -20,28 +20,31 @@ from enum import StrEnum
 
 from twisted.web.http import PotentialDataLoss
 
+from ._call_events import (
+    AbortClient,
+    AnswerWith,
+    Bug,
+    ClientLeft,
+    Cut,
+    Ending,
+    Finish,
+    Stalled,
+)
 from ._errors import GatewayError, UpstreamError, UpstreamTimeout, describe, stall_cause
 from ._frames import IDLE_CLOSE, Frames, close_frame
 from ._outcome import Outcome, cut_outcome
 from ._tunnel_events import (
-    AbortClient,
-    AnswerWith,
-    Bug,
     CancelConnect,
     ClientData,
-    ClientLeft,
     ClientLost,
     CloseClient,
     CloseUpstream,
     Connected,
     ConnectFailed,
-    Cut,
     Effect,
     Event,
-    Finish,
     Open,
     SendHandshake,
-    Stalled,
     StartRelay,
     UpstreamData,
     UpstreamLost,
@@ -190,11 +193,11 @@ class TunnelMachine:
                 return [*self._goodbyes(), *self._end(Outcome.WS_IDLE, cause, abort=False)]
             case Cut(error):
                 return self._end(cut_outcome(error.type), None, abort=True)
-            case Bug():
+            case Bug(why):
                 return [
                     CloseUpstream(abort=True),
                     AbortClient(),
-                    *self._finish(Outcome.INTERNAL_ERROR, None, fired=False),
+                    *self._finish(Outcome.INTERNAL_ERROR, why, fired=False),
                 ]
         return []
 
@@ -257,8 +260,8 @@ class TunnelMachine:
                 return self._cut_relay(Outcome.stalled(kind), stall_cause(kind, self._idle_timeout))
             case Cut(error):
                 return self._cut_relay(cut_outcome(error.type), None)
-            case Bug():
-                return self._cut_relay(Outcome.INTERNAL_ERROR, None)
+            case Bug(why):
+                return self._cut_relay(Outcome.INTERNAL_ERROR, why)
         return []
 
     def _decode(self, data: bytes) -> list[Effect]:
@@ -287,7 +290,7 @@ class TunnelMachine:
         cause = f"the upstream answered the handshake with {self._status}"
         return [
             CloseUpstream(abort=False),
-            *self._finish(Outcome.WS_REJECTED, cause, ending="body"),
+            *self._finish(Outcome.WS_REJECTED, cause, ending=Ending.BODY),
         ]
 
     def _broken(self, why: str) -> list[Effect]:
@@ -316,11 +319,11 @@ class TunnelMachine:
 
     def _answer(self, error: GatewayError, cause: str) -> list[Effect]:
         """End the session with the gateway's envelope for ``error``."""
-        return [AnswerWith(error), *self._finish(error.type, cause, ending="envelope")]
+        return [AnswerWith(error), *self._finish(error.type, cause, ending=Ending.ENVELOPE)]
 
     def _finish(
-        self, outcome: str, cause: str | None, *, ending: str = "none", fired: bool = True
+        self, outcome: str, cause: str | None, *, ending: Ending = Ending.NONE, fired: bool = True
     ) -> list[Effect]:
         """The one way out."""
         self.phase = Phase.DONE
-        return [Finish(outcome, cause, ending=ending, fired=fired)]
+        return [Finish(outcome, cause, fired=fired, ending=ending)]
