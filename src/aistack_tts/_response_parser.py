@@ -171,6 +171,12 @@ class ResponseParser:
     # The head.
 
     def _head(self) -> Event:
+        event = self._one_head()
+        while event is None:  # an interim 1xx: the final head follows
+            event = self._one_head()
+        return event
+
+    def _one_head(self) -> Event | None:
         buf, pos = self._buf, self._pos
         start = max(pos, self._scan)
         end = buf.find(b"\n\r\n", start)
@@ -203,8 +209,8 @@ class ResponseParser:
             head = parse_head(lines)
         except UpstreamProtocolError as e:
             return self._fail(e)
-        if head is None:  # an interim 1xx: the final head follows
-            return self._head()
+        if head is None:
+            return None
         if self._no_body or head.status in _NO_BODY_STATUS:
             # Whatever the headers say (RFC 9110 section 6.4.1); bytes that follow anyway make
             # the connection unusable (EndOfMessage says so).
