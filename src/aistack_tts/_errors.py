@@ -23,8 +23,8 @@ from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.web.iweb import IRequest
 
 from ._resources import OUT_OF_DESCRIPTORS, describe_exhaustion
+from ._response_head import UpstreamProtocolError
 from ._twisted_private import ParseError
-from ._upstream_head import UpstreamProtocolError
 
 AISTACK = "aistack"
 QWEN3_TTS = "qwen3-tts"

@@ -11,7 +11,6 @@ from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import HTTPConnectionPool
 from twisted.web.iweb import IAgent
 from twisted.web.resource import IResource
 from twisted.web.server import Request
@@ -19,6 +18,7 @@ from twisted.web.server import Request
 from ._accesslog import AccessLog
 from ._admission import Verdict, admit, refusal
 from ._app import build_resource
+from ._client_pool import ConnectionPool
 from ._config import (
     DEFAULT_CLIENT_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
@@ -75,9 +75,10 @@ class TTSProxy:
     ``upstream`` is one URL, or one per GPU. ``slot`` is the semaphore that says "the GPU is
     doing inference" (one per upstream); pass the one your own GPU work holds so TTS answers
     503 while it runs (new ones of ``slots`` tokens otherwise). ``reactor`` and ``agent`` are
-    injectable; by default the global reactor and an ``Agent`` with a persistent pool and
-    ``connect_timeout`` are used. ``queue_timeout`` > 0 lets a request wait that long for a
-    busy GPU; ``slot_exempt`` rules (``"GET:/v1/audio/voices"``) name calls that take no slot.
+    injectable; by default the global reactor and the lean client (``_client.LeanAgent``)
+    with a persistent pool and ``connect_timeout`` are used. ``queue_timeout`` > 0 lets a
+    request wait that long for a busy GPU; ``slot_exempt`` rules (``"GET:/v1/audio/voices"``)
+    name calls that take no slot.
     """
 
     def __init__(
@@ -145,7 +146,7 @@ class TTSProxy:
             u: TunnelTarget.for_upstream(reactor, u.url, connect_timeout=config.connect_timeout)
             for u in self.pool.upstreams
         }
-        self._pool: HTTPConnectionPool | None = None
+        self._pool: ConnectionPool | None = None
         if agent is None:
             agent, self._pool = make_agent(
                 reactor,
@@ -270,8 +271,7 @@ class TTSProxy:
         """Close idle pooled upstream connections (call on shutdown)."""
         if self._pool is None:
             return succeed(None)
-        closed: Deferred[None] = self._pool.closeCachedConnections()
-        return closed
+        return self._pool.close()
 
     def forward(self, request: Request) -> Deferred[None]:
         """Proxy one request, holding the GPU slot for the whole upstream call.

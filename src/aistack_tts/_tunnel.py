@@ -255,7 +255,9 @@ class WebSocketTunnel:
                 self._finish(effect)
 
     def _touch(self) -> None:
-        self._watchdog.touch()
+        # A side's producer may resume after the session ended: no timer is armed again.
+        if self._machine.phase is not Phase.DONE:
+            self._watchdog.touch()
 
     def _observe_head(self) -> None:
         waited = self._clock.seconds() - self._record.started

@@ -1,0 +1,304 @@
+"""The upstream's response, framed without I/O: the first step of the upstream client's reading.
+
+``ResponseParser`` is shaped like h11's connection object: ``receive_data(bytes)`` (``b""``
+for a clean close), then ``next_event()`` until it returns ``NEED_DATA``. The events are
+``Head`` (the final head, checked by ``_response_head``; 1xx interim heads skipped),
+``Data``, ``EndOfMessage`` (with whether the connection may carry another request),
+``CONNECTION_CLOSED`` (a clean close before any byte) and ``Failed`` (with the
+``UpstreamProtocolError`` or ``IncompleteResponse`` that ends the exchange; the parser stays
+failed there).
+
+Framing as a proxy must read it: heads bounded at ``MAX_UPSTREAM_HEAD`` together (interim
+heads included); no body for HEAD, 204 and 304 whatever the headers say; Content-Length
+bodies exact; chunk-size lines of hex digits only (``int(x, 16)`` would take ``0x``, ``_``
+and spaces), bounded, each chunk followed by CRLF; trailers bounded and dropped; a body
+without either ends only on a clean close and never leaves the connection reusable.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final, final
+
+from attrs import define
+
+from ._response_head import (
+    FIELD_LINE,
+    MAX_UPSTREAM_HEAD,
+    Head,
+    IncompleteResponse,
+    UpstreamProtocolError,
+    parse_head,
+    shown,
+)
+
+#: The longest chunk-size line (size, extensions, CRLF) accepted.
+MAX_CHUNK_LINE = 4 * 1024
+#: The most trailer bytes after the last chunk (they are read and dropped, as Twisted did).
+MAX_TRAILERS = 16 * 1024
+
+#: RFC 9112 section 7.1: ``chunk-size [ chunk-ext ] CRLF``, the size in hex digits only.
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[\t\x20-\x7e\x80-\xff]*)?")
+
+
+@define
+class Data:
+    """Body bytes, decoded from their framing."""
+
+    data: bytes
+
+
+@define
+class EndOfMessage:
+    """The body is whole; ``reusable`` says whether the connection may carry another request."""
+
+    reusable: bool
+
+
+@define
+class Failed:
+    """The response cannot be read further; ``error`` says why."""
+
+    error: UpstreamProtocolError | IncompleteResponse
+
+
+@final
+class _Sentinel:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+#: ``next_event`` needs more bytes.
+NEED_DATA: Final = _Sentinel("NEED_DATA")
+#: A clean close before any byte of a response.
+CONNECTION_CLOSED: Final = _Sentinel("CONNECTION_CLOSED")
+
+Event = Head | Data | EndOfMessage | Failed | _Sentinel
+
+_NO_BODY_STATUS = frozenset({204, 304})
+
+(_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _CLOSE, _END, _DONE, _FAILED) = (
+    range(10)
+)
+
+
+class ResponseParser:
+    """One response to a ``method`` request, fed with ``receive_data``, read with ``next_event``."""
+
+    __slots__ = (
+        "_buf",
+        "_eof",
+        "_event",
+        "_head_bytes",
+        "_keep_alive",
+        "_left",
+        "_no_body",
+        "_pos",
+        "_scan",
+        "_state",
+    )
+
+    def __init__(self, method: bytes) -> None:
+        self._no_body = method == b"HEAD"
+        #: Unread bytes start at ``_pos``: the bytes of one read, or (while a head or a
+        #: framing line waits for its end) a bytearray the reads are appended to, so a head
+        #: that arrives a byte at a time is not copied once per byte.
+        self._buf: bytes | bytearray = b""
+        self._pos = 0
+        #: Where the search for the end of the head goes on (it was not before this).
+        self._scan = 0
+        self._state = _HEAD
+        #: Body bytes still to come (Content-Length or the current chunk); in the trailers,
+        #: the trailer bytes read so far.
+        self._left = 0
+        self._head_bytes = 0
+        self._keep_alive = False
+        self._eof = False
+        self._event: Event = NEED_DATA
+
+    @property
+    def started(self) -> bool:
+        """Whether any byte of the response has arrived."""
+        return self._head_bytes > 0 or len(self._buf) > self._pos
+
+    @property
+    def trailing(self) -> bool:
+        """Bytes arrived after the end of the message (the connection must not be reused)."""
+        return self._state == _DONE and len(self._buf) > self._pos
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes from the upstream; ``b""`` when it closed the connection cleanly (FIN)."""
+        if not data:
+            self._eof = True
+            return
+        buf, pos = self._buf, self._pos
+        if pos >= len(buf):
+            self._buf, self._pos, self._scan = data, 0, 0
+            return
+        if isinstance(buf, bytes):
+            buf = bytearray(memoryview(buf)[pos:])
+        elif pos:
+            del buf[:pos]
+        buf += data
+        self._buf, self._pos, self._scan = buf, 0, max(0, self._scan - pos)
+
+    def next_event(self) -> Event:
+        """The next event the bytes so far make, or ``NEED_DATA``."""
+        state = self._state
+        if state in (_LENGTH, _CHUNK_DATA, _CLOSE):
+            return self._body()
+        if state == _HEAD:
+            return self._head()
+        if state == _END:
+            self._state = _DONE
+            return EndOfMessage(self._keep_alive and not self._eof and len(self._buf) == self._pos)
+        if state == _DONE:
+            return NEED_DATA
+        if state == _FAILED:
+            return self._event
+        return self._chunk_framing()
+
+    def _fail(self, error: UpstreamProtocolError | IncompleteResponse) -> Failed:
+        self._state = _FAILED
+        event = self._event = Failed(error)
+        return event
+
+    # The head.
+
+    def _head(self) -> Event:
+        event = self._one_head()
+        while event is None:  # an interim 1xx: the final head follows
+            event = self._one_head()
+        return event
+
+    def _one_head(self) -> Event | None:
+        buf, pos = self._buf, self._pos
+        start = max(pos, self._scan)
+        end = buf.find(b"\n\r\n", start)
+        bare = buf.find(b"\n\n", start)
+        if bare >= 0 and (end < 0 or bare < end):
+            end = bare + 2
+        elif end >= 0:
+            end += 3
+        room = MAX_UPSTREAM_HEAD - self._head_bytes
+        if end < 0 or end - pos > room:
+            if end >= 0 or len(buf) - pos > room:
+                return self._fail(
+                    UpstreamProtocolError(
+                        "its response head is over the gateway's limit of "
+                        f"{MAX_UPSTREAM_HEAD} bytes"
+                    )
+                )
+            if self._eof:
+                if self._head_bytes == 0 and pos >= len(buf):
+                    self._state = _DONE
+                    return CONNECTION_CLOSED
+                return self._fail(IncompleteResponse("the connection closed inside the head"))
+            self._scan = max(pos, len(buf) - 2)
+            return NEED_DATA
+        self._head_bytes += end - pos
+        self._pos = self._scan = end
+        lines = bytes(buf[pos:end]).split(b"\n")
+        del lines[-2:]  # the blank line, and the nothing after its LF
+        try:
+            head = parse_head(lines)
+        except UpstreamProtocolError as e:
+            return self._fail(e)
+        if head is None:
+            return None
+        if self._no_body or head.status in _NO_BODY_STATUS:
+            # Whatever the headers say (RFC 9110 section 6.4.1); bytes that follow anyway make
+            # the connection unusable (EndOfMessage says so).
+            head.length, head.chunked, self._state = 0, False, _END
+        elif head.chunked:
+            self._state = _CHUNK_SIZE
+        elif head.length == 0:
+            self._state = _END
+        elif head.length is not None:
+            self._state, self._left = _LENGTH, head.length
+        else:
+            # Close-delimited: whole only on a clean close, and never reusable.
+            self._state, head.keep_alive = _CLOSE, False
+        self._keep_alive = head.keep_alive
+        return head
+
+    # The body.
+
+    def _body(self) -> Event:
+        buf, pos = self._buf, self._pos
+        available = len(buf) - pos
+        state = self._state
+        if available == 0:
+            if not self._eof:
+                return NEED_DATA
+            if state == _CLOSE:
+                self._state = _DONE
+                return EndOfMessage(False)
+            where = "Content-Length" if state == _LENGTH else "current chunk"
+            return self._fail(
+                IncompleteResponse(f"the connection closed {self._left} bytes short of the {where}")
+            )
+        if state == _CLOSE or available <= self._left:
+            self._pos = len(buf)
+            piece = buf if pos == 0 and isinstance(buf, bytes) else bytes(memoryview(buf)[pos:])
+        else:
+            self._pos = pos + self._left
+            piece = bytes(memoryview(buf)[pos : self._pos])
+        if state != _CLOSE:
+            self._left -= len(piece)
+            if self._left == 0:
+                self._state = _END if state == _LENGTH else _CHUNK_END
+        return Data(piece)
+
+    def _chunk_framing(self) -> Event:
+        buf = self._buf
+        while True:
+            pos, state = self._pos, self._state
+            if state == _CHUNK_END:
+                if len(buf) - pos < 2:
+                    return self._need_more()
+                if buf[pos : pos + 2] != b"\r\n":
+                    seen = shown(bytes(buf[pos : pos + 2]))
+                    return self._fail(
+                        UpstreamProtocolError(f"chunk data not followed by CRLF: {seen}")
+                    )
+                self._pos, self._state = pos + 2, _CHUNK_SIZE
+                continue
+            limit = MAX_CHUNK_LINE if state == _CHUNK_SIZE else MAX_TRAILERS - self._left
+            end = buf.find(b"\r\n", pos, pos + limit)
+            if end < 0:
+                if len(buf) - pos >= limit:
+                    what = "chunk-size line" if state == _CHUNK_SIZE else "trailer section"
+                    return self._fail(
+                        UpstreamProtocolError(f"a {what} over the gateway's limit of {limit} bytes")
+                    )
+                return self._need_more()
+            line = bytes(buf[pos:end])
+            self._pos = end + 2
+            if state == _TRAILERS:
+                if not line:
+                    self._state = _END
+                    return self.next_event()
+                self._left += len(line) + 2
+                if FIELD_LINE.fullmatch(line) is None:
+                    return self._fail(UpstreamProtocolError(f"a bad trailer line {shown(line)}"))
+                continue
+            match = _CHUNK_LINE.fullmatch(line)
+            if match is None:
+                return self._fail(UpstreamProtocolError(f"a bad chunk-size line {shown(line)}"))
+            size = int(match.group(1), 16)
+            if size == 0:
+                self._state, self._left = _TRAILERS, 0
+                continue
+            self._state, self._left = _CHUNK_DATA, size
+            return self._body()
+
+    def _need_more(self) -> Event:
+        if self._eof:
+            return self._fail(IncompleteResponse("the connection closed inside the chunked body"))
+        return NEED_DATA
