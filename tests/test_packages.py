@@ -135,8 +135,23 @@ def test_the_plugin_loads_the_demo_or_says_how_to_install_it(
         aistack_tts_plugin.load_demo()
 
 
+_BUILD_PLUGIN_CACHE = (
+    "from twisted import plugins; from twisted.plugin import IPlugin, getPlugins; "
+    "list(getPlugins(IPlugin, plugins))"
+)
+
+
 def without_the_demo_extra(tmp_path: Path) -> dict[str, str]:
-    """An environment whose Python cannot import autobahn, soundfile or numpy."""
+    """An environment whose Python cannot import autobahn, soundfile or numpy.
+
+    autobahn installs a twist plugin of its own (``twisted/plugins/autobahn_endpoints.py``),
+    which a real install without the extra does not have. Twisted imports every plugin file
+    only to rebuild a stale plugin cache (a fresh venv has none), so the cache is built first,
+    with autobahn importable, and ``twist`` then reads it instead of importing that file.
+    """
+    subprocess.run(
+        [str(BIN / "python"), "-c", _BUILD_PLUGIN_CACHE], check=True, capture_output=True
+    )
     blocked = tmp_path / "blocked"
     for name in DEMO_ONLY:
         (blocked / name).mkdir(parents=True)
