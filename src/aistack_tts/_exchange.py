@@ -164,7 +164,7 @@ class _Exchange:
                 self._start_response()
             case CancelCall():
                 assert self._call is not None
-                # The Agent aborts the connection (or the connect attempt); the call's errback
+                # The agent aborts the connection (or the connect attempt); the call's errback
                 # feeds the failure back.
                 self._call.cancel()
             case TryFailOver():
@@ -240,7 +240,8 @@ class _Exchange:
             transport.bufferSize = CLIENT_SEND_BUFFER
         request.setResponseCode(response.code, response.phrase)
         client_response_headers(response.headers, request.responseHeaders)
-        # The Agent moves Content-Length out of response.headers into response.length.
+        # An IAgent (Twisted's Agent and the lean client alike) moves Content-Length out of
+        # response.headers into response.length.
         if isinstance(response.length, int) and response.code not in NO_BODY_STATUS:
             request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % response.length])
         self._bridge = StreamBridge(request, self._watchdog, self._body_ended, self._client_left)

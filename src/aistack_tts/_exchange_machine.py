@@ -1,7 +1,7 @@
 """The decisions of one proxied call, without I/O: events in, effects out (sans-IO).
 
 The core of the call step: ``aistack_tts._exchange`` is its shell, which turns what Twisted
-reports (the Agent's answer, the body's end, the client leaving, the watchdog, the drain's cut)
+reports (the agent's answer, the body's end, the client leaving, the watchdog, the drain's cut)
 into ``Event`` values, hands them to ``ExchangeMachine.handle`` and applies the ``Effect``
 values it returns, in order. No transport, no clock, no Deferred: time arrives as ``Stalled``,
 failures arrive already classified (``CallFailed``), and the upstream pool stays in the shell
