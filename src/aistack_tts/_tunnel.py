@@ -197,7 +197,7 @@ class WebSocketTunnel:
         self._feed(ClientLost())
 
     def _client_left(self) -> None:
-        """The client went away (or Klein gave up on it) before the tunnel opened."""
+        """The client went away (or the router gave up on it) before the tunnel opened."""
         self._feed(ClientLeft())
 
     def _stalled(self, kind: str) -> None:

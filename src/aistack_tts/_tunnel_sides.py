@@ -156,7 +156,7 @@ class ClientProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:  # noqa: B008
         self._on_lost(reason)
-        # Let twisted.web end the request as it would have (notifyFinish, Klein's Deferred).
+        # Let twisted.web end the request as it would have (notifyFinish, the router's Deferred).
         self._channel_lost(reason)
 
 
