@@ -7,9 +7,14 @@ from typing import Any
 
 from bench.common import MB
 from bench.contenders import AGENT_FLOOR, AISTACK, DIRECT, NGINX, RELAY_FLOOR, TWISTED, WEB_FLOOR
-from bench.scenarios.busy import BUSY_P99_GOAL_MS
-from bench.scenarios.first_byte import TTFB_GOAL_MS
-from bench.stall_and_disconnect import P99_GOAL_MS, RSS_GOAL_MIB
+from bench.goals import (
+    BUSY_VS_BARE_WEB,
+    CLOSE_P99_GOAL_MS,
+    RSS_GOAL_MIB,
+    STREAM_VS_RELAY,
+    STREAM_VS_TWISTED,
+    TTFB_VS_TWISTED,
+)
 
 COLOURS = {DIRECT: "#7f7f7f", AISTACK: "#1f77b4", TWISTED: "#ff7f0e", NGINX: "#2ca02c"}
 
@@ -119,16 +124,20 @@ def chart(report: dict[str, Any], path: Path) -> str:
         ax = next(panels)
         summary = results["2"]["summary"]
         bars(ax, {n: e["mb_per_s"] for n, e in summary.items()}, "MB/s")
-        if NGINX in summary:
-            ax.axhline(summary[NGINX]["mb_per_s"], color="red", linestyle="--", linewidth=0.8)
-        if DIRECT in summary:
-            ax.axhline(summary[DIRECT]["mb_per_s"] / 2, color="red", linestyle=":", linewidth=0.8)
+        if TWISTED in summary:
+            goal = STREAM_VS_TWISTED * summary[TWISTED]["mb_per_s"]
+            ax.axhline(goal, color="red", linestyle="--", linewidth=0.8)
+        relay = floors.get("2", {}).get(RELAY_FLOOR)
+        if relay is not None:
+            goal = STREAM_VS_RELAY * relay["mb_per_s"]
+            ax.axhline(goal, color="red", linestyle=":", linewidth=0.8)
         floor_lines(ax, {n: e["mb_per_s"] for n, e in floors.get("2", {}).items()})
         ax.set_title(
             title(
                 "2",
                 f"2. {results['2']['bytes'] // MB} MB stream: MB/s (median)\n"
-                "lines: nginx (dashed), half of direct (dotted)",
+                f"targets: {STREAM_VS_TWISTED:g}x twisted (dashed), {STREAM_VS_RELAY:g}x relay "
+                "(dotted)",
             ),
             fontsize=9,
         )
@@ -149,7 +158,10 @@ def chart(report: dict[str, Any], path: Path) -> str:
             },
             "ms over direct",
         )
-        ax.axhline(TTFB_GOAL_MS, color="red", linestyle="--", linewidth=0.8)
+        twisted = results["3"]["summary"]["late_head"].get(TWISTED)
+        if twisted is not None:
+            goal = TTFB_VS_TWISTED * twisted["added_p50_ms"]
+            ax.axhline(goal, color="red", linestyle="--", linewidth=0.8)
         floor_lines(
             ax,
             {n: e["added_p50_ms"] for n, e in floors.get("3", {}).get("late_head", {}).items()},
@@ -178,7 +190,7 @@ def chart(report: dict[str, Any], path: Path) -> str:
             },
             "ms",
         )
-        ax.axhline(P99_GOAL_MS, color="red", linestyle="--", linewidth=0.8)
+        ax.axhline(CLOSE_P99_GOAL_MS, color="red", linestyle="--", linewidth=0.8)
         never = [n for n, e in summary.items() if "p50_ms" not in e]
         note = f" (never closed: {', '.join(never)})" if never else ""
         ax.set_title(title("5", f"5. client close -> upstream closed{note}"), fontsize=9)
@@ -189,7 +201,10 @@ def chart(report: dict[str, Any], path: Path) -> str:
         values = [e["p50_ms"], e["p99_ms"], e["sequential_p50_ms"], e["sequential_p99_ms"]]
         drawn = ax.bar(labels, values, color=COLOURS[AISTACK])
         ax.bar_label(drawn, labels=[f"{v:.3g}" for v in values], fontsize=8)
-        ax.axhline(BUSY_P99_GOAL_MS, color="red", linestyle="--", linewidth=0.8)
+        bare = floors.get("6", {}).get(WEB_FLOOR)
+        if bare is not None:
+            goal = BUSY_VS_BARE_WEB * bare["p99_ms"]
+            ax.axhline(goal, color="red", linestyle="--", linewidth=0.8)
         floor_lines(
             ax, {n: e["p99_ms"] for n, e in floors.get("6", {}).items()}, ", fixed 503 (p99)"
         )

@@ -1,7 +1,7 @@
 """Scenario 1: ``GET /v1/audio/voices`` with ``wrk --latency``, 1 connection then 16.
 
 Latency p50/p99 and what each contender adds over direct, paired per round; the gateway's CPU
-per request. Target: aistack-tts adds at most half of what twisted.web.proxy adds (p50).
+per request. Targets: at most 0.45x the added p50, 0.5x the CPU of twisted.web.proxy.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 from bench.clients import run_python_load, run_wrk
 from bench.common import log, median, rotated
 from bench.contenders import AGENT_FLOOR, AISTACK, DIRECT, TWISTED, WEB_FLOOR, cpu_seconds
+from bench.goals import ADDED_P50_VS_TWISTED, CPU_VS_TWISTED
 from bench.harness import Bench
 from bench.table import Row, Targets, fmt, pair
 
@@ -103,15 +104,16 @@ class Voices:
                 "1",
                 f"voices, {label}: added p50 / p99 (us)",
                 {n: pair(e["added_p50_us"], e["added_p99_us"], 0) for n, e in added.items()},
-                "added p50 <= 1/2 twisted's",
+                f"added p50 <= {ADDED_P50_VS_TWISTED:g}x twisted's",
             )
             if AISTACK in added and TWISTED in added:
                 ours, theirs = added[AISTACK]["added_p50_us"], added[TWISTED]["added_p50_us"]
+                goal = ADDED_P50_VS_TWISTED * theirs
                 row.verdict = targets.check(
                     "1",
-                    f"voices, {label}: added p50 <= 1/2 of twisted.web.proxy's",
-                    f"{ours:.0f} us vs {theirs:.0f} us / 2 = {theirs / 2:.0f} us",
-                    ours <= theirs / 2,
+                    f"voices, {label}: added p50 <= {ADDED_P50_VS_TWISTED:g}x twisted.web.proxy's",
+                    f"{ours:.0f} us vs {theirs:.0f} us x {ADDED_P50_VS_TWISTED:g} = {goal:.0f} us",
+                    ours <= goal,
                 )
             rows.append(row)
             rows.append(
@@ -121,17 +123,25 @@ class Voices:
                     {n: fmt(e["rps"], 0) for n, e in summary.items()},
                 )
             )
-            rows.append(
-                Row(
-                    "1",
-                    "  gateway CPU per request (us)",
-                    {
-                        n: fmt(e["cpu_us_per_request"], 0)
-                        for n, e in summary.items()
-                        if "cpu_us_per_request" in e
-                    },
-                )
+            cpu = {
+                n: e["cpu_us_per_request"] for n, e in summary.items() if "cpu_us_per_request" in e
+            }
+            row = Row(
+                "1",
+                "  gateway CPU per request (us)",
+                {n: fmt(v, 0) for n, v in cpu.items()},
+                f"<= {CPU_VS_TWISTED:g}x twisted's",
             )
+            if AISTACK in cpu and TWISTED in cpu:
+                goal = CPU_VS_TWISTED * cpu[TWISTED]
+                row.verdict = targets.check(
+                    "1",
+                    f"voices, {label}: CPU per request <= {CPU_VS_TWISTED:g}x twisted.web.proxy's",
+                    f"{cpu[AISTACK]:.0f} us vs {cpu[TWISTED]:.0f} us x {CPU_VS_TWISTED:g} = "
+                    f"{goal:.0f} us",
+                    cpu[AISTACK] <= goal,
+                )
+            rows.append(row)
         return rows
 
     def floor_lines(self, results: dict[str, Any], floors: dict[str, Any]) -> list[str]:
@@ -141,7 +151,7 @@ class Voices:
                 continue
             floor, main = floors["1"][key], results["1"]["summary"][key]
             twisted = main.get(TWISTED)
-            target = f"{twisted['added_p50_us'] / 2:.0f} us" if twisted else "-"
+            target = f"{twisted['added_p50_us'] * ADDED_P50_VS_TWISTED:.0f} us" if twisted else "-"
             lines.append(
                 f"  1  voices, {label}, added p50: {WEB_FLOOR} {us(floor.get(WEB_FLOOR))}, "
                 f"{AGENT_FLOOR} {us(floor.get(AGENT_FLOOR))}; aistack-tts {us(main.get(AISTACK))} "

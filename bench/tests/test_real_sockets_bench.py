@@ -157,8 +157,9 @@ def test_render_floors_puts_each_floor_beside_aistack_and_the_target() -> None:
     text = report.render_floors(results)
     assert "1 conn, added p50: bare twisted.web 55 us (CPU 88 us)" in text
     assert "twisted.web + Agent 295 us (CPU 276 us); aistack-tts 480 us (CPU 490 us)" in text
-    assert "(target 210 us)" in text  # half of twisted.web.proxy's 420
-    assert "(target 2700 us)" in text
+    assert "(target 189 us)" in text  # 0.45x twisted.web.proxy's 420
+    assert "(target 2430 us)" in text
+    assert "(target p99 30.2 ms)" in text  # 1.2x the bare server's 25.2
     assert "p50 / p99 21.9 / 25.2 ms" in text
     assert report.render_floors({"1": {}}) == ""
 
