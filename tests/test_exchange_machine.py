@@ -29,6 +29,7 @@ from aistack_tts._call_events import (
     Stalled,
 )
 from aistack_tts._errors import (
+    GATEWAY_FAILED,
     Draining,
     GatewayError,
     UpstreamError,
@@ -38,7 +39,6 @@ from aistack_tts._errors import (
 )
 from aistack_tts._exchange import classify
 from aistack_tts._exchange_machine import (
-    GATEWAY_FAILED,
     LEFT_BEFORE_HEAD,
     LEFT_DURING_BODY,
     BodyEnded,

@@ -33,6 +33,7 @@ from ._errors import (
     NotFound,
     NotReady,
     apply_error,
+    internal_error,
     write_error,
 )
 from ._health import ReadinessProbe
@@ -70,6 +71,10 @@ class Gateway(Protocol):
         """Proxy one request (raising a ``GatewayError`` when the gateway answers itself)."""
 
 
+#: The methods of the ``/v1/audio/`` route (Klein adds HEAD, and OPTIONS, to them).
+_PROXIED = frozenset((b"GET", b"POST", b"DELETE"))
+
+
 class _Rest(BaseConverter):
     """The rest of the path, whatever it holds (``%2F`` decodes to a slash, too)."""
 
@@ -87,7 +92,7 @@ class _Routes:
     def __init__(self, proxy: Gateway) -> None:
         self._proxy = proxy
 
-    @app.route("/v1/audio/<rest:subpath>", methods=["GET", "POST", "DELETE"])
+    @app.route("/v1/audio/<rest:subpath>", methods=sorted(m.decode() for m in _PROXIED))
     def audio(self, request: Request, subpath: str) -> Deferred[None]:
         # The router matched the percent-decoded path; the raw request.uri is what is
         # forwarded, so it must itself name /v1/audio/ (not "/v1/%61udio/..", "//v1/..", or
@@ -126,9 +131,7 @@ class _Routes:
 
     @app.handle_errors(GatewayError)
     def gateway_error(self, request: IRequest, failure: Failure) -> bytes:
-        error = failure.value
-        assert isinstance(error, GatewayError)
-        return self._answer(request, error)
+        return self.answer_failure(request, failure)
 
     @app.handle_errors(HTTPException)
     def routing_error(self, request: IRequest, failure: Failure) -> bytes:
@@ -144,16 +147,19 @@ class _Routes:
         return self._answer(request, error)
 
     @app.handle_errors(Exception)
-    def internal_error(self, request: IRequest, failure: Failure) -> bytes:
-        _log.failure("unexpected error serving {uri}", failure, uri=request.uri)
-        return self._answer(request, GatewayError("the gateway failed; see its log"))
+    def unexpected_error(self, request: IRequest, failure: Failure) -> bytes:
+        return self.answer_failure(request, failure)
 
     def forward(self, request: Request) -> Deferred[None]:
         """Proxy ``request`` (the fast path's way in: no route match, same checks)."""
         return self._proxy.forward(request)
 
-    def answer(self, request: IRequest, error: GatewayError) -> bytes:
-        """The envelope for ``error`` as the routes answer it (with its access event)."""
+    def answer_failure(self, request: IRequest, failure: Failure) -> bytes:
+        """The envelope for ``failure``: a ``GatewayError``'s, else (logged) the internal one."""
+        error = failure.value
+        if not isinstance(error, GatewayError):
+            _log.failure("unexpected error serving {uri}", failure, uri=request.uri)
+            error = internal_error()
         return self._answer(request, error)
 
     def _answer(self, request: IRequest, error: GatewayError) -> bytes:
@@ -173,10 +179,6 @@ def _json(request: IRequest, body: dict[str, str]) -> bytes:
     request.setHeader(b"Content-Length", b"%d" % len(data))
     request.setHeader(b"Cache-Control", b"no-store")
     return data
-
-
-#: The methods of the ``/v1/audio/`` route (Klein adds HEAD, and OPTIONS, to them).
-_PROXIED = frozenset((b"GET", b"POST", b"DELETE"))
 
 
 def _proxied_directly(request: Request) -> bool:
@@ -239,11 +241,7 @@ class _Guard(Resource):
     def _failed(self, request: Request, failure: Failure, over: list[bool]) -> None:
         if over:
             return  # nothing can reach a client that has its answer or left
-        error = failure.value
-        if not isinstance(error, GatewayError):
-            _log.failure("unexpected error serving {uri}", failure, uri=request.uri)
-            error = GatewayError("the gateway failed; see its log")
-        body = self._routes.answer(request, error)
+        body = self._routes.answer_failure(request, failure)
         request.write(body)
         request.finish()
 

@@ -210,6 +210,15 @@ def _protocol_error(failure: Failure) -> BaseException | None:
     return None
 
 
+#: What a client is told when the gateway itself failed (a bug, logged with its traceback).
+GATEWAY_FAILED = "the gateway failed; see its log"
+
+
+def internal_error() -> GatewayError:
+    """The envelope for a failure of the gateway itself."""
+    return GatewayError(GATEWAY_FAILED)
+
+
 def upstream_timeout() -> UpstreamTimeout:
     """The envelope for an upstream that sent nothing for ``--idle-timeout`` before its head."""
     return UpstreamTimeout("the Qwen3-TTS upstream did not answer in time")

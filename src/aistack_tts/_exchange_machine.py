@@ -25,14 +25,12 @@ from enum import StrEnum
 from attrs import frozen
 
 from ._call_events import AbortClient, AnswerWith, Bug, ClientLeft, Cut, Ending, Finish, Stalled
-from ._errors import GatewayError, stall_cause, upstream_timeout
+from ._errors import GATEWAY_FAILED, GatewayError, internal_error, stall_cause, upstream_timeout
 from ._outcome import Outcome, cut_outcome
 
 #: The access event's ``cause`` when the client left: before the head, or during the body.
 LEFT_BEFORE_HEAD = "the client closed the connection before the upstream answered"
 LEFT_DURING_BODY = "the client closed the connection during the body"
-#: What a client waiting for the head is told when the gateway itself failed (a bug).
-GATEWAY_FAILED = "the gateway failed; see its log"
 
 
 class Phase(StrEnum):
@@ -208,7 +206,7 @@ class ExchangeMachine:
                 self._deciding = None
                 if self._client_gone:
                     return self._finish(Outcome.INTERNAL_ERROR, why, fired=False)
-                return self._answer(GatewayError(GATEWAY_FAILED), GATEWAY_FAILED)
+                return self._answer(internal_error(), GATEWAY_FAILED)
         return []
 
     @property

@@ -30,7 +30,14 @@ from ._call_events import (
     Finish,
     Stalled,
 )
-from ._errors import GatewayError, UpstreamError, UpstreamTimeout, describe, stall_cause
+from ._errors import (
+    GatewayError,
+    UpstreamError,
+    UpstreamTimeout,
+    describe,
+    internal_error,
+    stall_cause,
+)
 from ._frames import IDLE_CLOSE, Frames, close_frame
 from ._outcome import Outcome, cut_outcome
 from ._tunnel_events import (
@@ -54,8 +61,6 @@ from ._tunnel_events import (
 from ._tunnel_head import AnswerHead, BadAnswer, BodyDecoder, body_decoder, parse_head, split_head
 from ._twisted_private import _ChunkedTransferDecoder
 
-#: What a client waiting for the answer is told when the gateway itself failed (a bug).
-GATEWAY_FAILED = "the gateway failed; see its log"
 NO_HANDSHAKE_ANSWER = "the Qwen3-TTS upstream did not answer the handshake in time"
 
 
@@ -312,7 +317,7 @@ class TunnelMachine:
         return self._finish(Outcome.CLIENT_ABORT, None, fired=False)
 
     def _answer_bug(self) -> list[Effect]:
-        return self._answer_error(GatewayError(GATEWAY_FAILED))
+        return self._answer_error(internal_error())
 
     def _answer_error(self, error: GatewayError) -> list[Effect]:
         return self._answer(error, error.message)
