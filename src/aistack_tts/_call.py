@@ -13,7 +13,7 @@ from collections.abc import Callable
 from twisted.web.server import Request
 
 from ._context import CallContext, IInFlightCall
-from ._errors import GatewayError, LocalResourceExhausted, write_error
+from ._errors import QWEN3_TTS, GatewayError, LocalResourceExhausted, write_error
 from ._slot import SlotHold
 
 
@@ -53,6 +53,12 @@ class CallRecord:
         self.hold.release()
         self.hold = hold
 
+    def answered(self, status: int) -> None:
+        """The upstream's answer head arrived with ``status``: it is who answers the client."""
+        self.status = status
+        self.provider = QWEN3_TTS
+        self._context.metrics.upstream_headers.observe(self._context.clock.seconds() - self.started)
+
     def answer_with(self, error: GatewayError) -> Callable[[], None]:
         """Note ``error`` as the answer; what writes its envelope (``finish``'s ``then``)."""
         if isinstance(error, LocalResourceExhausted):
@@ -64,9 +70,16 @@ class CallRecord:
         return lambda: write_error(self._request, error)
 
     def finish(
-        self, outcome: str, *, bytes_out: int, then: Callable[[], None] | None = None
+        self,
+        outcome: str,
+        *,
+        bytes_out: int,
+        cause: str | None = None,
+        then: Callable[[], None] | None = None,
     ) -> bool:
         """The only exit: release the slot, end the response (``then``), log. False if done before.
+
+        ``cause``, when given, says why the call did not end ``ok`` (else the one noted before).
 
         The slot is released before the response ends: ending it makes twisted.web start the
         next pipelined request on this connection at once, and that one must find it free.
@@ -74,6 +87,8 @@ class CallRecord:
         if self.finished:
             return False
         self.finished = True
+        if cause is not None:
+            self.cause = cause
         if self.hold is not None:
             self.hold.release()
         self._context.in_flight.untrack(self._call)

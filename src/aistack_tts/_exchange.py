@@ -36,7 +36,6 @@ from ._call_events import (
 )
 from ._context import CallContext, IInFlightCall
 from ._errors import (
-    QWEN3_TTS,
     GatewayError,
     describe,
     error_for_upstream_failure,
@@ -229,11 +228,7 @@ class _Exchange:
         response = self._response
         assert response is not None
         self._watchdog.touch("upstream")
-        self._record.status = response.code
-        self._record.provider = QWEN3_TTS
-        self._context.metrics.upstream_headers.observe(
-            self._context.clock.seconds() - self._record.started
-        )
+        self._record.answered(response.code)
         request = self._request
         transport: Any = request.transport
         if transport is not None and hasattr(transport, "bufferSize"):
@@ -254,8 +249,6 @@ class _Exchange:
             _log.info(
                 "upstream failed mid-body for {path}: {why}", path=self._path, why=finish.cause
             )
-        if finish.cause is not None:
-            self._record.cause = finish.cause
         then: Callable[[], None] | None = None
         if finish.ending is Ending.BODY:
             self._request.unregisterProducer()
@@ -263,7 +256,7 @@ class _Exchange:
         elif finish.ending is Ending.ENVELOPE:
             then = self._answer
         bytes_out = self._bridge.bytes_out if self._bridge is not None else 0
-        self._record.finish(finish.outcome, bytes_out=bytes_out, then=then)
+        self._record.finish(finish.outcome, bytes_out=bytes_out, cause=finish.cause, then=then)
         if finish.fired and not self.done.called:
             self.done.callback(None)
 

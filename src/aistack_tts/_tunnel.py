@@ -41,7 +41,6 @@ from ._call_events import (
 )
 from ._context import CallContext, IInFlightCall
 from ._errors import (
-    QWEN3_TTS,
     GatewayError,
     describe,
     error_for_upstream_failure,
@@ -228,9 +227,7 @@ class WebSocketTunnel:
             case Open(head, rest):
                 self._open(head_for_client(head, request) + rest, head.status)
             case StartRelay(head, chunked, body):
-                self._record.status = head.status
-                self._record.provider = QWEN3_TTS
-                self._observe_head()
+                self._record.answered(head.status)
                 start_response(request, head, chunked=chunked)
                 if body:
                     self._relay_valve = Valve(self.upstream, self._touch)
@@ -259,16 +256,10 @@ class WebSocketTunnel:
         if self._machine.phase is not Phase.DONE:
             self._watchdog.touch()
 
-    def _observe_head(self) -> None:
-        waited = self._clock.seconds() - self._record.started
-        self._context.metrics.upstream_headers.observe(waited)
-
     def _open(self, head: bytes, status: int) -> None:
         """A 101: take the client's connection from twisted.web and couple both sides."""
         request = self._request
-        self._record.status = status
-        self._record.provider = QWEN3_TTS
-        self._observe_head()
+        self._record.answered(status)
         client = ClientProtocol(
             self._client_data, self._client_lost, request.channel.connectionLost
         )
@@ -293,8 +284,8 @@ class WebSocketTunnel:
             then = self._envelope
         elif finish.ending is Ending.BODY:
             then = self._end_relay
-        self._record.cause = finish.cause
-        self._record.finish(finish.outcome, bytes_out=self._machine.bytes_out, then=then)
+        bytes_out = self._machine.bytes_out
+        self._record.finish(finish.outcome, bytes_out=bytes_out, cause=finish.cause, then=then)
         if finish.fired and not self.done.called:
             self.done.callback(None)
 
