@@ -99,18 +99,7 @@ def children(pid: int) -> list[int]:
 def start_upstream(workdir: Path) -> UpstreamProcess:
     """``bench/fast_upstream.py`` as a child process, its events collected as
     ``testbed.upstream_server``'s are (the two print the same event lines)."""
-    port_file = workdir / "upstream.port"
-    log = (workdir / "upstream.stderr").open("w")
-    process = subprocess.Popen(
-        module_command("bench.fast_upstream", "--port-file", str(port_file)),
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-        bufsize=1,
-    )
-    return UpstreamProcess(process, port_file, log)
+    return UpstreamProcess.spawn(workdir, "bench.fast_upstream")
 
 
 # The contenders

@@ -255,17 +255,16 @@ class UpstreamProcess:
 
         ``connection_events`` turns on the CONNECTED, ON and DISCONNECTED events.
         """
+        events = ["--connection-events"] if connection_events else []
+        return cls.spawn(workdir, "testbed.upstream_server", *events)
+
+    @classmethod
+    def spawn(cls, workdir: Path, module: str, *args: str) -> UpstreamProcess:
+        """``python -m module --port 0 --port-file F *args``, any server printing these events."""
         port_file = workdir / "upstream.port"
         log = (workdir / "upstream.stderr").open("w")
         process = subprocess.Popen(
-            module_command(
-                "testbed.upstream_server",
-                "--port",
-                "0",
-                "--port-file",
-                str(port_file),
-                *(["--connection-events"] if connection_events else []),
-            ),
+            module_command(module, "--port", "0", "--port-file", str(port_file), *args),
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
