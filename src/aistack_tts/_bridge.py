@@ -3,7 +3,8 @@
 It is the ``IProtocol`` handed to ``response.deliverBody`` and, at the same time, the
 ``IPushProducer`` registered with the client's request. When the client's socket buffer fills,
 twisted.web pauses it and it pauses the upstream transport, so the kernel's TCP window (not
-the gateway's memory) holds what the client has not read yet.
+the gateway's memory) holds what the client has not read yet. A chunked body the lean client
+passes on with its framing (``chunksReceived``) goes to the client's connection as it came.
 """
 
 from __future__ import annotations
@@ -59,6 +60,22 @@ class StreamBridge(Protocol):
         if not self.paused:
             self._watchdog.touch("upstream")
         self._request.write(data)
+
+    def chunksReceived(self, framed: bytes, size: int) -> None:
+        """Upstream chunks with their framing (``size`` bytes of body): to the client as they are.
+
+        Only after ``relay_framing``, where twisted.web frames the client's response as chunked
+        too: its head is written, and ``Request.finish`` writes the last chunk. What
+        ``Request.write`` would do, without taking the chunks apart and framing them again.
+        """
+        self.bytes_out += size
+        if not self.paused:
+            self._watchdog.touch("upstream")
+        request = self._request
+        channel = request.channel
+        if channel is not None:  # None once the client is gone: twisted.web drops writes too
+            request.sentLength += size
+            channel.write(framed)
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:  # noqa: B008
         """The upstream body ended, cleanly or not."""

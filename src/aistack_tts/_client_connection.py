@@ -42,6 +42,7 @@ from ._response_parser import (
     Data,
     EndOfMessage,
     Failed,
+    Framed,
     ResponseParser,
 )
 
@@ -98,7 +99,9 @@ class UpstreamResponse:
     version = (b"HTTP", 1, 1)
     previousResponse = None
 
-    def __init__(self, head: Head, request: ClientRequest, transport: BodyTransport) -> None:
+    def __init__(
+        self, head: Head, request: ClientRequest, transport: BodyTransport, parser: ResponseParser
+    ) -> None:
         self.code = head.status
         self.phrase = head.reason
         # Connection-named headers are hop-by-hop (RFC 9110 section 7.6.1): dropped here, as
@@ -110,14 +113,27 @@ class UpstreamResponse:
                 raw.setdefault(name, []).append(value)
         self.headers = Headers(raw)
         self.length: Any = UNKNOWN_LENGTH if head.length is None else head.length
+        #: The body is chunked (``relay_framing`` may pass its framing on).
+        self.chunked = head.chunked
         self.request = request
         self._transport = transport
+        self._parser = parser
         self._protocol: Any = None
-        self._early: list[bytes] = []
+        #: What came before ``deliverBody``: decoded bytes (size None) or framed ones.
+        self._early: list[tuple[bytes, int | None]] = []
         self._reason: Failure | None = None
 
     def setPreviousResponse(self, response: IResponse) -> None:
         self.previousResponse = response
+
+    def relay_framing(self) -> bool:
+        """Ask for a chunked body with its framing: ``chunksReceived(framed, size)`` calls.
+
+        True only for a chunked body none of which was read yet; the protocol given to
+        ``deliverBody`` then gets the upstream's chunk-size lines and chunk data as they came
+        (never the last chunk or the trailers), ``size`` saying how much of it is body.
+        """
+        return self._protocol is None and not self._early and self._parser.relay_framing()
 
     def deliverBody(self, protocol: Any) -> None:
         """Give the body to ``protocol``: what came already, then the rest as it comes."""
@@ -126,8 +142,11 @@ class UpstreamResponse:
         self._protocol = protocol
         protocol.makeConnection(self._transport)
         early, self._early = self._early, []
-        for data in early:
-            protocol.dataReceived(data)
+        for data, size in early:
+            if size is None:
+                protocol.dataReceived(data)
+            else:
+                protocol.chunksReceived(data, size)
         if self._reason is not None:
             protocol.connectionLost(self._reason)
 
@@ -136,7 +155,14 @@ class UpstreamResponse:
         if self._protocol is not None:
             self._protocol.dataReceived(data)
         else:
-            self._early.append(data)
+            self._early.append((data, None))
+
+    def framed(self, event: Framed) -> None:
+        """Chunked body bytes with their framing (``relay_framing``)."""
+        if self._protocol is not None:
+            self._protocol.chunksReceived(event.data, event.size)
+        else:
+            self._early.append((event.data, event.size))
 
     def end(self, reason: Failure) -> None:
         """The body ended with ``reason`` (the transport is detached first)."""
@@ -250,6 +276,10 @@ class UpstreamConnection(TwistedProtocol):
                 response = self._response
                 assert response is not None
                 response.data(event.data)  # type: ignore[union-attr]
+            elif kind is Framed:
+                response = self._response
+                assert response is not None
+                response.framed(event)  # type: ignore[arg-type]
             elif event is NEED_DATA:
                 return
             elif kind is Head:
@@ -264,7 +294,8 @@ class UpstreamConnection(TwistedProtocol):
 
     def _got_head(self, head: Head) -> None:
         assert self._request is not None
-        self._response = UpstreamResponse(head, self._request, BodyTransport(self))
+        assert self._parser is not None
+        self._response = UpstreamResponse(head, self._request, BodyTransport(self), self._parser)
         waiting, self._waiting = self._waiting, None
         assert waiting is not None
         waiting.callback(self._response)

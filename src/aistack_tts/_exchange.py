@@ -240,6 +240,17 @@ class _Exchange:
         if isinstance(response.length, int) and response.code not in NO_BODY_STATUS:
             request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % response.length])
         self._bridge = StreamBridge(request, self._watchdog, self._body_ended, self._client_left)
+        relay = getattr(response, "relay_framing", None)
+        if (
+            relay is not None
+            and getattr(response, "chunked", False)
+            and request.clientproto == b"HTTP/1.1"
+        ):
+            # twisted.web picks the client's framing as it writes the head: write it now, and
+            # pass the upstream's chunks on as they are where it picked chunked too.
+            request.write(b"")
+            if request.chunked:
+                relay()
         response.deliverBody(self._bridge)
 
     def _finish(self, finish: Finish) -> None:

@@ -6,7 +6,9 @@ for a clean close), then ``next_event()`` until it returns ``NEED_DATA``. The ev
 ``Data``, ``EndOfMessage`` (with whether the connection may carry another request),
 ``CONNECTION_CLOSED`` (a clean close before any byte) and ``Failed`` (with the
 ``UpstreamProtocolError`` or ``IncompleteResponse`` that ends the exchange; the parser stays
-failed there).
+failed there). After ``relay_framing`` a chunked body comes as ``Framed`` (checked framing
+and data, as they came) instead of ``Data``: a relay to a chunked client need not take the
+chunks apart and frame them again.
 
 Framing as a proxy must read it: heads bounded at ``MAX_UPSTREAM_HEAD`` together (interim
 heads included); no body for HEAD, 204 and 304 whatever the headers say; Content-Length
@@ -49,6 +51,19 @@ class Data:
 
 
 @define
+class Framed:
+    """Chunked body bytes with their framing, as the upstream sent them (``relay_framing``).
+
+    ``data`` holds whole, checked chunk-size lines and the chunk data after them (a chunk's
+    data may be cut anywhere); never the last chunk or the trailers. ``size`` is how many of
+    its bytes are body.
+    """
+
+    data: bytes
+    size: int
+
+
+@define
 class EndOfMessage:
     """The body is whole; ``reusable`` says whether the connection may carry another request."""
 
@@ -78,7 +93,7 @@ NEED_DATA: Final = _Sentinel("NEED_DATA")
 #: A clean close before any byte of a response.
 CONNECTION_CLOSED: Final = _Sentinel("CONNECTION_CLOSED")
 
-Event = Head | Data | EndOfMessage | Failed | _Sentinel
+Event = Head | Data | Framed | EndOfMessage | Failed | _Sentinel
 
 _NO_BODY_STATUS = frozenset({204, 304})
 
@@ -99,7 +114,9 @@ class ResponseParser:
         "_left",
         "_no_body",
         "_pos",
+        "_raw",
         "_scan",
+        "_sized",
         "_state",
     )
 
@@ -120,6 +137,10 @@ class ResponseParser:
         self._keep_alive = False
         self._eof = False
         self._event: Event = NEED_DATA
+        #: Chunked body bytes go out framed (``Framed``), not decoded (``Data``).
+        self._raw = False
+        #: A chunk-size line was read: too late for ``relay_framing``.
+        self._sized = False
 
     @property
     def started(self) -> bool:
@@ -130,6 +151,17 @@ class ResponseParser:
     def trailing(self) -> bool:
         """Bytes arrived after the end of the message (the connection must not be reused)."""
         return self._state == _DONE and len(self._buf) > self._pos
+
+    def relay_framing(self) -> bool:
+        """From now on give a chunked body as ``Framed`` events; False if it is too late.
+
+        Only at the start of a chunked body, before any of it was read: a client must get
+        the framing from its first chunk-size line on.
+        """
+        if self._state != _CHUNK_SIZE or self._sized:
+            return False
+        self._raw = True
+        return True
 
     def receive_data(self, data: bytes) -> None:
         """Bytes from the upstream; ``b""`` when it closed the connection cleanly (FIN)."""
@@ -150,6 +182,8 @@ class ResponseParser:
     def next_event(self) -> Event:
         """The next event the bytes so far make, or ``NEED_DATA``."""
         state = self._state
+        if self._raw and state in (_CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END):
+            return self._framed()
         if state in (_LENGTH, _CHUNK_DATA, _CLOSE):
             return self._body()
         if state == _HEAD:
@@ -292,11 +326,76 @@ class ResponseParser:
             if match is None:
                 return self._fail(UpstreamProtocolError(f"a bad chunk-size line {shown(line)}"))
             size = int(match.group(1), 16)
+            self._sized = True
             if size == 0:
                 self._state, self._left = _TRAILERS, 0
                 continue
             self._state, self._left = _CHUNK_DATA, size
             return self._body()
+
+    def _framed(self) -> Event:
+        """The checked framing lines and chunk data that have come, in one ``Framed``.
+
+        A fault ends the bytes before it; the next call reports it. The last chunk's line and
+        the trailers are read as in the decoded mode.
+        """
+        buf = self._buf
+        start = self._pos
+        size = 0
+        fault: UpstreamProtocolError | None = None
+        while True:
+            pos, state = self._pos, self._state
+            if state == _CHUNK_DATA:
+                take = min(len(buf) - pos, self._left)
+                if take == 0:
+                    break
+                self._pos, self._left, size = pos + take, self._left - take, size + take
+                if self._left == 0:
+                    self._state = _CHUNK_END
+            elif state == _CHUNK_END:
+                if len(buf) - pos < 2:
+                    break
+                if buf[pos : pos + 2] != b"\r\n":
+                    seen = shown(bytes(buf[pos : pos + 2]))
+                    fault = UpstreamProtocolError(f"chunk data not followed by CRLF: {seen}")
+                    break
+                self._pos, self._state = pos + 2, _CHUNK_SIZE
+            elif state == _CHUNK_SIZE:
+                end = buf.find(b"\r\n", pos, pos + MAX_CHUNK_LINE)
+                if end < 0:
+                    if len(buf) - pos >= MAX_CHUNK_LINE:
+                        fault = UpstreamProtocolError(
+                            f"a chunk-size line over the gateway's limit of {MAX_CHUNK_LINE} bytes"
+                        )
+                    break
+                line = bytes(buf[pos:end])
+                match = _CHUNK_LINE.fullmatch(line)
+                if match is None:
+                    fault = UpstreamProtocolError(f"a bad chunk-size line {shown(line)}")
+                    break
+                chunk = int(match.group(1), 16)
+                if chunk == 0:
+                    if self._pos > start:
+                        break  # the bytes before the last chunk go first
+                    self._pos, self._state, self._left = end + 2, _TRAILERS, 0
+                    return self._chunk_framing()
+                self._pos, self._state, self._left = end + 2, _CHUNK_DATA, chunk
+            else:
+                break
+        end = self._pos
+        if end > start:
+            if start == 0 and end == len(buf) and isinstance(buf, bytes):
+                return Framed(buf, size)  # one read, all body: not copied
+            return Framed(bytes(memoryview(buf)[start:end]), size)
+        if fault is not None:
+            return self._fail(fault)
+        if self._state == _CHUNK_DATA and self._eof:
+            return self._fail(
+                IncompleteResponse(
+                    f"the connection closed {self._left} bytes short of the current chunk"
+                )
+            )
+        return self._need_more()
 
     def _need_more(self) -> Event:
         if self._eof:
