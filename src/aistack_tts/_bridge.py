@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from ._send_now import send_now
 from ._watchdog import Watchdog
 
 
@@ -60,6 +61,7 @@ class StreamBridge(Protocol):
         if not self.paused:
             self._watchdog.touch("upstream")
         self._request.write(data)
+        send_now(self._request.transport)
 
     def chunksReceived(self, framed: bytes, size: int) -> None:
         """Upstream chunks with their framing (``size`` bytes of body): to the client as they are.
@@ -76,6 +78,7 @@ class StreamBridge(Protocol):
         if channel is not None:  # None once the client is gone: twisted.web drops writes too
             request.sentLength += size
             channel.write(framed)
+            send_now(channel.transport)
 
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:  # noqa: B008
         """The upstream body ended, cleanly or not."""

@@ -14,6 +14,7 @@ from twisted.web.server import Request
 
 from ._context import CallContext, IInFlightCall
 from ._errors import QWEN3_TTS, GatewayError, LocalResourceExhausted, write_error
+from ._send_now import send_now
 from ._slot import SlotHold
 
 
@@ -94,6 +95,8 @@ class CallRecord:
         self._context.in_flight.untrack(self._call)
         if then is not None:
             then()
+            # The client has its answer before the bookkeeping below, not after it.
+            send_now(self._request.transport)
         held = self._context.clock.seconds() - self.started
         metrics = self._context.metrics
         metrics.upstream_total.observe(held)

@@ -45,6 +45,7 @@ from ._response_parser import (
     Framed,
     ResponseParser,
 )
+from ._send_now import send_now
 
 
 class Keeper(Protocol):
@@ -219,6 +220,7 @@ class UpstreamConnection(TwistedProtocol):
         transport = self.transport
         if body is not None:
             transport.write(head + body if body else head)
+            send_now(transport)
         else:
             assert producer is not None
             transport.write(head)
