@@ -18,9 +18,15 @@ from aistack_tts._response_parser import (
 )
 
 
-def events(pieces: list[bytes], method: bytes = b"GET", eof: bool = False) -> list[object]:
-    """Feed ``pieces`` (then a clean close if ``eof``); the events, body data joined up."""
-    parser = ResponseParser(method)
+def events(
+    pieces: list[bytes],
+    method: bytes = b"GET",
+    eof: bool = False,
+    parser: ResponseParser | None = None,
+) -> list[object]:
+    """Feed ``pieces`` (then a clean close if ``eof``) to ``parser`` (else a new one for
+    ``method``); the events, body data joined up."""
+    parser = parser or ResponseParser(method)
     out: list[object] = []
     for piece in [*pieces, *([b""] if eof else [])]:
         parser.receive_data(piece)
@@ -278,3 +284,52 @@ def test_any_split_makes_the_same_events(case: bytes, cuts: list[int], eof: bool
     points = sorted({min(c, len(case)) for c in cuts})
     pieces = [case[a:b] for a, b in zip([0, *points], [*points, len(case)], strict=True)]
     assert summary(events([p for p in pieces if p], eof=eof)) == summary(events([case], eof=eof))
+
+
+# --- a body only, past a head read elsewhere (the WebSocket tunnel's) ---------------------
+
+
+@pytest.mark.parametrize(
+    ("length", "chunked", "data", "eof", "expected"),
+    [
+        (5, False, b"helloEXTRA", False, [("data", b"hello"), ("end", False)]),
+        (
+            None,
+            True,
+            CHUNKED.partition(b"\r\n\r\n")[2],
+            False,
+            [("data", b"hello, w"), ("end", False)],
+        ),
+        (None, False, b"all of it", True, [("data", b"all of it"), ("end", False)]),
+        (0, False, b"EXTRA", False, [("end", False)]),
+        (
+            None,
+            True,
+            b"0x5\r\n",
+            False,
+            [("failed", "UpstreamProtocolError", "a bad chunk-size line '0x5'")],
+        ),
+        (
+            10,
+            False,
+            b"abc",
+            True,
+            [
+                ("data", b"abc"),
+                (
+                    "failed",
+                    "IncompleteResponse",
+                    "the connection closed 7 bytes short of the Content-Length",
+                ),
+            ],
+        ),
+    ],
+)
+def test_for_body_frames_the_body_alone_never_reusable(
+    length: int | None, chunked: bool, data: bytes, eof: bool, expected: list[object]
+) -> None:
+    """Framed as after a head that said so, but its connection is never reused."""
+    for cut in range(len(data) + 1):
+        pieces = [p for p in (data[:cut], data[cut:]) if p]
+        parser = ResponseParser.for_body(length, chunked=chunked)
+        assert summary(events(pieces, eof=eof, parser=parser)) == expected, cut

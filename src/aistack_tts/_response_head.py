@@ -7,12 +7,15 @@ raises ``UpstreamProtocolError`` saying what is wrong: status line and field lin
 only ``chunked`` as a transfer coding, never both Transfer-Encoding and Content-Length,
 Content-Length repeated only with equal values, no 101 (the client asked for no upgrade).
 Bare LF line ends and an empty reason phrase are HTTP/1.1 and pass. ``ResponseParser``
-(``_response_parser``) finds the heads, bounds them and frames the body.
+(``_response_parser``) finds the heads, bounds them and frames the body. The WebSocket
+tunnel's answer head (``_tunnel_head``, where a 101 is the answer asked for) is checked with
+the same ``STATUS_LINE``, ``FIELD_LINE`` and ``body_framing``.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Final
 
 from attrs import define
@@ -23,7 +26,7 @@ from attrs import define
 MAX_UPSTREAM_HEAD = 64 * 1024
 #: RFC 9112 section 4: ``HTTP-version SP status-code SP [reason-phrase]``. Twisted's tolerance
 #: of a missing SP before an empty phrase is kept (some servers omit it).
-_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: ([\t\x20-\x7e\x80-\xff]*))?")
+STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: ([\t\x20-\x7e\x80-\xff]*))?")
 #: RFC 9110 section 5: ``field-name ":" OWS field-value OWS``; a name is a token and a value
 #: holds no control character but HTAB (so no NUL, CR, LF or DEL).
 FIELD_LINE = re.compile(
@@ -81,7 +84,7 @@ class Head:
     connection: frozenset[bytes]
 
 
-def content_length(values: list[bytes]) -> int:
+def content_length(values: Sequence[bytes]) -> int:
     """The one length that repeated Content-Length values agree on; ``ValueError`` otherwise.
 
     RFC 9110 section 8.6: ``42, 42`` and two ``42`` lines are one length, ``5, 6`` is an attack
@@ -101,7 +104,7 @@ def content_length(values: list[bytes]) -> int:
 def parse_head(lines: list[bytes]) -> Head | None:
     """The head in ``lines`` (LF already split off); ``None`` for an interim 1xx."""
     status_line = lines[0][:-1] if lines[0].endswith(b"\r") else lines[0]
-    match = _STATUS_LINE.fullmatch(status_line)
+    match = STATUS_LINE.fullmatch(status_line)
     if match is None:
         raise UpstreamProtocolError(f"bad status line {shown(status_line)}")
     version, code, reason = match.groups()
@@ -113,7 +116,7 @@ def parse_head(lines: list[bytes]) -> Head | None:
         line = raw[:-1] if raw.endswith(b"\r") else raw
         field = field_line(line)
         if field is None:
-            raise _field_line_error(line)
+            raise field_line_error(line)
         name, value = field.groups()
         lower = name.lower()
         if lower in CONNECTION_HEADERS:
@@ -133,11 +136,11 @@ def parse_head(lines: list[bytes]) -> Head | None:
         keep_alive = b"close" not in connection
     else:
         keep_alive = b"keep-alive" in connection and b"close" not in connection
-    length, chunked = _framing(fields)
+    length, chunked = body_framing(fields.get(b"transfer-encoding"), fields.get(b"content-length"))
     return Head(status, reason or b"", headers, length, chunked, keep_alive, connection)
 
 
-def _field_line_error(line: bytes) -> UpstreamProtocolError:
+def field_line_error(line: bytes) -> UpstreamProtocolError:
     """The ``UpstreamProtocolError`` that says what is wrong with a field line."""
     if line[:1] in (b" ", b"\t"):
         # RFC 9112 section 5.2 lets a proxy answer 502 for obs-fold; Twisted would glue the
@@ -154,10 +157,14 @@ def _field_line_error(line: bytes) -> UpstreamProtocolError:
     )
 
 
-def _framing(fields: dict[bytes, list[bytes]]) -> tuple[int | None, bool]:
-    """``(Content-Length, chunked)`` of a final head; refuse framing a proxy cannot relay."""
-    transfer_encoding = fields.get(b"transfer-encoding")
-    lengths = fields.get(b"content-length")
+def body_framing(
+    transfer_encoding: Sequence[bytes] | None, lengths: Sequence[bytes] | None
+) -> tuple[int | None, bool]:
+    """``(Content-Length, chunked)`` of a final head; refuse framing a proxy cannot relay.
+
+    The arguments are the head's Transfer-Encoding and Content-Length values (``None``: no
+    such header).
+    """
     if transfer_encoding is not None:
         codings = [c.strip().lower() for v in transfer_encoding for c in v.split(b",")]
         if codings != [b"chunked"]:

@@ -8,7 +8,8 @@ for a clean close), then ``next_event()`` until it returns ``NEED_DATA``. The ev
 ``UpstreamProtocolError`` or ``IncompleteResponse`` that ends the exchange; the parser stays
 failed there). After ``relay_framing`` a chunked body comes as ``Framed`` (checked framing
 and data, as they came) instead of ``Data``: a relay to a chunked client need not take the
-chunks apart and frame them again.
+chunks apart and frame them again. ``ResponseParser.for_body`` starts past a head read
+elsewhere: the WebSocket tunnel frames the body of a refused upgrade with it.
 
 Framing as a proxy must read it: heads bounded at ``MAX_UPSTREAM_HEAD`` together (interim
 heads included); no body for HEAD, 204 and 304 whatever the headers say; Content-Length
@@ -24,6 +25,7 @@ from typing import Final, final
 
 from attrs import define
 
+from ._protocol import NO_BODY_STATUS
 from ._response_head import (
     FIELD_LINE,
     MAX_UPSTREAM_HEAD,
@@ -95,8 +97,6 @@ CONNECTION_CLOSED: Final = _Sentinel("CONNECTION_CLOSED")
 
 Event = Head | Data | Framed | EndOfMessage | Failed | _Sentinel
 
-_NO_BODY_STATUS = frozenset({204, 304})
-
 (_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _CLOSE, _END, _DONE, _FAILED) = (
     range(10)
 )
@@ -141,6 +141,18 @@ class ResponseParser:
         self._raw = False
         #: A chunk-size line was read: too late for ``relay_framing``.
         self._sized = False
+
+    @classmethod
+    def for_body(cls, length: int | None, *, chunked: bool) -> ResponseParser:
+        """A parser past a head read elsewhere, for its body only; never reusable after it.
+
+        ``length`` and ``chunked`` are as ``Head`` has them. The WebSocket tunnel reads its
+        answer head itself (a 101 is what it asked for) and frames the body of any other
+        answer with this.
+        """
+        parser = cls(b"GET")
+        parser._frame_body(length, chunked)
+        return parser
 
     @property
     def started(self) -> bool:
@@ -245,21 +257,27 @@ class ResponseParser:
             return self._fail(e)
         if head is None:
             return None
-        if self._no_body or head.status in _NO_BODY_STATUS:
+        if self._no_body or head.status in NO_BODY_STATUS:
             # Whatever the headers say (RFC 9110 section 6.4.1); bytes that follow anyway make
             # the connection unusable (EndOfMessage says so).
             head.length, head.chunked, self._state = 0, False, _END
-        elif head.chunked:
-            self._state = _CHUNK_SIZE
-        elif head.length == 0:
-            self._state = _END
-        elif head.length is not None:
-            self._state, self._left = _LENGTH, head.length
         else:
-            # Close-delimited: whole only on a clean close, and never reusable.
-            self._state, head.keep_alive = _CLOSE, False
+            self._frame_body(head.length, head.chunked)
+            if self._state == _CLOSE:
+                head.keep_alive = False  # whole only on a clean close, and never reusable
         self._keep_alive = head.keep_alive
         return head
+
+    def _frame_body(self, length: int | None, chunked: bool) -> None:
+        """Start the body: chunked, ``length`` bytes, or (neither) everything until the close."""
+        if chunked:
+            self._state = _CHUNK_SIZE
+        elif length == 0:
+            self._state = _END
+        elif length is not None:
+            self._state, self._left = _LENGTH, length
+        else:
+            self._state = _CLOSE
 
     # The body.
 

@@ -2,14 +2,14 @@
 
 A step below ``aistack_tts._tunnel``: which requests are tunnelled, the endpoint and ``Host``
 of the upstream, and functions over its answer (split and parse the head, add
-``X-Request-Id``, pick the decoder for the body of a non-101 answer and start the client's
-response from the head). No connection and no state here.
+``X-Request-Id``, say how the body of a non-101 answer is framed and start the client's
+response from the head). The head's grammar and the body's framing rules are the HTTP
+client's (``_response_head``); only a 101 is an answer here and not there. No connection and
+no state here.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,18 +20,22 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 
 from ._accesslog import REQUEST_ID
-from ._headers import client_response_headers, header_tokens, wants_websocket
+from ._headers import client_response_headers, wants_websocket
 from ._protocol import NO_BODY_STATUS
+from ._response_head import (
+    FIELD_LINE,
+    MAX_UPSTREAM_HEAD,
+    STATUS_LINE,
+    UpstreamProtocolError,
+    body_framing,
+    field_line_error,
+    shown,
+)
 
-# The body decoders of twisted.web (no public counterpart): see _twisted_private.
-from ._twisted_private import _ChunkedTransferDecoder, _IdentityTransferDecoder
-
-#: The most the upstream's answer head (status line and headers) may take; a real one is a few
-#: hundred bytes, so more means a broken upstream, and the buffer stays bounded.
-MAX_HEAD_BYTES = 64 * 1024
-
-_STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([0-9]{3})(?: ([^\r\n]*))?")
-_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+#: The most the upstream's answer head (status line and headers) may take, as for the HTTP
+#: client; a real one is a few hundred bytes, so more means a broken upstream, and the buffer
+#: stays bounded.
+MAX_HEAD_BYTES = MAX_UPSTREAM_HEAD
 
 
 @frozen
@@ -90,16 +94,18 @@ def split_head(buffer: bytes) -> tuple[bytes, bytes] | None:
 def parse_head(raw: bytes) -> AnswerHead:
     """Parse a response head (status line, header lines, blank line); raise ``BadAnswer``."""
     status_line, *lines = raw[:-4].split(b"\r\n")
-    match = _STATUS_LINE.fullmatch(status_line)
+    match = STATUS_LINE.fullmatch(status_line)
     if match is None:
-        raise BadAnswer(f"not an HTTP/1.x status line: {status_line[:80]!r}")
+        raise BadAnswer(f"bad status line {shown(status_line)}")
+    _version, status, reason = match.groups()
     headers = Headers()
     for line in lines:
-        name, colon, value = line.partition(b":")
-        if not colon or _TOKEN.fullmatch(name) is None:
-            raise BadAnswer(f"malformed header line: {line[:80]!r}")
-        headers.addRawHeader(name, value.strip(b" \t"))
-    return AnswerHead(raw, int(match.group(1)), match.group(2) or b"", headers)
+        field = FIELD_LINE.fullmatch(line)
+        if field is None:
+            raise BadAnswer(str(field_line_error(line)))
+        name, value = field.groups()
+        headers.addRawHeader(name, value)
+    return AnswerHead(raw, int(status), reason or b"", headers)
 
 
 def is_websocket_request(request: Request) -> bool:
@@ -129,33 +135,22 @@ def head_for_client(head: AnswerHead, request: Request) -> bytes:
     return with_request_id(head, ours)
 
 
-#: What reads the body of an answer that is not a 101.
-BodyDecoder = _IdentityTransferDecoder | _ChunkedTransferDecoder
+def answer_framing(head: AnswerHead) -> tuple[int | None, bool] | None:
+    """``(Content-Length, chunked)`` of the body after ``head``; ``None`` when it has none.
 
-
-def body_decoder(
-    head: AnswerHead, on_data: Callable[[bytes], None], on_end: Callable[[bytes], None]
-) -> BodyDecoder | None:
-    """The decoder for the body that follows ``head``; ``None`` when it has none.
-
-    Chunked, ``Content-Length``, or (neither) everything until the upstream closes.
+    As ``Head`` has them (neither: everything until the upstream closes). Raises
+    ``BadAnswer`` for framing a proxy cannot relay, as the HTTP client refuses it.
     """
     if head.status in NO_BODY_STATUS:
         return None
-    codings = header_tokens(head.headers, b"transfer-encoding")
-    if codings:
-        if codings[-1] == b"chunked":
-            return _ChunkedTransferDecoder(on_data, on_end)
-        return _IdentityTransferDecoder(None, on_data, on_end)
-    lengths = {v.strip() for v in header_tokens(head.headers, b"content-length")}
-    if not lengths:
-        return _IdentityTransferDecoder(None, on_data, on_end)
-    length = lengths.pop()
-    if lengths or not length.isdigit():
-        raise BadAnswer("the answer has an invalid Content-Length")
-    if int(length) == 0:
-        return None
-    return _IdentityTransferDecoder(int(length), on_data, on_end)
+    try:
+        length, chunked = body_framing(
+            head.headers.getRawHeaders(b"transfer-encoding"),
+            head.headers.getRawHeaders(b"content-length"),
+        )
+    except UpstreamProtocolError as e:
+        raise BadAnswer(str(e)) from None
+    return None if length == 0 else (length, chunked)
 
 
 def start_response(request: Request, head: AnswerHead, *, chunked: bool) -> None:

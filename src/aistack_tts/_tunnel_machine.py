@@ -6,8 +6,8 @@ cut) into ``Event`` values, hands them to ``TunnelMachine.handle`` and applies t
 values it returns, in order (both are in ``aistack_tts._tunnel_events``). No transport, no
 clock, no Deferred: time arrives as ``Stalled``, failures arrive already classified
 (``ConnectFailed``). The machine reads the upstream's answer head, follows frame boundaries
-both ways (for the idle close frame and to say who closed), and decodes the body of an
-answer that is not a 101.
+both ways (for the idle close frame and to say who closed), and reads the body of an
+answer that is not a 101 with the HTTP client's own framing (``ResponseParser.for_body``).
 
 Phases: ``connecting`` → ``handshake`` (request written, waiting for the head) → ``open``
 (after a 101) or ``relaying`` (another status, its body going to the client) → ``done``.
@@ -17,8 +17,6 @@ Exactly one ``Finish`` ends a session; after it every event is answered with no 
 from __future__ import annotations
 
 from enum import StrEnum
-
-from twisted.web.http import PotentialDataLoss
 
 from ._call_events import (
     AbortClient,
@@ -40,6 +38,7 @@ from ._errors import (
 )
 from ._frames import IDLE_CLOSE, Frames, close_frame
 from ._outcome import Outcome, cut_outcome
+from ._response_parser import Data, EndOfMessage, Failed, ResponseParser
 from ._tunnel_events import (
     CancelConnect,
     ClientData,
@@ -58,8 +57,7 @@ from ._tunnel_events import (
     WriteClient,
     WriteUpstream,
 )
-from ._tunnel_head import AnswerHead, BadAnswer, BodyDecoder, body_decoder, parse_head, split_head
-from ._twisted_private import _ChunkedTransferDecoder
+from ._tunnel_head import AnswerHead, BadAnswer, answer_framing, parse_head, split_head
 
 NO_HANDSHAKE_ANSWER = "the Qwen3-TTS upstream did not answer the handshake in time"
 
@@ -85,9 +83,8 @@ class TunnelMachine:
         self.timed_out = False
         self._cut: GatewayError | None = None
         self._buffer = b""
-        self._decoder: BodyDecoder | None = None
-        #: What the body decoder produced during the event being handled.
-        self._decoded: list[Effect] = []
+        #: Frames the body of an answer that is not a 101.
+        self._body: ResponseParser | None = None
         self._status: int | None = None
         self.frames = Frames()
         self.bytes_out = 0
@@ -232,33 +229,26 @@ class TunnelMachine:
 
     def _relay(self, head: AnswerHead) -> list[Effect]:
         try:
-            decoder = body_decoder(head, self._decoded_data, self._decoded_end)
+            framing = answer_framing(head)
         except BadAnswer as e:
             return [CloseUpstream(abort=True), *self._answer_error(UpstreamError(describe(e)))]
         self.phase = Phase.RELAYING
-        chunked = isinstance(decoder, _ChunkedTransferDecoder)
-        started: list[Effect] = [StartRelay(head, chunked=chunked, body=decoder is not None)]
-        if decoder is None:
-            return [*started, *self._relayed()]
-        self._decoder = decoder
+        if framing is None:
+            return [StartRelay(head, chunked=False, body=False), *self._relayed()]
+        length, chunked = framing
+        self._body = ResponseParser.for_body(length, chunked=chunked)
+        started = StartRelay(head, chunked=chunked, body=True)
         rest, self._buffer = self._buffer, b""
-        return [*started, *self._decode(rest)] if rest else started
+        return [started, *self._read_body(rest)] if rest else [started]
 
     def _relaying(self, event: Event) -> list[Effect]:
         match event:
             case UpstreamData(data):
-                return self._decode(data)
+                # b"" would say the upstream closed; Twisted never delivers it, so ignore it.
+                return self._read_body(data) if data else []
             case UpstreamLost():
-                assert self._decoder is not None
-                try:
-                    self._decoder.noMoreData()
-                except PotentialDataLoss:
-                    # A body delimited by the end of the connection (its end already decoded).
-                    if self.phase is Phase.RELAYING:
-                        self._decoded.extend(self._relayed())
-                except Exception as e:
-                    return [*self._drain_decoded(), *self._broken(describe(e))]
-                return self._drain_decoded()
+                # The end of a body delimited by the close, or (any other) a truncated one.
+                return self._read_body(b"")
             case ClientLeft():
                 return [CloseUpstream(abort=True), *self._left()]
             case Stalled(kind):
@@ -269,26 +259,25 @@ class TunnelMachine:
                 return self._cut_relay(Outcome.INTERNAL_ERROR, why)
         return []
 
-    def _decode(self, data: bytes) -> list[Effect]:
-        assert self._decoder is not None
-        try:
-            self._decoder.dataReceived(data)
-        except Exception as e:  # a malformed chunked body
-            return [*self._drain_decoded(), *self._broken(describe(e))]
-        return self._drain_decoded()
-
-    def _drain_decoded(self) -> list[Effect]:
-        effects, self._decoded = self._decoded, []
-        return effects
-
-    def _decoded_data(self, data: bytes) -> None:
-        if self.phase is Phase.RELAYING:
-            self.bytes_out += len(data)
-            self._decoded.append(WriteClient(data, relayed=True))
-
-    def _decoded_end(self, extra: bytes) -> None:
-        if self.phase is Phase.RELAYING:
-            self._decoded.extend(self._relayed())
+    def _read_body(self, data: bytes) -> list[Effect]:
+        """Relay what ``data`` (``b""``: the upstream closed) completes of the answer's body."""
+        body = self._body
+        assert body is not None
+        body.receive_data(data)
+        effects: list[Effect] = []
+        while True:
+            event = body.next_event()
+            if isinstance(event, Data):
+                self.bytes_out += len(event.data)
+                effects.append(WriteClient(event.data, relayed=True))
+            elif isinstance(event, EndOfMessage):
+                return [*effects, *self._relayed()]
+            elif isinstance(event, Failed):
+                # Truth after headers: a truncated or malformed body never ends like a whole one.
+                why = describe(event.error)
+                return [*effects, *self._cut_relay(Outcome.UPSTREAM_ERROR_MID_BODY, why)]
+            else:
+                return effects  # NEED_DATA
 
     def _relayed(self) -> list[Effect]:
         """The answer is whole. Its connection carried a refused handshake: it is not reused."""
@@ -297,12 +286,6 @@ class TunnelMachine:
             CloseUpstream(abort=False),
             *self._finish(Outcome.WS_REJECTED, cause, ending=Ending.BODY),
         ]
-
-    def _broken(self, why: str) -> list[Effect]:
-        # Truth after headers: a truncated body must never end like a whole one.
-        if self.phase is not Phase.RELAYING:
-            return []
-        return self._cut_relay(Outcome.UPSTREAM_ERROR_MID_BODY, why)
 
     def _cut_relay(self, outcome: str, cause: str | None) -> list[Effect]:
         return [

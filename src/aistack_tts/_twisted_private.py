@@ -4,7 +4,9 @@ Every Twisted upgrade starts here: these are the names that may move or change w
 Private *attributes* the gateway reads or overrides are named in the docstring of the module
 that uses them (``_channel``: ``HTTPChannel``'s parser hooks; ``_tunnel_sides``:
 ``HTTPChannel._dataBuffer``; ``_resources``: a port's ``_logger``). The upstream client
-(``_client``) uses none: it is built on public API only.
+(``_client``) uses none: it is built on public API only, and it and the WebSocket tunnel read
+the upstream's bytes with the gateway's own parser (``_response_parser``), not Twisted's
+private body decoders.
 """
 
 from __future__ import annotations
@@ -13,12 +15,4 @@ from __future__ import annotations
 # failures carry it (``_errors`` reports them as an upstream that does not speak HTTP/1.1).
 from twisted.web._newclient import ParseError
 
-# Body framing: twisted.web has no public chunked/identity decoder (the WebSocket tunnel reads
-# the body of an upstream's non-101 answer with them).
-from twisted.web.http import _ChunkedTransferDecoder, _IdentityTransferDecoder
-
-__all__ = [
-    "ParseError",
-    "_ChunkedTransferDecoder",
-    "_IdentityTransferDecoder",
-]
+__all__ = ["ParseError"]
