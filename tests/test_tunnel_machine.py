@@ -219,7 +219,7 @@ def test_a_chunked_refusal_is_relayed_whole_then_finishes_once() -> None:
 
 
 def test_a_refusal_delimited_by_the_close_finishes_once() -> None:
-    """The identity decoder reports the end before it raises PotentialDataLoss: one Finish."""
+    """A body delimited by the close ends with the close, once: one Finish, every byte counted."""
     m = machine(Phase.HANDSHAKE)
     m.handle(UpstreamData(b"HTTP/1.1 403 Forbidden\r\n\r\nnot allowed"))
     effects = m.handle(UpstreamLost("ConnectionDone"))
