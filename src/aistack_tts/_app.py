@@ -144,7 +144,7 @@ class _Routes:
             )
         else:
             error = NotFound(f"no route for {request.path.decode('latin-1')}")
-        return self._answer(request, error)
+        return self.answer_error(request, error)
 
     @app.handle_errors(Exception)
     def unexpected_error(self, request: IRequest, failure: Failure) -> bytes:
@@ -160,9 +160,10 @@ class _Routes:
         if not isinstance(error, GatewayError):
             _log.failure("unexpected error serving {uri}", failure, uri=request.uri)
             error = internal_error()
-        return self._answer(request, error)
+        return self.answer_error(request, error)
 
-    def _answer(self, request: IRequest, error: GatewayError) -> bytes:
+    def answer_error(self, request: IRequest, error: GatewayError) -> bytes:
+        """``error``'s envelope (status and headers set on ``request``), its answer logged."""
         body = apply_error(request, error)
         if isinstance(error, GPUBusy):
             self._proxy.access_log.answered(
@@ -229,6 +230,11 @@ class _Guard(Resource):
         request.notifyFinish().addBoth(lambda _: over.append(True))
         try:
             call = self._routes.forward(request)
+        except GatewayError as error:
+            # A refusal (the 503 of a busy GPU above all) is answered without a Failure: its
+            # traceback would be made for nobody.
+            self._answer(request, self._routes.answer_error(request, error))
+            return NOT_DONE_YET
         except Exception:
             self._failed(request, Failure(), over)
             return NOT_DONE_YET
@@ -241,7 +247,10 @@ class _Guard(Resource):
     def _failed(self, request: Request, failure: Failure, over: list[bool]) -> None:
         if over:
             return  # nothing can reach a client that has its answer or left
-        body = self._routes.answer_failure(request, failure)
+        self._answer(request, self._routes.answer_failure(request, failure))
+
+    @staticmethod
+    def _answer(request: Request, body: bytes) -> None:
         request.write(body)
         request.finish()
 

@@ -47,9 +47,18 @@ class GatewayError(Exception):
         super().__init__(message)
         self.message = message
         self.headers = tuple(headers)
+        self._envelope: bytes | None = None
 
     def envelope(self) -> bytes:
-        """The JSON body, in OpenAI's error shape plus ``provider``."""
+        """The JSON body, in OpenAI's error shape plus ``provider``.
+
+        Made once: the answer and the access event's ``bytes_out`` both need it.
+        """
+        if self._envelope is None:
+            self._envelope = self._make_envelope()
+        return self._envelope
+
+    def _make_envelope(self) -> bytes:
         return json.dumps(
             {
                 "error": {
