@@ -6,16 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aistack_tts._response_events import CONNECTION_CLOSED, NEED_DATA, Data, EndOfMessage, Failed
 from aistack_tts._response_head import Head, IncompleteResponse, UpstreamProtocolError
-from aistack_tts._response_parser import (
-    CONNECTION_CLOSED,
-    MAX_CHUNK_LINE,
-    NEED_DATA,
-    Data,
-    EndOfMessage,
-    Failed,
-    ResponseParser,
-)
+from aistack_tts._response_parser import MAX_CHUNK_LINE, ResponseParser
 
 
 def events(

@@ -35,16 +35,9 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from ._client_request import BodyWriter, ClientRequest, WrongBodyLength
+from ._response_events import CONNECTION_CLOSED, NEED_DATA, Data, EndOfMessage, Failed, Framed
 from ._response_head import Head, IncompleteResponse
-from ._response_parser import (
-    CONNECTION_CLOSED,
-    NEED_DATA,
-    Data,
-    EndOfMessage,
-    Failed,
-    Framed,
-    ResponseParser,
-)
+from ._response_parser import ResponseParser
 from ._send_now import send_now
 
 

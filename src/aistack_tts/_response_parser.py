@@ -2,8 +2,8 @@
 
 ``ResponseParser`` is shaped like h11's connection object: ``receive_data(bytes)`` (``b""``
 for a clean close), then ``next_event()`` until it returns ``NEED_DATA``. The events are
-``Head`` (the final head, checked by ``_response_head``; 1xx interim heads skipped),
-``Data``, ``EndOfMessage`` (with whether the connection may carry another request),
+``Head`` (the final head, checked by ``_response_head``; 1xx interim heads skipped) and,
+from ``_response_events``, ``Data``, ``EndOfMessage`` (with whether the connection may carry another request),
 ``CONNECTION_CLOSED`` (a clean close before any byte) and ``Failed`` (with the
 ``UpstreamProtocolError`` or ``IncompleteResponse`` that ends the exchange; the parser stays
 failed there). After ``relay_framing`` a chunked body comes as ``Framed`` (checked framing
@@ -21,15 +21,20 @@ without either ends only on a clean close and never leaves the connection reusab
 from __future__ import annotations
 
 import re
-from typing import Final, final
-
-from attrs import define
 
 from ._protocol import NO_BODY_STATUS
+from ._response_events import (
+    CONNECTION_CLOSED,
+    NEED_DATA,
+    Data,
+    EndOfMessage,
+    Event,
+    Failed,
+    Framed,
+)
 from ._response_head import (
     FIELD_LINE,
     MAX_UPSTREAM_HEAD,
-    Head,
     IncompleteResponse,
     UpstreamProtocolError,
     parse_head,
@@ -44,58 +49,6 @@ MAX_TRAILERS = 16 * 1024
 #: RFC 9112 section 7.1: ``chunk-size [ chunk-ext ] CRLF``, the size in hex digits only.
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[\t\x20-\x7e\x80-\xff]*)?")
 
-
-@define
-class Data:
-    """Body bytes, decoded from their framing."""
-
-    data: bytes
-
-
-@define
-class Framed:
-    """Chunked body bytes with their framing, as the upstream sent them (``relay_framing``).
-
-    ``data`` holds whole, checked chunk-size lines and the chunk data after them (a chunk's
-    data may be cut anywhere); never the last chunk or the trailers. ``size`` is how many of
-    its bytes are body.
-    """
-
-    data: bytes
-    size: int
-
-
-@define
-class EndOfMessage:
-    """The body is whole; ``reusable`` says whether the connection may carry another request."""
-
-    reusable: bool
-
-
-@define
-class Failed:
-    """The response cannot be read further; ``error`` says why."""
-
-    error: UpstreamProtocolError | IncompleteResponse
-
-
-@final
-class _Sentinel:
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-#: ``next_event`` needs more bytes.
-NEED_DATA: Final = _Sentinel("NEED_DATA")
-#: A clean close before any byte of a response.
-CONNECTION_CLOSED: Final = _Sentinel("CONNECTION_CLOSED")
-
-Event = Head | Data | Framed | EndOfMessage | Failed | _Sentinel
 
 (_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _CLOSE, _END, _DONE, _FAILED) = (
     range(10)

@@ -38,7 +38,8 @@ from ._errors import (
 )
 from ._frames import IDLE_CLOSE, Frames, close_frame
 from ._outcome import Outcome, cut_outcome
-from ._response_parser import Data, EndOfMessage, Failed, ResponseParser
+from ._response_events import Data, EndOfMessage, Failed
+from ._response_parser import ResponseParser
 from ._tunnel_events import (
     CancelConnect,
     ClientData,
