@@ -10,6 +10,7 @@ values are JSON scalars at the top level (an access event's ``status``, ``durati
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -21,6 +22,11 @@ _SCALARS = (str, int, float, bool, type(None))
 _RESERVED = frozenset({"time", "level", "namespace", "message", "system", "traceback"})
 #: Keys of events Twisted logs through its legacy ``log.msg`` bridge that repeat ``message``.
 _LEGACY = frozenset({"isError", "format", "why"})
+_LEFT_OUT = _RESERVED | _LEGACY
+#: One encoder for every line (``json.dumps`` with options builds a new one per call).
+_ENCODE = json.JSONEncoder(default=str, ensure_ascii=False).encode
+#: A format that is one plain field (``"{line}"``, the access event's): its value, formatted.
+_ONE_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class Preformatted:
@@ -43,6 +49,22 @@ def iso_time(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="microseconds")
 
 
+def message_of(event: LogEvent) -> str:
+    """``formatEvent(event)``, without string.Formatter for a format of one plain field.
+
+    The same text: ``formatEvent`` formats ``"{name}"`` as ``format(event["name"], "")``.
+    """
+    fmt = event.get("log_format")
+    if isinstance(fmt, str) and "log_flattened" not in event:
+        field = _ONE_FIELD.fullmatch(fmt)
+        if field is not None and field.group(1) in event:
+            try:
+                return str(format(event[field.group(1)], ""))
+            except BaseException:
+                pass  # formatEvent says what went wrong, as it would have
+    return formatEvent(event)
+
+
 def event_as_json_line(event: LogEvent) -> str:
     """``event`` as one line of JSON, ending with a newline."""
     level = event.get("log_level")
@@ -50,7 +72,7 @@ def event_as_json_line(event: LogEvent) -> str:
         "time": iso_time(event.get("log_time")),
         "level": getattr(level, "name", "info"),
         "namespace": event.get("log_namespace", "-"),
-        "message": formatEvent(event),
+        "message": message_of(event),
     }
     system = event.get("log_system")
     if isinstance(system, str) and system != "-":
@@ -59,14 +81,9 @@ def event_as_json_line(event: LogEvent) -> str:
     if isinstance(failure, Failure):
         record["traceback"] = failure.getTraceback()
     for key, value in event.items():
-        if (
-            isinstance(value, _SCALARS)
-            and not key.startswith("log_")
-            and key not in _RESERVED
-            and key not in _LEGACY
-        ):
+        if isinstance(value, _SCALARS) and key not in _LEFT_OUT and not key.startswith("log_"):
             record[key] = value
-    return json.dumps(record, default=str, ensure_ascii=False) + "\n"
+    return _ENCODE(record) + "\n"
 
 
 def json_lines_observer(out: IO[Any]) -> FileLogObserver:

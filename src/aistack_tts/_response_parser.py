@@ -3,8 +3,8 @@
 ``ResponseParser`` is shaped like h11's connection object: ``receive_data(bytes)`` (``b""``
 for a clean close), then ``next_event()`` until it returns ``NEED_DATA``. The events are
 ``Head`` (the final head, checked by ``_response_head``; 1xx interim heads skipped) and,
-from ``_response_events``, ``Data``, ``EndOfMessage`` (with whether the connection may carry another request),
-``CONNECTION_CLOSED`` (a clean close before any byte) and ``Failed`` (with the
+from ``_response_events``, ``Data``, ``EndOfMessage`` (with whether the connection may carry
+another request), ``CONNECTION_CLOSED`` (a clean close before any byte) and ``Failed`` (with the
 ``UpstreamProtocolError`` or ``IncompleteResponse`` that ends the exchange; the parser stays
 failed there). After ``relay_framing`` a chunked body comes as ``Framed`` (checked framing
 and data, as they came) instead of ``Data``: a relay to a chunked client need not take the
