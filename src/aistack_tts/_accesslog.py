@@ -164,7 +164,7 @@ class AccessLog:
         m = self.metrics
         # Hostile clients choose methods: keep the label set bounded.
         method = request.method if request.method in _KNOWN_METHODS else b"other"
-        m.requests.labels(method.decode("ascii"), str(status or "none"), provider).inc()
+        m.count(m.requests, method.decode("ascii"), str(status or "none"), provider)
         if outcome == "gpu_busy":
             m.gpu_busy.inc()
         elif outcome in (Outcome.CLIENT_ABORT, Outcome.CLIENT_STALLED):
@@ -172,10 +172,10 @@ class AccessLog:
         if queue_wait is not None:
             m.queue_wait.observe(queue_wait)
         if upstream is not None:
-            m.upstream_calls.labels(upstream, outcome).inc()
+            m.count(m.upstream_calls, upstream, str(outcome))
         fault = upstream_fault(outcome)
         if fault is not None:
             # "none": every upstream was in its cool-down, none was tried.
-            m.upstream_faults.labels(fault, upstream or "none").inc()
+            m.count(m.upstream_faults, str(fault), upstream or "none")
         if bytes_out and not envelope:
             m.bytes_streamed.inc(bytes_out)

@@ -24,6 +24,7 @@ class GatewayMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._children: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
         r = self.registry
         self.requests = Counter(
             "aistack_tts_requests",
@@ -82,6 +83,18 @@ class GatewayMetrics:
             buckets=_SECONDS,
             registry=r,
         )
+
+    def count(self, counter: Counter, *labels: str) -> None:
+        """``counter.labels(*labels).inc()``, with the labelled child kept for the next time.
+
+        The label sets are few (methods, statuses, providers, upstreams, outcomes) and the
+        lookup is a good part of what a counted request costs.
+        """
+        key = (counter, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = counter.labels(*labels)
+        child.inc()
 
     def watch(self, slot_in_use: Callable[[], float], in_flight: Callable[[], float]) -> None:
         """Read the gauges from the live objects at scrape time."""
