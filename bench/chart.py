@@ -6,7 +6,16 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import MB
-from bench.contenders import AGENT_FLOOR, AISTACK, DIRECT, NGINX, RELAY_FLOOR, TWISTED, WEB_FLOOR
+from bench.contenders import (
+    AGENT_FLOOR,
+    AISTACK,
+    DIRECT,
+    LEAN_FLOOR,
+    NGINX,
+    RELAY_FLOOR,
+    TWISTED,
+    WEB_FLOOR,
+)
 from bench.goals import (
     BUSY_VS_BARE_WEB,
     CLOSE_P99_GOAL_MS,
@@ -85,7 +94,12 @@ def chart(report: dict[str, Any], path: Path) -> str:
         ax.legend(fontsize=7)
 
     floors = results.get("floors", {})
-    styles: dict[str, Any] = {WEB_FLOOR: ":", AGENT_FLOOR: "-.", RELAY_FLOOR: (0, (1, 3))}
+    styles: dict[str, Any] = {
+        WEB_FLOOR: ":",
+        AGENT_FLOOR: "-.",
+        LEAN_FLOOR: (0, (5, 2)),
+        RELAY_FLOOR: (0, (1, 3)),
+    }
 
     def floor_lines(ax: Any, values: dict[str, float], what: str = "") -> None:
         """The Twisted floors measured in the same rounds, as grey lines."""

@@ -41,8 +41,14 @@ GATEWAYS = (AISTACK, TWISTED, NGINX)
 # Floors (bench/floors.py): Twisted with no gateway logic, run in the same rounds.
 WEB_FLOOR = "bare twisted.web"
 AGENT_FLOOR = "twisted.web + Agent"
+LEAN_FLOOR = "twisted.web + lean client"
 RELAY_FLOOR = "byte relay"
-FLOOR_KINDS = {WEB_FLOOR: "web", AGENT_FLOOR: "agent", RELAY_FLOOR: "relay"}
+FLOOR_KINDS = {
+    WEB_FLOOR: "web",
+    AGENT_FLOOR: "agent",
+    LEAN_FLOOR: "lean",
+    RELAY_FLOOR: "relay",
+}
 
 GATEWAY_SLOTS = 16
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -1,8 +1,8 @@
 """Twisted with no gateway logic at all: what the stack costs by itself, for ``bench/run.py``.
 
-    python -m bench.floors {web,agent,relay} --upstream-port PORT [--port 0]
+    python -m bench.floors {web,agent,lean,relay} --upstream-port PORT [--port 0]
 
-Three processes that do less than any useful gateway, so that what they cost is a floor for
+Four processes that do less than any useful gateway, so that what they cost is a floor for
 every gateway built on the same pieces (the harness runs them in the same rounds as the
 contenders and prints them as "Twisted floors"):
 
@@ -15,6 +15,9 @@ contenders and prints them as "Twisted floors"):
   transport registered as the request's producer). No slot, no checks, no Klein, no log, no
   header hygiene: the cost of twisted.web plus ``Agent``, which is the data path aistack-tts
   is built on.
+- ``lean``: the same ``Site`` and forwarding, with the gateway's own upstream client
+  (``aistack_tts._client.LeanAgent`` and its pool) in place of ``Agent``: what twisted.web
+  and that client cost together, before any of the gateway's checks, slot, log or metrics.
 - ``relay``: ``twisted.protocols.portforward``: bytes copied between two TCP connections with
   flow control, no HTTP parsing at all. The most a Twisted process can move per CPU.
 """
@@ -32,10 +35,12 @@ from twisted.protocols.portforward import ProxyFactory
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IResponse
+from twisted.web.iweb import IAgent, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from aistack_tts._client import LeanAgent
+from aistack_tts._client_pool import ConnectionPool
 from bench.fast_upstream import VOICES
 
 reactor: Any = _reactor
@@ -92,12 +97,18 @@ class Forward(Resource):
 
     isLeaf = True
 
-    def __init__(self, upstream: bytes) -> None:
+    def __init__(self, upstream: bytes, *, lean: bool = False) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.upstream = upstream
-        pool = HTTPConnectionPool(reactor, persistent=True)
-        pool.maxPersistentPerHost = 64  # as the gateway's: 16 connections all stay pooled
-        self.agent = Agent(reactor, pool=pool)
+        self.agent: IAgent
+        if lean:
+            # As the gateway makes it (_upstream.default_agent): an idle connection per slot.
+            lean_pool = ConnectionPool(reactor, max_idle=64)
+            self.agent = LeanAgent(reactor, lean_pool, connect_timeout=10)
+        else:
+            pool = HTTPConnectionPool(reactor, persistent=True)
+            pool.maxPersistentPerHost = 64  # as the gateway's: 16 connections all stay pooled
+            self.agent = Agent(reactor, pool=pool)
 
     def render(self, request: Request) -> int:
         headers = Headers()
@@ -132,7 +143,7 @@ class Forward(Resource):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("kind", choices=("web", "agent", "relay"))
+    parser.add_argument("kind", choices=("web", "agent", "lean", "relay"))
     parser.add_argument("--upstream-port", type=int, default=0)
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
@@ -141,7 +152,12 @@ def main() -> None:
         factory = ProxyFactory("127.0.0.1", args.upstream_port)
     else:
         url = b"http://127.0.0.1:%d" % args.upstream_port
-        factory = Site(Bare() if args.kind == "web" else Forward(url))  # type: ignore[no-untyped-call]
+        root: Resource = (
+            Bare()  # type: ignore[no-untyped-call]
+            if args.kind == "web"
+            else Forward(url, lean=args.kind == "lean")
+        )
+        factory = Site(root)
         factory.log = lambda request: None  # no access log: a floor
     reactor.listenTCP(args.port, factory, interface="127.0.0.1", backlog=511)
     reactor.run()

@@ -10,7 +10,15 @@ from typing import Any
 
 from bench.clients import first_byte, speech
 from bench.common import log, median, p99, rotated
-from bench.contenders import AGENT_FLOOR, AISTACK, DIRECT, NGINX, RELAY_FLOOR, TWISTED
+from bench.contenders import (
+    AGENT_FLOOR,
+    AISTACK,
+    DIRECT,
+    LEAN_FLOOR,
+    NGINX,
+    RELAY_FLOOR,
+    TWISTED,
+)
 from bench.goals import TTFB_VS_TWISTED
 from bench.harness import Bench
 from bench.table import Row, Targets, pair
@@ -25,7 +33,7 @@ class FirstByte:
 
     def measure(self, bench: Bench) -> None:
         s = bench.s
-        names = bench.ensure_started([AGENT_FLOOR, RELAY_FLOOR])
+        names = bench.ensure_started([AGENT_FLOOR, LEAN_FLOOR, RELAY_FLOOR])
         variants = {
             "late_head": speech(38400, chunk=3840, delay=0.1),
             "early_head": speech(38400, chunk=3840, delay=0.1, head="early"),

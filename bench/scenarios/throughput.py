@@ -16,6 +16,7 @@ from bench.contenders import (
     AGENT_FLOOR,
     AISTACK,
     DIRECT,
+    LEAN_FLOOR,
     NGINX,
     RELAY_FLOOR,
     TWISTED,
@@ -36,7 +37,7 @@ class Throughput:
 
     def measure(self, bench: Bench) -> None:
         s = bench.s
-        names = bench.ensure_started([AGENT_FLOOR, RELAY_FLOOR])
+        names = bench.ensure_started([AGENT_FLOOR, LEAN_FLOOR, RELAY_FLOOR])
         size = s.stream_mb * MB
         rows: dict[str, list[dict[str, float]]] = {name: [] for name in names}
         for turn in range(s.repeat):

@@ -10,7 +10,15 @@ from typing import Any
 
 from bench.clients import run_python_load, run_wrk
 from bench.common import log, median, rotated
-from bench.contenders import AGENT_FLOOR, AISTACK, DIRECT, TWISTED, WEB_FLOOR, cpu_seconds
+from bench.contenders import (
+    AGENT_FLOOR,
+    AISTACK,
+    DIRECT,
+    LEAN_FLOOR,
+    TWISTED,
+    WEB_FLOOR,
+    cpu_seconds,
+)
 from bench.goals import ADDED_P50_VS_TWISTED, CPU_VS_TWISTED
 from bench.harness import Bench
 from bench.table import Row, Targets, fmt, pair
@@ -34,7 +42,7 @@ class Voices:
     def measure(self, bench: Bench) -> None:
         s = bench.s
         load = run_wrk if s.loadgen == "wrk" else run_python_load
-        names = bench.ensure_started([WEB_FLOOR, AGENT_FLOOR])
+        names = bench.ensure_started([WEB_FLOOR, AGENT_FLOOR, LEAN_FLOOR])
         runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
         for connections in (1, 16):
             key = f"{connections}conn"
@@ -154,7 +162,8 @@ class Voices:
             target = f"{twisted['added_p50_us'] * ADDED_P50_VS_TWISTED:.0f} us" if twisted else "-"
             lines.append(
                 f"  1  voices, {label}, added p50: {WEB_FLOOR} {us(floor.get(WEB_FLOOR))}, "
-                f"{AGENT_FLOOR} {us(floor.get(AGENT_FLOOR))}; aistack-tts {us(main.get(AISTACK))} "
+                f"{AGENT_FLOOR} {us(floor.get(AGENT_FLOOR))}, {LEAN_FLOOR} "
+                f"{us(floor.get(LEAN_FLOOR))}; aistack-tts {us(main.get(AISTACK))} "
                 f"(target {target})"
             )
         return lines

@@ -18,6 +18,7 @@ from bench.common import MiB
 from bench.contenders import (
     AGENT_FLOOR,
     AISTACK,
+    LEAN_FLOOR,
     RELAY_FLOOR,
     TWISTED,
     WEB_FLOOR,
@@ -29,7 +30,7 @@ from testbed.processes import UpstreamProcess
 
 pytestmark = [pytest.mark.real_sockets]
 
-FLOORS = (WEB_FLOOR, AGENT_FLOOR, RELAY_FLOOR)
+FLOORS = (WEB_FLOOR, AGENT_FLOOR, LEAN_FLOOR, RELAY_FLOOR)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,7 @@ def test_bare_floor_refuses_speech_with_a_503_envelope(floors: dict[str, Contend
     assert b"\r\nRetry-After: 1\r\n" in answer.split(b"\r\n\r\n")[0] + b"\r\n"
 
 
-@pytest.mark.parametrize("name", [AGENT_FLOOR, RELAY_FLOOR])
+@pytest.mark.parametrize("name", [AGENT_FLOOR, LEAN_FLOOR, RELAY_FLOOR])
 def test_forwarding_floors_stream_a_whole_response(floors: dict[str, Contender], name: str) -> None:
     """Scenario 2's transfer through a forwarding floor ends with the last chunk, every byte."""
     size = 4 * MiB
@@ -148,7 +149,11 @@ def test_render_floors_puts_each_floor_beside_aistack_and_the_target() -> None:
         },
         "floors": {
             "1": {
-                "1conn": {WEB_FLOOR: added(55, 88), AGENT_FLOOR: added(295, 276)},
+                "1conn": {
+                    WEB_FLOOR: added(55, 88),
+                    AGENT_FLOOR: added(295, 276),
+                    LEAN_FLOOR: added(150, 160),
+                },
                 "16conn": {WEB_FLOOR: added(590, 46), AGENT_FLOOR: added(2540, 169)},
             },
             "6": {WEB_FLOOR: {"p50_ms": 21.9, "p99_ms": 25.2}},
@@ -156,7 +161,11 @@ def test_render_floors_puts_each_floor_beside_aistack_and_the_target() -> None:
     }
     text = report.render_floors(results)
     assert "1 conn, added p50: bare twisted.web 55 us (CPU 88 us)" in text
-    assert "twisted.web + Agent 295 us (CPU 276 us); aistack-tts 480 us (CPU 490 us)" in text
+    assert (
+        "twisted.web + Agent 295 us (CPU 276 us), twisted.web + lean client 150 us (CPU 160 us); "
+        "aistack-tts 480 us (CPU 490 us)" in text
+    )
+    assert "twisted.web + lean client -; aistack-tts 4800 us" in text  # not measured at 16
     assert "(target 189 us)" in text  # 0.45x twisted.web.proxy's 420
     assert "(target 2430 us)" in text
     assert "(target p99 30.2 ms)" in text  # 1.2x the bare server's 25.2

@@ -227,7 +227,16 @@ class _Guard(Resource):
 
     def _forward(self, request: Request) -> Any:
         over: list[bool] = []
-        request.notifyFinish().addBoth(lambda _: over.append(True))
+        calls: list[Deferred[None]] = []
+
+        def finished(result: object) -> None:
+            over.append(True)
+            if isinstance(result, Failure) and calls:
+                # The client went away first (Klein's rule): cancelled, the router's Deferred
+                # lets the call go (or leaves the queue).
+                calls[0].cancel()
+
+        request.notifyFinish().addBoth(finished)
         try:
             call = self._routes.forward(request)
         except GatewayError as error:
@@ -238,9 +247,7 @@ class _Guard(Resource):
         except Exception:
             self._failed(request, Failure(), over)
             return NOT_DONE_YET
-        # The router's Deferred stays pending on the abort paths: cancelled when the client
-        # goes away (Klein's rule), it lets the call go (or leaves the queue).
-        request.notifyFinish().addErrback(lambda _: call.cancel())
+        calls.append(call)
         call.addErrback(lambda failure: self._failed(request, failure, over))
         return NOT_DONE_YET
 
