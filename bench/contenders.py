@@ -147,8 +147,10 @@ class Contender:
             self._log.close()
 
 
-def _wait_listening(process: subprocess.Popen[bytes], name: str, log_path: Path) -> int:
-    deadline = time.monotonic() + 30
+def _wait_listening(
+    process: subprocess.Popen[bytes], name: str, log_path: Path, timeout: float
+) -> int:
+    deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
             raise RuntimeError(f"{name} exited with {process.returncode}: {log_path.read_text()}")
@@ -156,26 +158,27 @@ def _wait_listening(process: subprocess.Popen[bytes], name: str, log_path: Path)
         if ports:
             return min(ports)
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{name} did not listen in 30 s")
+            raise TimeoutError(f"{name} did not listen in {timeout:.0f} s")
         time.sleep(0.02)
 
 
 def start_aistack(upstream: UpstreamProcess, workdir: Path, slots: int) -> Contender:
-    return _start(AISTACK, aistack_command(upstream.url, "--slots", str(slots)), workdir)
+    return start_command(AISTACK, aistack_command(upstream.url, "--slots", str(slots)), workdir)
 
 
 def start_twisted(upstream: UpstreamProcess, workdir: Path) -> Contender:
     command = module_command("testbed.web_proxy", "--upstream-port", str(upstream.port))
-    return _start(TWISTED, command, workdir)
+    return start_command(TWISTED, command, workdir)
 
 
 def start_floor(name: str, upstream: UpstreamProcess, workdir: Path) -> Contender:
     kind = FLOOR_KINDS[name]
     command = module_command("bench.floors", kind, "--upstream-port", str(upstream.port))
-    return _start(name, command, workdir)
+    return start_command(name, command, workdir)
 
 
-def _start(name: str, command: list[str], workdir: Path) -> Contender:
+def start_command(name: str, command: list[str], workdir: Path, timeout: float = 30) -> Contender:
+    """Any contender's ``command`` (run in the repository's root), returned once it listens."""
     log_path = workdir / f"{name}-{time.monotonic_ns()}.log"
     log_file = log_path.open("wb")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AISTACK_TTS_")}
@@ -188,7 +191,7 @@ def _start(name: str, command: list[str], workdir: Path) -> Contender:
         cwd=ROOT,
     )
     try:
-        port = _wait_listening(process, name, log_path)
+        port = _wait_listening(process, name, log_path, timeout)
     except BaseException:
         stop_process(process)
         log_file.close()

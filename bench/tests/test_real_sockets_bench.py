@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
-from bench import clients, contenders, report, run
+from bench import clients, contenders, icount, report, run
 from bench.common import MiB
 from bench.contenders import (
     AGENT_FLOOR,
@@ -239,3 +240,22 @@ def test_build_lists_rows_and_targets_in_scenario_order() -> None:
     rows, targets = report.build(results, [AISTACK, TWISTED])
     assert [r.scenario for r in rows] == ["1"] * 8 + ["5"]
     assert [(t.scenario, t.passed) for t in targets] == [("1", True), ("1", True), ("5", True)]
+
+
+def test_icount_reads_the_totals_line_of_a_callgrind_dump(tmp_path: Path) -> None:
+    dump = tmp_path / "callgrind.0.1"
+    dump.write_text("version: 1\nevents: Ir\nfl=x\n1 5\ntotals: 123456\n")
+    assert icount.total_instructions(dump) == 123456
+    dump.write_text("events: Ir\nsummary: 99\n")
+    assert icount.total_instructions(dump) == 99
+    dump.write_text("events: Ir\n")
+    with pytest.raises(RuntimeError):
+        icount.total_instructions(dump)
+
+
+def test_icount_puts_twists_log_level_before_the_plugin_name() -> None:
+    command = icount.command_for(icount.QUIET, 8000)
+    plugin = command.index("aistack-tts")
+    assert command[plugin - 1] == "--log-level=warn"
+    assert command[plugin:] == icount.command_for(AISTACK, 8000)[plugin - 1 :]
+    assert "--upstream-port" in icount.command_for(LEAN_FLOOR, 8000)
