@@ -11,13 +11,14 @@ listening helpers. A gateway installed without the demo's extra runs unchanged.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from typing import Any
 
 from attrs import evolve
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorCore
 from twisted.logger import Logger
 
 from ._config import DEFAULT_DRAIN_TIMEOUT, ConfigError, GatewayConfig
@@ -150,4 +151,18 @@ def makeService(options: Any, demo: DemoLoader | None = None) -> IService:
 
     service = or_fail("aistack-tts", lambda: make_gateway_service(options.config, reactor, demo))
     reactor.callWhenRunning(FastShutdown(reactor, service.cut_now).install)
+    freeze_when_running(reactor)
     return service
+
+
+def freeze_when_running(reactor: IReactorCore) -> None:
+    """Once the reactor runs, leave what start-up made out of Python's full collections.
+
+    Only for a process the gateway owns (``twist aistack-tts``), never when embedded.
+    Imports, Klein's and werkzeug's maps, prometheus_client and the service are ~60,000
+    objects that live as long as the process, and every full (generation-2) collection
+    walked them all: 45-50 ms in which the reactor serves nothing, every few seconds under load,
+    which was the gateway's whole latency p99 (``wrk -c16``: p99 46-51 ms at a p50 of 11).
+    ``gc.freeze`` moves them to the permanent generation; the same run gave p99 20-22 ms.
+    """
+    reactor.callWhenRunning(gc.freeze)
