@@ -166,15 +166,22 @@ def start_aistack(upstream: UpstreamProcess, workdir: Path, slots: int) -> Conte
     return start_command(AISTACK, aistack_command(upstream.url, "--slots", str(slots)), workdir)
 
 
+def twisted_command(upstream_port: int) -> list[str]:
+    """twisted.web.proxy's command line in front of the upstream on ``upstream_port``."""
+    return module_command("testbed.web_proxy", "--upstream-port", str(upstream_port))
+
+
+def floor_command(name: str, upstream_port: int) -> list[str]:
+    """The Twisted floor ``name``'s command line (``bench/floors.py``)."""
+    return module_command("bench.floors", FLOOR_KINDS[name], "--upstream-port", str(upstream_port))
+
+
 def start_twisted(upstream: UpstreamProcess, workdir: Path) -> Contender:
-    command = module_command("testbed.web_proxy", "--upstream-port", str(upstream.port))
-    return start_command(TWISTED, command, workdir)
+    return start_command(TWISTED, twisted_command(upstream.port), workdir)
 
 
 def start_floor(name: str, upstream: UpstreamProcess, workdir: Path) -> Contender:
-    kind = FLOOR_KINDS[name]
-    command = module_command("bench.floors", kind, "--upstream-port", str(upstream.port))
-    return start_command(name, command, workdir)
+    return start_command(name, floor_command(name, upstream.port), workdir)
 
 
 def start_command(name: str, command: list[str], workdir: Path, timeout: float = 30) -> Contender:

@@ -34,15 +34,16 @@ from bench.clients import read_head, response_complete, status_of
 from bench.contenders import (
     AGENT_FLOOR,
     AISTACK,
-    FLOOR_KINDS,
     GATEWAY_SLOTS,
     LEAN_FLOOR,
     TWISTED,
     WEB_FLOOR,
+    floor_command,
     start_command,
     start_upstream,
+    twisted_command,
 )
-from testbed.processes import aistack_command, module_command
+from testbed.processes import aistack_command
 
 QUIET = f"{AISTACK} --log-level=warn"
 #: In the order of the table.
@@ -62,9 +63,8 @@ def command_for(name: str, upstream_port: int) -> list[str]:
         plugin = command.index("aistack-tts")
         return [*command[:plugin], "--log-level=warn", *command[plugin:]]
     if name == TWISTED:
-        return module_command("testbed.web_proxy", "--upstream-port", str(upstream_port))
-    kind = FLOOR_KINDS[name]
-    return module_command("bench.floors", kind, "--upstream-port", str(upstream_port))
+        return twisted_command(upstream_port)
+    return floor_command(name, upstream_port)
 
 
 class KeepAlive:
