@@ -174,6 +174,29 @@ def test_response_head_length_and_connection_named_headers() -> None:
     assert body.reason.check(ResponseDone)
 
 
+def test_a_header_repeated_in_another_case_keeps_every_value_in_order() -> None:
+    """``Set-Cookie`` then ``set-cookie``: one header, both values, as the upstream sent them."""
+    c = Client()
+    d = c.request()
+    p, _t = c.connect()
+    p.dataReceived(
+        b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nX-Other: o\r\nset-cookie: b=2\r\n"
+        b"SET-COOKIE: c=3\r\nContent-Length: 0\r\n\r\n"
+    )
+    response = result(d)
+    assert response.headers.getRawHeaders(b"set-cookie") == [b"a=1", b"b=2", b"c=3"]
+    assert response.headers.getRawHeaders(b"x-other") == [b"o"]
+
+
+@pytest.mark.parametrize(("status_line", "version"), [(b"HTTP/1.1", 1), (b"HTTP/1.0", 0)])
+def test_the_response_version_is_the_upstreams(status_line: bytes, version: int) -> None:
+    c = Client()
+    d = c.request()
+    p, _t = c.connect()
+    p.dataReceived(status_line + b" 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert result(d).version == (b"HTTP", 1, version)
+
+
 def test_reuse_after_complete_framing_one_request_at_a_time() -> None:
     """A second request waits for no one: it gets the pooled connection once the first ended."""
     c = Client()

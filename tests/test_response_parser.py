@@ -121,6 +121,14 @@ TABLE: dict[str, tuple[bytes, bytes, bool, list[object]]] = {
         False,
         [("head", 200, 0, False, True), ("end", True)],
     ),
+    "http_1_0_chunked_is_not_reusable_even_with_keep_alive": (
+        # RFC 9112 section 6.1: Transfer-Encoding in HTTP/1.0 is faulty framing; close after it.
+        b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\nok\r\n0\r\n\r\n",
+        b"GET",
+        False,
+        [("head", 200, None, True, False), ("data", b"ok"), ("end", False)],
+    ),
     "trailing_bytes_make_it_not_reusable": (
         OK_5 + b"HTTP/1.1 200 OK\r\n",
         b"GET",

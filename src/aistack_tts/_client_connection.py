@@ -95,21 +95,23 @@ class BodyTransport:
 class UpstreamResponse:
     """The upstream's response: head now, body to the protocol ``deliverBody`` is given."""
 
-    version = (b"HTTP", 1, 1)
     previousResponse = None
 
     def __init__(
         self, head: Head, request: ClientRequest, transport: BodyTransport, parser: ResponseParser
     ) -> None:
+        self.version = (b"HTTP", 1, head.minor)
         self.code = head.status
         self.phrase = head.reason
         # Connection-named headers are hop-by-hop (RFC 9110 section 7.6.1): dropped here, as
-        # nobody past this point could tell which they were.
+        # nobody past this point could tell which they were. Grouped by lower-cased name, as
+        # ``Set-Cookie`` and ``set-cookie`` are one header whose values all pass, in order.
         named = head.connection
         raw: dict[bytes, list[bytes]] = {}
         for name, value in head.headers:
-            if not named or name.lower() not in named:
-                raw.setdefault(name, []).append(value)
+            lower = name.lower()
+            if lower not in named:
+                raw.setdefault(lower, []).append(value)
         self.headers = Headers(raw)
         self.length: Any = UNKNOWN_LENGTH if head.length is None else head.length
         #: The body is chunked (``relay_framing`` may pass its framing on).

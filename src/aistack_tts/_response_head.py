@@ -78,10 +78,13 @@ class Head:
     #: The body's Content-Length (0 when the response can have no body), else ``None``.
     length: int | None
     chunked: bool
-    #: HTTP/1.1 without ``Connection: close``, or HTTP/1.0 with ``keep-alive``.
+    #: HTTP/1.1 without ``Connection: close``, or HTTP/1.0 with ``keep-alive`` (and no
+    #: Transfer-Encoding).
     keep_alive: bool
     #: The tokens of ``Connection``, lower-case (the headers it names are hop-by-hop).
     connection: frozenset[bytes]
+    #: The minor version of the status line: 1 for HTTP/1.1, 0 for HTTP/1.0.
+    minor: int = 1
 
 
 def content_length(values: Sequence[bytes]) -> int:
@@ -132,12 +135,19 @@ def parse_head(lines: list[bytes]) -> Head | None:
     connection = frozenset(
         t.strip().lower() for v in fields.get(b"connection", ()) for t in v.split(b",")
     ) - {b""}
+    transfer_encoding = fields.get(b"transfer-encoding")
     if version == b"1":
         keep_alive = b"close" not in connection
     else:
-        keep_alive = b"keep-alive" in connection and b"close" not in connection
-    length, chunked = body_framing(fields.get(b"transfer-encoding"), fields.get(b"content-length"))
-    return Head(status, reason or b"", headers, length, chunked, keep_alive, connection)
+        # RFC 9112 section 6.1: Transfer-Encoding in an HTTP/1.0 message is faulty framing,
+        # and the connection is closed after the message, whatever keep-alive says.
+        keep_alive = (
+            b"keep-alive" in connection and b"close" not in connection and not transfer_encoding
+        )
+    length, chunked = body_framing(transfer_encoding, fields.get(b"content-length"))
+    return Head(
+        status, reason or b"", headers, length, chunked, keep_alive, connection, int(version)
+    )
 
 
 def field_line_error(line: bytes) -> UpstreamProtocolError:
