@@ -160,6 +160,17 @@ def test_a_truncated_chunked_refusal_is_cut_where_it_stopped() -> None:
     )
 
 
+def test_a_close_delimited_refusal_cut_by_a_reset_is_not_relayed_as_whole() -> None:
+    """Only a clean FIN ends a body delimited by the close; a reset cuts it."""
+    m = TunnelMachine(idle_timeout=10.0, ws_idle_timeout=30.0)
+    m.handle(Connected())
+    effects = m.handle(UpstreamData(b"HTTP/1.1 403 Forbidden\r\n\r\nno "))
+    effects += m.handle(UpstreamLost("ConnectionLost: reset", clean=False))
+    assert relayed(effects) == b"no "
+    assert AbortClient() in effects
+    assert effects[-1] == Finish("upstream_error_mid_body", "ConnectionLost: reset", fired=False)
+
+
 # --- any split ------------------------------------------------------------------------------
 
 #: Whole refusals: the bytes, whether the upstream's close ends them, and the body relayed.

@@ -228,6 +228,21 @@ def test_a_truncated_refusal_aborts_the_client() -> None:
     assert outcome(logs) == (404, "upstream_error_mid_body", "held")
 
 
+def test_a_refusal_ended_by_a_reset_aborts_the_client() -> None:
+    """A body delimited by the close is whole only on a clean FIN, as for a call."""
+    h, slot = harness()
+    with LogCapture() as logs:
+        client = h.request(HANDSHAKE)
+        up = h.upstream()
+        up.send(b"HTTP/1.1 403 Forbidden\r\n\r\nno ")
+        up.lose(ConnectionLost)
+    assert client.aborted
+    _status, _headers, body = parse_response(client.received())
+    assert dechunk(body) == (b"no ", False), "no last chunk: the client sees a cut body"
+    assert_released_once(h, slot)
+    assert outcome(logs) == (403, "upstream_error_mid_body", "held")
+
+
 def test_client_leaving_during_a_refusal_closes_the_upstream() -> None:
     h, slot = harness()
     client = h.request(HANDSHAKE)

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -188,7 +189,7 @@ class WebSocketTunnel:
         if protocol is not self._upstream_protocol:
             return
         self.upstream.gone()
-        self._feed(UpstreamLost(describe(reason.value)))
+        self._feed(UpstreamLost(describe(reason.value), clean=bool(reason.check(ConnectionDone))))
 
     def _client_lost(self, reason: Failure) -> None:
         """The client's connection ended after the 101."""

@@ -45,9 +45,10 @@ class ClientData:
 
 @frozen
 class UpstreamLost:
-    """The upstream's connection ended; ``why`` describes how."""
+    """The upstream's connection ended; ``why`` describes how, ``clean``: by a FIN."""
 
     why: str
+    clean: bool = True
 
 
 @frozen

@@ -247,6 +247,9 @@ class TunnelMachine:
             case UpstreamData(data):
                 # b"" would say the upstream closed; Twisted never delivers it, so ignore it.
                 return self._read_body(data) if data else []
+            case UpstreamLost(why, clean=False):
+                # Only a clean FIN ends a body delimited by the close (as for a call).
+                return self._cut_relay(Outcome.UPSTREAM_ERROR_MID_BODY, why)
             case UpstreamLost():
                 # The end of a body delimited by the close, or (any other) a truncated one.
                 return self._read_body(b"")
