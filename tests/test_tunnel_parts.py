@@ -70,6 +70,30 @@ def test_split_head_waits_for_the_blank_line_and_keeps_what_follows() -> None:
     assert split_head(SWITCHING + b"frame") == (SWITCHING, b"frame")
 
 
+def test_split_head_accepts_bare_lf_line_ends_as_the_http_client_does() -> None:
+    bare = b"HTTP/1.1 101 OK\nUpgrade: websocket\n\n"
+    assert split_head(bare + b"frame") == (bare, b"frame")
+    mixed = b"HTTP/1.1 101 OK\r\nUpgrade: websocket\n\r\n"
+    assert split_head(mixed + b"frame") == (mixed, b"frame")
+    assert split_head(b"HTTP/1.1 101 OK\nUpgrade: websocket\n") is None
+
+
+def test_split_head_bounds_what_is_left_of_the_limit() -> None:
+    head = b"HTTP/1.1 103 Early Hints\r\n\r\n"
+    assert split_head(head, MAX_HEAD_BYTES - len(head) + 1) == (head, b"")
+    with pytest.raises(BadAnswer):
+        split_head(head, len(head) - 1)
+
+
+def test_a_bare_lf_head_is_parsed_and_kept_with_crlf() -> None:
+    """RFC 9112 section 2.2: a recipient may take a bare LF; what the gateway sends on uses
+    CRLF, so the client gets a well-formed 101."""
+    head = parse_head(b"HTTP/1.1 101 Switching Protocols\nUpgrade: websocket\r\nX-A: 1\n\n")
+    assert (head.status, head.reason) == (101, b"Switching Protocols")
+    assert head.raw == b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nX-A: 1\r\n\r\n"
+    assert head.headers.getRawHeaders(b"x-a") == [b"1"]
+
+
 def test_split_head_bounds_the_buffer() -> None:
     with pytest.raises(BadAnswer):
         split_head(b"HTTP/1.1 101 OK\r\n" + b"X: y\r\n" * (MAX_HEAD_BYTES // 6))

@@ -127,6 +127,35 @@ def test_a_broken_answer_gives_502(answer: bytes) -> None:
     assert_released_once(h, slot)
 
 
+def test_interim_answers_count_against_the_one_head_limit() -> None:
+    """As the HTTP client counts them: 1xx heads under the limit each but over it together."""
+    h, slot = harness()
+    client = h.request(HANDSHAKE)
+    up = h.upstream()
+    hints = b"HTTP/1.1 103 Early Hints\r\nLink: " + b"l" * 1000 + b"\r\n\r\n"
+    for _ in range(MAX_HEAD_BYTES // len(hints) + 1):
+        up.send(hints)
+    assert up.aborted
+    error = envelope(client.received())
+    assert (parse_response(client.received())[0], error["type"]) == (502, "upstream_error")
+    assert "longer than 65536 bytes" in error["message"]
+    assert_released_once(h, slot)
+
+
+def test_a_bare_lf_101_opens_the_tunnel() -> None:
+    h, slot = harness()
+    client = h.request(HANDSHAKE)
+    up = h.upstream()
+    up.send(b"HTTP/1.1 103 Early Hints\n\n")
+    up.send(b"HTTP/1.1 101 Switching Protocols\nUpgrade: websocket\nConnection: Upgrade\n\n")
+    up.send(b"\x81\x02hi")
+    assert client.received() == (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"X-Request-Id: ws-1\r\n\r\n\x81\x02hi"
+    )
+    assert slot.releases == 0
+
+
 def test_drain_timeout_while_waiting_for_the_answer_gives_the_envelope() -> None:
     h, slot = harness()
     client = h.request(HANDSHAKE)

@@ -78,34 +78,48 @@ class AnswerHead:
     headers: Headers = field(eq=False)
 
 
-def split_head(buffer: bytes) -> tuple[bytes, bytes] | None:
+def split_head(buffer: bytes, limit: int = MAX_HEAD_BYTES) -> tuple[bytes, bytes] | None:
     """``(head, rest)`` once ``buffer`` holds a whole head, else ``None``.
 
-    Raises ``BadAnswer`` when the head is, or would be, longer than ``MAX_HEAD_BYTES``.
+    A head ends at a blank line, its line ends CRLF or a bare LF (as the HTTP client reads
+    them, RFC 9112 section 2.2). Raises ``BadAnswer`` when the head is, or would be, longer
+    than ``limit``: what is left of ``MAX_HEAD_BYTES`` after any interim heads before it.
     """
-    end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES)
-    if end < 0:
-        if len(buffer) >= MAX_HEAD_BYTES:
-            raise BadAnswer(f"the answer head is longer than {MAX_HEAD_BYTES} bytes")
+    end = buffer.find(b"\n\r\n", 0, limit)
+    bare = buffer.find(b"\n\n", 0, limit)
+    if bare >= 0 and (end < 0 or bare < end):
+        end = bare + 2
+    elif end >= 0:
+        end += 3
+    else:
+        if len(buffer) >= limit:
+            raise BadAnswer(
+                f"the answer head (with any interim ones) is longer than {MAX_HEAD_BYTES} bytes"
+            )
         return None
-    return buffer[: end + 4], buffer[end + 4 :]
+    return buffer[:end], buffer[end:]
 
 
 def parse_head(raw: bytes) -> AnswerHead:
-    """Parse a response head (status line, header lines, blank line); raise ``BadAnswer``."""
-    status_line, *lines = raw[:-4].split(b"\r\n")
+    """Parse a response head (status line, header lines, blank line); raise ``BadAnswer``.
+
+    The head is kept with CRLF line ends whatever it came with, as it is sent on as it is.
+    """
+    lines = [line[:-1] if line.endswith(b"\r") else line for line in raw.split(b"\n")[:-2]]
+    status_line = lines[0]
     match = STATUS_LINE.fullmatch(status_line)
     if match is None:
         raise BadAnswer(f"bad status line {shown(status_line)}")
     _version, status, reason = match.groups()
     headers = Headers()
-    for line in lines:
+    for line in lines[1:]:
         field = FIELD_LINE.fullmatch(line)
         if field is None:
             raise BadAnswer(str(field_line_error(line)))
         name, value = field.groups()
         headers.addRawHeader(name, value)
-    return AnswerHead(raw, int(status), reason or b"", headers)
+    crlf = b"\r\n".join(lines) + b"\r\n\r\n"
+    return AnswerHead(crlf, int(status), reason or b"", headers)
 
 
 def is_websocket_request(request: Request) -> bool:

@@ -58,7 +58,14 @@ from ._tunnel_events import (
     WriteClient,
     WriteUpstream,
 )
-from ._tunnel_head import AnswerHead, BadAnswer, answer_framing, parse_head, split_head
+from ._tunnel_head import (
+    MAX_HEAD_BYTES,
+    AnswerHead,
+    BadAnswer,
+    answer_framing,
+    parse_head,
+    split_head,
+)
 
 NO_HANDSHAKE_ANSWER = "the Qwen3-TTS upstream did not answer the handshake in time"
 
@@ -84,6 +91,8 @@ class TunnelMachine:
         self.timed_out = False
         self._cut: GatewayError | None = None
         self._buffer = b""
+        #: The answer-head bytes read so far, interim heads included (bounded together).
+        self._head_bytes = 0
         #: Frames the body of an answer that is not a 101.
         self._body: ResponseParser | None = None
         self._status: int | None = None
@@ -154,10 +163,11 @@ class TunnelMachine:
     def _read_head(self) -> list[Effect]:
         while True:
             try:
-                split = split_head(self._buffer)
+                split = split_head(self._buffer, MAX_HEAD_BYTES - self._head_bytes)
                 if split is None:
                     return []
                 raw, self._buffer = split
+                self._head_bytes += len(raw)
                 head = parse_head(raw)
             except BadAnswer as e:
                 return [CloseUpstream(abort=True), *self._answer_error(UpstreamError(describe(e)))]
