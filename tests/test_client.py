@@ -154,6 +154,34 @@ def test_unknown_length_body_is_chunked() -> None:
     assert t.value().endswith(b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
 
 
+def test_a_response_that_ends_before_the_request_body_stops_the_upload_and_closes() -> None:
+    """An early answer (a 413 mid-upload): the producer is stopped, the connection not pooled."""
+
+    class Endless:
+        length = 10
+        stopped = False
+
+        def startProducing(self, consumer: Any) -> Deferred[None]:
+            consumer.write(b"abc")
+            return Deferred()
+
+        def stopProducing(self) -> None:
+            self.stopped = True
+
+    producer = Endless()
+    c = Client()
+    d = c.request(b"POST", bodyProducer=producer)
+    p, t = c.connect()
+    p.dataReceived(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n")
+    body = body_of(result(d))
+    assert body.reason is not None
+    assert body.reason.check(ResponseDone)
+    assert producer.stopped
+    assert t.disconnecting
+    assert t.producer is None
+    assert c.pool.idle(b"http://127.0.0.1:8091") == 0
+
+
 def test_response_head_length_and_connection_named_headers() -> None:
     """Content-Length moves into ``length``; Connection and the headers it names are dropped."""
     c = Client()

@@ -237,7 +237,9 @@ class UpstreamConnection(TwistedProtocol):
     def _written(self, writer: BodyWriter, failure: Failure | None = None) -> None:
         """The body producer is done (or failed): end the body's framing."""
         if self._writer is not writer:
-            return  # given up already
+            # Given up already: a response that ended before its request body was all
+            # written gave the connection up too (``_ended``), and stopped the producer.
+            return
         self._writer = self._producer = None
         writer.unregisterProducer()
         if failure is None:
@@ -252,9 +254,6 @@ class UpstreamConnection(TwistedProtocol):
                 self._parser = None
                 self.give_up(abort=True)
                 self._response.end(Failure(ResponseFailed([failure])))
-        elif self._parser is None and not self.lost:
-            # The response ended before the body was all written: close now.
-            self.give_up()
 
     # The response.
 

@@ -131,8 +131,9 @@ def request_head(
 class BodyWriter:
     """The consumer a streamed request body is written to: framing, then the transport.
 
-    With a known ``length`` it refuses a byte over it (``WrongBodyLength``, and the producer
-    is stopped); with ``UNKNOWN_LENGTH`` it frames each write as a chunk.
+    With a known ``length`` it sends no byte over it: what is over is dropped and ``finish``
+    raises ``WrongBodyLength`` (so the connection is aborted, never reused); with
+    ``UNKNOWN_LENGTH`` it frames each write as a chunk.
     """
 
     transport: ITransport
