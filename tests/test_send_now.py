@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
 from twisted.internet.testing import StringTransport
 
-from aistack_tts._send_now import send_now
+from aistack_tts._send_now import abort_now, send_now
 
 
 class Descriptor:
@@ -47,3 +48,41 @@ def test_a_transport_without_doWrite_is_left_alone() -> None:
     send_now(transport)
     send_now(None)
     assert transport.value() == b"kept"
+
+
+class Aborting:
+    """What ``abort_now`` looks at: ``abortConnection`` and (maybe) ``getHandle``."""
+
+    def __init__(self, handle: Any = None, *, closed: bool = False) -> None:
+        self.handle = handle
+        self.closed = closed
+        self.aborted = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+    def getHandle(self) -> Any:
+        if self.closed:
+            raise AttributeError("socket")  # Twisted deletes it in connectionLost
+        return self.handle
+
+
+def test_abort_now_shuts_a_tcp_socket_down_at_once() -> None:
+    ours, peer = socket.socketpair()
+    with ours, peer:
+        transport = Aborting(ours)
+        abort_now(transport)
+        assert transport.aborted
+        peer.settimeout(0)
+        assert peer.recv(1) == b"", "the peer has the FIN already"
+        abort_now(transport)  # shut down twice (the peer gone first): no error
+
+
+@pytest.mark.parametrize(
+    "transport",
+    [Aborting(object()), Aborting(closed=True), StringTransport()],
+    ids=["tls-handle", "closed", "in-memory"],
+)
+def test_abort_now_without_a_socket_only_aborts(transport: Any) -> None:
+    abort_now(transport)
+    assert getattr(transport, "aborted", False) or transport.disconnecting

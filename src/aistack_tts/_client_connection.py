@@ -38,7 +38,7 @@ from ._client_request import BodyWriter, ClientRequest, WrongBodyLength
 from ._response_events import CONNECTION_CLOSED, NEED_DATA, Data, EndOfMessage, Failed, Framed
 from ._response_head import Head, IncompleteResponse
 from ._response_parser import ResponseParser
-from ._send_now import send_now
+from ._send_now import abort_now, send_now
 
 #: How every whole body ends: made once, as ``twisted.internet.protocol.connectionDone`` is
 #: (a Failure without a traceback; building one per response showed in the profile).
@@ -82,7 +82,7 @@ class BodyTransport:
         """Close the upstream connection (the body is not wanted any more)."""
         connection, self._connection = self._connection, None
         if connection is not None:
-            connection.give_up(stop=True)
+            connection.give_up(abort=True)
 
     def detach(self) -> None:
         """The body ended: from now on nothing reaches the connection (it may be pooled)."""
@@ -334,8 +334,8 @@ class UpstreamConnection(TwistedProtocol):
         if self._waiting is waiting:
             self._fail_before_head(CancelledError(), abort=True)
 
-    def give_up(self, *, abort: bool = False, stop: bool = False) -> None:
-        """Close the connection (``stop``: as its producer, which for TCP is the same).
+    def give_up(self, *, abort: bool = False) -> None:
+        """Close the connection (``abort``: at once, dropping what is unsent).
 
         A response under way ends as the loss says, in ``connectionLost``.
         """
@@ -345,9 +345,9 @@ class UpstreamConnection(TwistedProtocol):
             self.transport.unregisterProducer()
             producer.stopProducing()
         if abort:
-            self.transport.abortConnection()
-        elif stop:
-            self.transport.stopProducing()
+            # At once, not on the reactor's next turn (``abort_now``): the upstream stops
+            # generating for a client that left before the gateway's bookkeeping is done.
+            abort_now(self.transport)
         else:
             self.transport.loseConnection()
 
