@@ -39,6 +39,7 @@ from ._errors import (
 from ._health import ReadinessProbe
 from ._metrics import MetricsResource
 from ._protocol import ALLOW_HEADER
+from ._send_now import send_now
 from ._target import PREFIX, check_target, is_audio_target
 
 _log = Logger()
@@ -165,13 +166,17 @@ class _Routes:
     def answer_error(self, request: IRequest, error: GatewayError) -> bytes:
         """``error``'s envelope (status and headers set on ``request``), its answer logged."""
         body = apply_error(request, error)
+        self.log_error(request, error)
+        return body
+
+    def log_error(self, request: IRequest, error: GatewayError) -> None:
+        """The access event of a request the gateway answered with ``error``."""
         if isinstance(error, GPUBusy):
             self._proxy.access_log.answered(
                 request, error, slot="busy", queue_wait=error.queue_wait
             )
         else:
             self._proxy.access_log.answered(request, error)
-        return body
 
 
 def _json(request: IRequest, body: dict[str, str]) -> bytes:
@@ -240,9 +245,10 @@ class _Guard(Resource):
         try:
             call = self._routes.forward(request)
         except GatewayError as error:
-            # A refusal (the 503 of a busy GPU above all) is answered without a Failure: its
-            # traceback would be made for nobody.
-            self._answer(request, self._routes.answer_error(request, error))
+            # A refusal (the 503 of a busy GPU above all) is answered without a Failure (its
+            # traceback would be made for nobody), and sent before it is logged.
+            self._answer(request, apply_error(request, error))
+            self._routes.log_error(request, error)
             return NOT_DONE_YET
         except Exception:
             self._failed(request, Failure(), over)
@@ -260,6 +266,7 @@ class _Guard(Resource):
     def _answer(request: Request, body: bytes) -> None:
         request.write(body)
         request.finish()
+        send_now(request.transport)
 
 
 def build_resource(proxy: Gateway) -> IResource:

@@ -77,10 +77,13 @@ class CallRecord:
         bytes_out: int,
         cause: str | None = None,
         then: Callable[[], None] | None = None,
+        flush: bool = True,
     ) -> bool:
         """The only exit: release the slot, end the response (``then``), log. False if done before.
 
         ``cause``, when given, says why the call did not end ``ok`` (else the one noted before).
+        ``flush``: what ``then`` wrote goes to the kernel before the bookkeeping; False when it
+        writes nothing (a send of nothing is a system call all the same).
 
         The slot is released before the response ends: ending it makes twisted.web start the
         next pipelined request on this connection at once, and that one must find it free.
@@ -95,8 +98,9 @@ class CallRecord:
         self._context.in_flight.untrack(self._call)
         if then is not None:
             then()
-            # The client has its answer before the bookkeeping below, not after it.
-            send_now(self._request.transport)
+            if flush:
+                # The client has its answer before the bookkeeping below, not after it.
+                send_now(self._request.transport)
         held = self._context.clock.seconds() - self.started
         metrics = self._context.metrics
         metrics.upstream_total.observe(held)

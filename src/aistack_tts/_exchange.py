@@ -261,13 +261,20 @@ class _Exchange:
                 "upstream failed mid-body for {path}: {why}", path=self._path, why=finish.cause
             )
         then: Callable[[], None] | None = None
+        flush = True
         if finish.ending is Ending.BODY:
-            self._request.unregisterProducer()
-            then = self._request.finish
+            request = self._request
+            request.unregisterProducer()
+            then = request.finish
+            # Ending a body writes the head of an empty one, or a chunked one's last chunk, and
+            # else nothing: the bridge sent every byte as it came.
+            flush = bool(request.chunked or not request.startedWriting)
         elif finish.ending is Ending.ENVELOPE:
             then = self._answer
         bytes_out = self._bridge.bytes_out if self._bridge is not None else 0
-        self._record.finish(finish.outcome, bytes_out=bytes_out, cause=finish.cause, then=then)
+        self._record.finish(
+            finish.outcome, bytes_out=bytes_out, cause=finish.cause, then=then, flush=flush
+        )
         if finish.fired and not self.done.called:
             self.done.callback(None)
 
