@@ -87,6 +87,19 @@ class Head:
     minor: int = 1
 
 
+def head_end(buffer: bytes | bytearray, start: int = 0, stop: int | None = None) -> int:
+    """Where the head in ``buffer[start:stop]`` ends (just past its blank line), or -1.
+
+    Line ends are CRLF or a bare LF (RFC 9112 section 2.2), so the blank line is the first of
+    ``LF CR LF`` and ``LF LF``.
+    """
+    end = buffer.find(b"\n\r\n", start, stop)
+    bare = buffer.find(b"\n\n", start, stop)
+    if bare >= 0 and (end < 0 or bare < end):
+        return bare + 2
+    return end + 3 if end >= 0 else -1
+
+
 def content_length(values: Sequence[bytes]) -> int:
     """The one length that repeated Content-Length values agree on; ``ValueError`` otherwise.
 

@@ -37,6 +37,7 @@ from ._response_head import (
     MAX_UPSTREAM_HEAD,
     IncompleteResponse,
     UpstreamProtocolError,
+    head_end,
     parse_head,
     shown,
 )
@@ -178,12 +179,7 @@ class ResponseParser:
     def _one_head(self) -> Event | None:
         buf, pos = self._buf, self._pos
         start = max(pos, self._scan)
-        end = buf.find(b"\n\r\n", start)
-        bare = buf.find(b"\n\n", start)
-        if bare >= 0 and (end < 0 or bare < end):
-            end = bare + 2
-        elif end >= 0:
-            end += 3
+        end = head_end(buf, start)
         room = MAX_UPSTREAM_HEAD - self._head_bytes
         if end < 0 or end - pos > room:
             if end >= 0 or len(buf) - pos > room:

@@ -29,6 +29,7 @@ from ._response_head import (
     UpstreamProtocolError,
     body_framing,
     field_line_error,
+    head_end,
     shown,
 )
 
@@ -85,13 +86,8 @@ def split_head(buffer: bytes, limit: int = MAX_HEAD_BYTES) -> tuple[bytes, bytes
     them, RFC 9112 section 2.2). Raises ``BadAnswer`` when the head is, or would be, longer
     than ``limit``: what is left of ``MAX_HEAD_BYTES`` after any interim heads before it.
     """
-    end = buffer.find(b"\n\r\n", 0, limit)
-    bare = buffer.find(b"\n\n", 0, limit)
-    if bare >= 0 and (end < 0 or bare < end):
-        end = bare + 2
-    elif end >= 0:
-        end += 3
-    else:
+    end = head_end(buffer, 0, limit)
+    if end < 0:
         if len(buffer) >= limit:
             raise BadAnswer(
                 f"the answer head (with any interim ones) is longer than {MAX_HEAD_BYTES} bytes"
