@@ -23,8 +23,9 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from aistack_tts._client import LeanAgent
-from aistack_tts._client_pool import POOL_IDLE_SECONDS, ConnectionPool
+from aistack_tts._client_pool import ConnectionPool
 from aistack_tts._client_request import SpooledBody
+from aistack_tts._config import DEFAULT_POOL_IDLE_TIMEOUT as POOL_IDLE_SECONDS
 from aistack_tts._response_head import UpstreamProtocolError
 
 URL = b"http://127.0.0.1:8091/v1/audio/speech"
@@ -353,7 +354,7 @@ def test_idle_timeout_counts_from_the_last_use() -> None:
     assert t.disconnecting
 
 
-def test_stale_connection_is_retried_for_an_idempotent_request_only() -> None:
+def test_stale_connection_is_retried_on_a_fresh_one() -> None:
     """Closed before any response byte on a reused connection: GET again on a fresh one."""
     c = Client()
     p, _t = deliver_ok(c)
@@ -366,10 +367,22 @@ def test_stale_connection_is_retried_for_an_idempotent_request_only() -> None:
     assert result(d).code == 200
 
 
-def test_stale_connection_is_not_retried_for_post() -> None:
+def test_stale_connection_is_not_retried_for_a_body_that_cannot_be_sent_again() -> None:
+    """An embedder's own producer may not start over: its request fails as it failed."""
+
+    class Once:
+        length = 2
+
+        def startProducing(self, consumer: Any) -> Deferred[None]:
+            consumer.write(b"{}")
+            return Deferred()
+
+        def stopProducing(self) -> None:
+            pass
+
     c = Client()
     p, _t = deliver_ok(c)
-    d = c.request(b"POST", bodyProducer=SpooledBody(io.BytesIO(b"{}"), 2, Cooperator()))
+    d = c.request(b"POST", bodyProducer=Once())
     p.connectionLost(Failure(ConnectionDone()))
     assert c.attempts == 1
     assert result(d).check(ResponseNeverReceived)

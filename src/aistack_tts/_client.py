@@ -29,7 +29,9 @@ stay), head and a small body in one send, one request in flight per connection, 
 connection reused only after complete framing with nothing trailing. Cancelling the
 returned Deferred aborts the connection (or the connect attempt). A request on a pooled
 connection that was closed before any response byte is sent again on a fresh connection,
-once, when it is idempotent and its body can be sent again (RFC 9110 section 9.2.2).
+once, whatever its method, when its body can be sent again: the upstream closed an idle
+connection as the request reached it (a short keep-alive, a restart, a proxy in between);
+it did not start the call, and the client did not cause the failure.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from zope.interface import implementer
 
 from ._client_connection import UpstreamConnection
 from ._client_pool import ConnectionPool
-from ._client_request import IDEMPOTENT, ClientRequest, request_head, whole_body
+from ._client_request import ClientRequest, can_resend, request_head, whole_body
 
 _DEFAULT_PORT = {"http": 80, "https": 443}
 
@@ -178,8 +180,8 @@ class _Attempt:
         self._body = body
         self._producer = producer
         self._request = request
-        # Only idempotent requests whose body is at hand again are retried (RFC 9110 9.2.2).
-        self._retry_spent = body is None or request.method not in IDEMPOTENT
+        # A request whose body can be sent again is retried once, whatever its method.
+        self._retry_spent = body is None and not can_resend(producer)
         self._cancelled = False
         self._connecting: Deferred[UpstreamConnection] | None = None
         self._sent: Deferred[IResponse] | None = None

@@ -16,7 +16,12 @@ close-delimited body, only on a clean close: FIN), or ``ResponseFailed`` (a rese
 body, invalid framing).
 
 After the end of a message the connection goes back to its pool only if the parser says it
-may be reused and the request body was all written; otherwise it is closed.
+may be reused and the upstream has taken the whole request: the body all written, and no byte
+of it left in Twisted's buffer or unacknowledged in the kernel's send queue. An upstream may
+answer before it reads the body (RFC 9112 section 9.6 lets it close instead of reading); a
+connection whose next request would queue behind bytes nobody reads is not reused, and is
+aborted, not flushed. An upstream's ``Keep-Alive: timeout=N`` shortens its idle life in the
+pool (``keep_alive``).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from ._response_events import CONNECTION_CLOSED, NEED_DATA, Data, EndOfMessage, 
 from ._response_head import Head, IncompleteResponse
 from ._response_parser import ResponseParser
 from ._send_now import abort_now, send_now
+from ._socket_state import unsent
 
 #: How every whole body ends: made once, as ``twisted.internet.protocol.connectionDone`` is
 #: (a Failure without a traceback; building one per response showed in the profile).
@@ -190,7 +196,10 @@ class UpstreamConnection(TwistedProtocol):
         #: When it was put in the pool (``ConnectionPool``'s idle timer reads it).
         self.idle_since = 0.0
         self.idle_timer: Any = None
+        #: How long the upstream said it keeps an idle connection (``Keep-Alive: timeout``).
+        self.keep_alive: float | None = None
         self._parser: ResponseParser | None = None
+        self._head: Head | None = None
         self._waiting: Deferred[IResponse] | None = None
         self._response: UpstreamResponse | None = None
         self._request: ClientRequest | None = None
@@ -296,6 +305,7 @@ class UpstreamConnection(TwistedProtocol):
     def _got_head(self, head: Head) -> None:
         assert self._request is not None
         assert self._parser is not None
+        self._head = head
         self._response = UpstreamResponse(head, self._request, BodyTransport(self), self._parser)
         waiting, self._waiting = self._waiting, None
         assert waiting is not None
@@ -306,10 +316,16 @@ class UpstreamConnection(TwistedProtocol):
         assert response is not None
         self._parser = None
         self.reused = True
-        reusable = reusable and self._writer is None
-        if not reusable:
+        # Bytes of the request the upstream has not taken: the next request would wait behind
+        # them on a socket nobody reads (an early answer that never read the body).
+        untaken = self._writer is not None or bool(unsent(self.transport))
+        if untaken:
+            self.give_up(abort=True)
+        elif not reusable:
             self.give_up()
         else:
+            assert self._head is not None
+            self.keep_alive = self._head.keep_alive_timeout
             self._keeper.release(self)
         response.end(_RESPONSE_DONE)
 

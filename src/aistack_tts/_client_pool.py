@@ -4,29 +4,53 @@ A step below ``_client`` (which asks it for a connection before it connects) and
 ``_client_connection`` (which gives itself back after a reusable response, and asks to be
 forgotten when it goes). The most recently used connection is reused first (warm, and the
 others age out). An idle connection that receives bytes or a FIN is dropped (the connection
-tells the pool); one idle for ``idle_timeout`` seconds is closed: that is below uvicorn's
-(vLLM's server) 5 s keep-alive, so the gateway drops a connection before the upstream does
-and a request is rarely sent on a socket the upstream is closing.
+tells the pool); one whose FIN reached the kernel but not yet the reactor is not handed out
+(``take`` looks at the socket). One idle for ``idle_timeout`` seconds (``--pool-idle-timeout``,
+default 4: below uvicorn's, vLLM's server's, 5 s keep-alive) is closed, sooner when the
+upstream said ``Keep-Alive: timeout=N`` (``keep_alive_expiry``), so the gateway drops a
+connection before the upstream does and a request is rarely sent on a socket the upstream is
+closing; ``_client`` sends again one that was.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from ._client_connection import UpstreamConnection
+from ._config import DEFAULT_POOL_IDLE_TIMEOUT
+from ._socket_state import peer_gone
 
-#: How long an idle pooled connection is kept: under uvicorn's 5 s keep-alive.
-POOL_IDLE_SECONDS = 4.0
+
+def keep_alive_expiry(idle_timeout: float, keep_alive: float | None) -> float:
+    """How long to keep an idle connection whose upstream said ``Keep-Alive: timeout``.
+
+    A second before the upstream closes it (half its timeout under 2 s), never longer than
+    ``idle_timeout``; 0: not kept.
+    """
+    if keep_alive is None:
+        return idle_timeout
+    margin = 1.0 if keep_alive >= 2.0 else keep_alive / 2
+    return max(0.0, min(idle_timeout, keep_alive - margin))
 
 
 class ConnectionPool:
     """Idle upstream connections, at most ``max_idle`` per upstream (``key``)."""
 
     def __init__(
-        self, clock: IReactorTime, *, max_idle: int, idle_timeout: float = POOL_IDLE_SECONDS
+        self,
+        clock: IReactorTime,
+        *,
+        max_idle: int,
+        idle_timeout: float = DEFAULT_POOL_IDLE_TIMEOUT,
+        gone: Callable[[Any], bool] = peer_gone,
     ) -> None:
         self._clock = clock
+        #: Whether a connection's peer has closed it (its socket's state, by default).
+        self._gone = gone
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self._idle: dict[bytes, list[UpstreamConnection]] = {}
@@ -37,8 +61,14 @@ class ConnectionPool:
         idle = self._idle.get(key)
         while idle:
             connection = idle.pop()
-            if not connection.lost and not connection.transport.disconnecting:
-                return connection
+            if connection.lost or connection.transport.disconnecting:
+                continue
+            if self._gone(connection.transport):
+                # Its FIN (or reset) is in the kernel, not yet seen by the reactor.
+                self.forget(connection)
+                connection.transport.abortConnection()
+                continue
+            return connection
         return None
 
     def idle(self, key: bytes) -> int:
@@ -47,7 +77,8 @@ class ConnectionPool:
 
     def release(self, connection: UpstreamConnection) -> None:
         """``connection`` finished a response and may carry another request."""
-        if self._closed:
+        lifetime = keep_alive_expiry(self.idle_timeout, connection.keep_alive)
+        if self._closed or lifetime <= 0:
             connection.transport.loseConnection()
             return
         idle = self._idle.setdefault(connection.key, [])
@@ -55,10 +86,13 @@ class ConnectionPool:
             idle.pop(0).transport.loseConnection()
         idle.append(connection)
         connection.idle_since = self._clock.seconds()
-        if connection.idle_timer is None:
-            connection.idle_timer = self._clock.callLater(
-                self.idle_timeout, self._expire, connection
-            )
+        timer = connection.idle_timer
+        if timer is not None and lifetime < self.idle_timeout and timer.active():
+            # The upstream keeps it for less than the pool would: its own, earlier timer.
+            timer.cancel()
+            timer = connection.idle_timer = None
+        if timer is None:
+            connection.idle_timer = self._clock.callLater(lifetime, self._expire, connection)
 
     def forget(self, connection: UpstreamConnection) -> None:
         """``connection`` is gone or unusable (idempotent)."""
@@ -76,9 +110,10 @@ class ConnectionPool:
         if connection.busy or connection.lost:
             return
         quiet = self._clock.seconds() - connection.idle_since
-        if quiet < self.idle_timeout:
+        lifetime = keep_alive_expiry(self.idle_timeout, connection.keep_alive)
+        if quiet < lifetime:
             connection.idle_timer = self._clock.callLater(
-                self.idle_timeout - quiet, self._expire, connection
+                lifetime - quiet, self._expire, connection
             )
             return
         self.forget(connection)

@@ -29,9 +29,6 @@ ONE_SEND_MAX = 64 * 1024
 #: What a request-target or method must not hold: it would split the request line.
 _SPLITS_THE_LINE = re.compile(rb"[\x00-\x20\x7f]")
 
-#: RFC 9110 section 9.2.2: methods a stale pooled connection may be retried for.
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-
 
 class WrongBodyLength(Exception):
     """The body producer wrote more or fewer bytes than its ``length`` said."""
@@ -45,6 +42,25 @@ class ClientRequest:
     method: bytes
     absoluteURI: bytes
     headers: Headers
+
+
+class _Borrowed:
+    """A file as ``FileBodyProducer`` reads it, where ``close`` does not close it."""
+
+    def __init__(self, content: IO[bytes]) -> None:
+        self._content = content
+
+    def read(self, size: int = -1) -> bytes:
+        return self._content.read(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._content.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._content.tell()
+
+    def close(self) -> None:
+        """Leave the spool open: the request owns it, and a retry reads it again."""
 
 
 @implementer(IBodyProducer)
@@ -70,9 +86,14 @@ class SpooledBody:
         return self._content.read()
 
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        """Stream the body to ``consumer``; fires when all of it was written."""
+        """Stream the body to ``consumer``; fires when all of it was written.
+
+        It may start again (a retry on a fresh connection): ``FileBodyProducer`` closes the
+        file it reads when done or stopped, so it gets a view whose ``close`` leaves the
+        request's spool open.
+        """
         self._content.seek(0, 0)
-        self._streaming = FileBodyProducer(self._content, cooperator=self._cooperator)
+        self._streaming = FileBodyProducer(_Borrowed(self._content), cooperator=self._cooperator)
         started: Deferred[None] = self._streaming.startProducing(consumer)
         return started
 
@@ -87,6 +108,11 @@ class SpooledBody:
     def stopProducing(self) -> None:
         if self._streaming is not None:
             self._streaming.stopProducing()
+
+
+def can_resend(producer: IBodyProducer | None) -> bool:
+    """Whether the body of ``producer`` can be produced again from its start (a retry)."""
+    return producer is None or isinstance(producer, SpooledBody)
 
 
 def whole_body(producer: IBodyProducer | None) -> bytes | None:

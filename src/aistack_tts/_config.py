@@ -20,6 +20,9 @@ DEFAULT_WS_IDLE_TIMEOUT = 300.0
 DEFAULT_DRAIN_TIMEOUT = 30.0
 #: nginx's client_header_timeout / client_body_timeout.
 DEFAULT_CLIENT_TIMEOUT = 60.0
+#: How long an idle upstream connection is kept for reuse: under uvicorn's (vLLM's server)
+#: 5 s keep-alive, so the gateway closes it before the upstream does.
+DEFAULT_POOL_IDLE_TIMEOUT = 4.0
 
 
 class ConfigError(ValueError):
@@ -193,6 +196,10 @@ class GatewayConfig:
     max_connections: int | None = field(default=None, validator=_check_max_connections)
     #: 0: a busy GPU is a 503 at once; more: wait that long, first come first served.
     queue_timeout: float = field(default=0.0, validator=_non_negative_seconds("queue-timeout"))
+    #: 0: every upstream connection carries one request.
+    pool_idle_timeout: float = field(
+        default=DEFAULT_POOL_IDLE_TIMEOUT, validator=_non_negative_seconds("pool-idle-timeout")
+    )
     slot_exempt: tuple[str, ...] = field(default=(), converter=_strings, validator=_check_exempt)
     demo: bool = False
     metrics: bool = True

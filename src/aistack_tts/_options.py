@@ -14,6 +14,7 @@ from ._config import (
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_BODY,
+    DEFAULT_POOL_IDLE_TIMEOUT,
     DEFAULT_SLOTS,
     DEFAULT_WS_IDLE_TIMEOUT,
     ConfigError,
@@ -96,6 +97,15 @@ _SETTINGS: list[tuple[str, str, str, Callable[[str], Any], object, str]] = [
         int,
         "(descriptor limit - 64) / 2",
         "Open client connections beyond which new ones are closed at once",
+    ),
+    (
+        "pool-idle-timeout",
+        "AISTACK_TTS_POOL_IDLE_TIMEOUT",
+        "pool_idle_timeout",
+        float,
+        DEFAULT_POOL_IDLE_TIMEOUT,
+        "Seconds an idle upstream connection is kept for reuse (shorter when the upstream's"
+        " Keep-Alive says so; 0: never reused)",
     ),
     (
         "drain-timeout",

@@ -24,6 +24,7 @@ from ._config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_BODY,
+    DEFAULT_POOL_IDLE_TIMEOUT,
     DEFAULT_SLOTS,
     DEFAULT_UPSTREAM,
     DEFAULT_WS_IDLE_TIMEOUT,
@@ -99,6 +100,7 @@ class TTSProxy:
         client_timeout: float = DEFAULT_CLIENT_TIMEOUT,
         keepalive_timeout: float | None = None,
         max_connections: int | None = None,
+        pool_idle_timeout: float = DEFAULT_POOL_IDLE_TIMEOUT,
         registry: CollectorRegistry | None = None,
         metrics: bool = True,
         health: bool = True,
@@ -112,6 +114,7 @@ class TTSProxy:
             client_timeout=client_timeout,
             keepalive_timeout=keepalive_timeout,
             max_connections=max_connections,
+            pool_idle_timeout=pool_idle_timeout,
             slots=slots,
             queue_timeout=queue_timeout,
             slot_exempt=list(slot_exempt),
@@ -152,6 +155,7 @@ class TTSProxy:
                 reactor,
                 connect_timeout=config.connect_timeout,
                 max_connections=max(s.limit for s in semaphores),
+                pool_idle_timeout=config.pool_idle_timeout,
             )
         self.cooperator = make_cooperator(reactor)
         self.draining = False
@@ -208,6 +212,7 @@ class TTSProxy:
             client_timeout=config.client_timeout,
             keepalive_timeout=config.keepalive_timeout,
             max_connections=config.max_connections,
+            pool_idle_timeout=config.pool_idle_timeout,
             queue_timeout=config.queue_timeout,
             slot_exempt=config.slot_exempt,
             metrics=config.metrics,

@@ -85,6 +85,8 @@ class Head:
     connection: frozenset[bytes]
     #: The minor version of the status line: 1 for HTTP/1.1, 0 for HTTP/1.0.
     minor: int = 1
+    #: How long the upstream keeps the connection idle: ``Keep-Alive: timeout=N``.
+    keep_alive_timeout: float | None = None
 
 
 def head_end(buffer: bytes | bytearray, start: int = 0, stop: int | None = None) -> int:
@@ -158,9 +160,32 @@ def parse_head(lines: list[bytes]) -> Head | None:
             b"keep-alive" in connection and b"close" not in connection and not transfer_encoding
         )
     length, chunked = body_framing(transfer_encoding, fields.get(b"content-length"))
+    keep_alive_values = fields.get(b"keep-alive")
     return Head(
-        status, reason or b"", headers, length, chunked, keep_alive, connection, int(version)
+        status,
+        reason or b"",
+        headers,
+        length,
+        chunked,
+        keep_alive,
+        connection,
+        int(version),
+        None if keep_alive_values is None else keep_alive_timeout(keep_alive_values),
     )
+
+
+def keep_alive_timeout(values: Sequence[bytes]) -> float | None:
+    """The ``timeout=`` of ``Keep-Alive`` header values (RFC 2068 section 19.7.1.1)."""
+    for value in values:
+        for param in value.split(b","):
+            name, _, number = param.partition(b"=")
+            if name.strip().lower() == b"timeout":
+                try:
+                    seconds = float(number.strip().strip(b'"'))
+                except ValueError:
+                    return None
+                return seconds if seconds >= 0 and seconds == seconds else None
+    return None
 
 
 def field_line_error(line: bytes) -> UpstreamProtocolError:

@@ -21,20 +21,21 @@ from twisted.internet.task import Cooperator
 from twisted.web.iweb import IBodyProducer
 
 from ._client import LeanAgent
-from ._client_pool import POOL_IDLE_SECONDS, ConnectionPool
+from ._client_pool import ConnectionPool
 from ._client_request import SpooledBody
 
-__all__ = ["POOL_IDLE_SECONDS", "body_producer", "make_agent", "make_cooperator", "upstream_url"]
+__all__ = ["body_producer", "make_agent", "make_cooperator", "upstream_url"]
 
 
 def make_agent(
-    reactor: Any, *, connect_timeout: float, max_connections: int
+    reactor: Any, *, connect_timeout: float, max_connections: int, pool_idle_timeout: float
 ) -> tuple[LeanAgent, ConnectionPool]:
     """The lean client with a persistent pool and a connect timeout.
 
-    The pool keeps as many idle connections per upstream as it has slots (at least 2).
+    The pool keeps as many idle connections per upstream as it has slots (at least 2), each
+    for ``pool_idle_timeout`` seconds at most.
     """
-    pool = ConnectionPool(reactor, max_idle=max(2, max_connections))
+    pool = ConnectionPool(reactor, max_idle=max(2, max_connections), idle_timeout=pool_idle_timeout)
     return LeanAgent(reactor, pool, connect_timeout=connect_timeout), pool
 
 
