@@ -47,6 +47,7 @@ from ._errors import (
     RequestTimeout,
     URITooLong,
 )
+from ._socket_state import PeerWatch, WatchedReading, peer_gone
 
 #: How long a refused client may keep sending (discarded) before its connection is cut. Closing
 #: at once would reset the connection under a client still writing, and it would never read
@@ -82,6 +83,9 @@ class ClientLimits:
     access_log: AccessLog | None = None
     #: Where the site tracks its open connections; the channel leaves it when it is lost.
     connections: ConnectionRegistry | None = None
+    #: Whether a connection's client has gone (its socket's state, by default): asked while
+    #: the channel does not read it.
+    peer_gone: Callable[[Any], bool] = peer_gone
 
 
 class Phase(enum.Enum):
@@ -191,8 +195,18 @@ class GatewayChannel(HTTPChannel):
     # twisted.web's parser, with the phase kept beside it.
 
     def connectionMade(self) -> None:
-        """Arm the first deadline: a client must send its first request in time."""
+        """Arm the first deadline: a client must send its first request in time.
+
+        While twisted.web stops reading the client (bytes pipelined behind a request being
+        served), its socket is watched: a client that resets or closes is cut at once, so the
+        call it made ends (and frees the slot) as if its departure had been read.
+        """
         super().connectionMade()  # type: ignore[no-untyped-call]
+        transport: Any = self.transport
+        watch = PeerWatch(
+            self.limits.clock, transport, transport.abortConnection, gone=self.limits.peer_gone
+        )
+        self._networkProducer = WatchedReading(self._networkProducer, watch)
         self._enter(Phase.IDLE)
 
     def dataReceived(self, data: bytes) -> None:

@@ -63,6 +63,7 @@ from ._outcome import Outcome
 from ._pool import Upstream
 from ._protocol import CLIENT_SEND_BUFFER, NO_BODY_STATUS, RETRY_UNAVAILABLE_S
 from ._slot import SlotHold
+from ._socket_state import unsent
 from ._upstream import body_producer, upstream_url
 from ._watchdog import Watchdog
 
@@ -91,7 +92,12 @@ class _Exchange:
         self._request = request
         self._record = CallRecord(context, request, hold, self, upstream.url)
         self._machine = ExchangeMachine(context.idle_timeout)
-        self._watchdog = Watchdog(context.clock, context.idle_timeout, self._stalled)
+        self._watchdog = Watchdog(
+            context.clock,
+            context.idle_timeout,
+            self._stalled,
+            unsent=lambda: unsent(self._request.transport),
+        )
         self._upstream = upstream
         self._tried: list[Upstream] = []
         self._call: Deferred[IResponse] | None = None

@@ -9,7 +9,8 @@ reports, since the reactor stops polling a socket it does not read. Elsewhere, a
 transports that are not sockets (in-memory tests), the answers are ``None`` and ``False``.
 
 Twisted's private attributes read here: a ``FileDescriptor``'s write buffer, ``dataBuffer``,
-``offset``, ``_tempDataLen`` (no public API says how much a transport still holds).
+``offset``, ``_tempDataLen`` (no public API says how much a transport still holds), and a TCP
+connection's ``_aborting`` (``abortConnection`` was called; ``connected`` is still true).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from collections.abc import Callable
 from typing import Any
 
 from attrs import define, field
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from zope.interface import implementer
 
 #: How often a paused connection's socket is looked at: a client that left is noticed within
 #: this, and a look is one ``getsockopt``.
@@ -132,8 +134,53 @@ class PeerWatch:
 
     def _look(self) -> None:
         self._call = None
-        if self.gone(self.transport):
+        transport = self.transport
+        if not getattr(transport, "connected", True) or getattr(transport, "_aborting", False):
+            return  # being closed, or closed, already: nothing to watch for
+        if self.gone(transport):
             self._fired = True
             self.on_gone()
             return
         self._call = self.clock.callLater(self.interval, self._look)
+
+
+@implementer(IPushProducer)
+class WatchedReading:
+    """A transport as its protocol pauses and resumes it, with its socket watched while paused.
+
+    What ``HTTPChannel`` gets in place of its transport (``_networkProducer``): when it stops
+    reading the client (pipelined bytes behind a request being served), the client's reset or
+    FIN would go unseen until the call ended; ``watch`` sees it and cuts the connection, so the
+    call ends as if it had been read.
+    """
+
+    def __init__(self, transport: Any, watch: PeerWatch) -> None:
+        self._transport = transport
+        self._watch = watch
+
+    def pauseProducing(self) -> None:
+        """Stop reading, and start watching the socket."""
+        self._transport.pauseProducing()
+        self._watch.start()
+
+    def resumeProducing(self) -> None:
+        """Read again (the reactor reports the end of the connection itself)."""
+        self._watch.stop()
+        self._transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """Close the connection."""
+        self._watch.stop()
+        self._transport.stopProducing()
+
+    def stop_watching(self) -> None:
+        """Someone else reads the connection now (a WebSocket tunnel took it over)."""
+        self._watch.stop()
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        """As the transport's."""
+        self._transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        """As the transport's."""
+        self._transport.unregisterProducer()

@@ -50,6 +50,7 @@ from ._errors import (
 from ._headers import websocket_handshake
 from ._protocol import RETRY_UNAVAILABLE_S
 from ._slot import SlotHold
+from ._socket_state import unsent
 from ._tunnel_events import (
     CancelConnect,
     ClientData,
@@ -257,6 +258,11 @@ class WebSocketTunnel:
         if self._machine.phase is not Phase.DONE:
             self._watchdog.touch()
 
+    def _client_slow(self) -> None:
+        # The client's send buffer is full: from now on its reading is what counts.
+        if self._machine.phase is not Phase.DONE:
+            self._watchdog.touch("client")
+
     def _open(self, head: bytes, status: int) -> None:
         """A 101: take the client's connection from twisted.web and couple both sides."""
         request = self._request
@@ -267,8 +273,20 @@ class WebSocketTunnel:
         transport, early = take_over(request, client)
         self.client.transport = transport
         self._watchdog.stop()
-        self._watchdog = Watchdog(self._clock, self._context.ws_idle_timeout, self._stalled)
-        couple(self.client, self.upstream, self._touch)
+        # A client reading what it was sent is active, however long its buffers take.
+        self._watchdog = Watchdog(
+            self._clock,
+            self._context.ws_idle_timeout,
+            self._stalled,
+            unsent=lambda: unsent(transport),
+        )
+        couple(
+            self.client,
+            self.upstream,
+            self._touch,
+            clock=self._clock,
+            client_slow=self._client_slow,
+        )
         transport.write(head)
         if early:
             self._feed(ClientData(early))

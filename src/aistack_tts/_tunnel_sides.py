@@ -21,6 +21,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from ._protocol import CLIENT_SEND_BUFFER
+from ._socket_state import PeerWatch, WatchedReading, peer_gone
 
 #: How long a side the gateway closed politely may take to flush what it was still sending
 #: (the peer's last frames, a close frame) before its connection is cut.
@@ -50,6 +51,7 @@ class Side:
             return
         if self.producer is not None:
             # A transport never closes while a streaming producer is registered with it.
+            self.producer.stop_watching()
             self.producer = None
             self.transport.unregisterProducer()
         if abort:
@@ -63,6 +65,8 @@ class Side:
     def gone(self) -> None:
         """The connection ended."""
         self.lost = True
+        if self.producer is not None:
+            self.producer.stop_watching()
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
         self._linger = None
@@ -74,26 +78,47 @@ class Valve:
 
     Registered with the *other* side's transport: that transport pauses it when its buffer
     fills and resumes it when the buffer drains, so unread bytes wait in the kernel's TCP
-    window of ``side``, not in the gateway.
+    window of ``side``, not in the gateway. While ``side`` is not read, ``watch`` (if any)
+    looks at its socket, so a peer that leaves is still noticed.
     """
 
-    def __init__(self, side: Side, on_resume: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        side: Side,
+        on_resume: Callable[[], None],
+        *,
+        on_pause: Callable[[], None] | None = None,
+        watch: PeerWatch | None = None,
+    ) -> None:
         self._side = side
         self._on_resume = on_resume
+        self._on_pause = on_pause
+        self._watch = watch
         self.paused = False
 
     def pauseProducing(self) -> None:
         """The other side is not keeping up: stop reading from ``side``."""
         self.paused = True
+        if self._on_pause is not None:
+            self._on_pause()
         if self._side.open:
             self._side.transport.pauseProducing()
+            if self._watch is not None:
+                self._watch.start()
 
     def resumeProducing(self) -> None:
         """The other side drained its buffer: read from ``side`` again."""
         self.paused = False
+        if self._watch is not None:
+            self._watch.stop()
         self._on_resume()
         if self._side.open:
             self._side.transport.resumeProducing()
+
+    def stop_watching(self) -> None:
+        """The session is ending: no more looks at ``side``'s socket."""
+        if self._watch is not None:
+            self._watch.stop()
 
     def stopProducing(self) -> None:
         """The other side's connection is going away.
@@ -175,6 +200,10 @@ def take_over(request: Request, protocol: ClientProtocol) -> tuple[Any, bytes]:
         raise TypeError(f"cannot take over a {type(channel).__name__} connection")
     transport: Any = channel.transport
     transport.unregisterProducer()
+    reading = getattr(channel, "_networkProducer", None)
+    if isinstance(reading, WatchedReading):
+        # The tunnel's own valve watches the client from now on.
+        reading.stop_watching()
     early = b"".join(channel._dataBuffer)
     channel._dataBuffer = []
     channel.dataReceived = protocol.dataReceived  # type: ignore[method-assign]
@@ -193,16 +222,28 @@ def abort_client(client: Side, request: Request, clock: IReactorTime) -> None:
         transport.abortConnection()
 
 
-def couple(client: Side, upstream: Side, on_resume: Callable[[], None]) -> None:
+def couple(
+    client: Side,
+    upstream: Side,
+    on_resume: Callable[[], None],
+    *,
+    clock: IReactorTime,
+    client_slow: Callable[[], None],
+    gone: Callable[[Any], bool] = peer_gone,
+) -> None:
     """Make each side of an open tunnel the push producer of the other.
 
     Both send buffers are set to the gateway's client send buffer; ``on_resume`` runs when a
-    side drained its buffer (it counts as activity).
+    side drained its buffer (it counts as activity), ``client_slow`` when the client's filled.
+    While the client is not read (the upstream is not reading), its socket is watched: a
+    client that resets or closes is cut at once, which ends the session.
     """
     for side in (client.transport, upstream.transport):
         if hasattr(side, "bufferSize"):
             side.bufferSize = CLIENT_SEND_BUFFER
-    client.producer = Valve(upstream, on_resume)
+    client.producer = Valve(upstream, on_resume, on_pause=client_slow)
     client.transport.registerProducer(client.producer, True)
-    upstream.producer = Valve(client, on_resume)
+    transport = client.transport
+    watch = PeerWatch(clock, transport, transport.abortConnection, gone=gone)
+    upstream.producer = Valve(client, on_resume, watch=watch)
     upstream.transport.registerProducer(upstream.producer, True)
