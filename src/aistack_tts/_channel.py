@@ -47,7 +47,7 @@ from ._errors import (
     RequestTimeout,
     URITooLong,
 )
-from ._socket_state import PeerWatch, WatchedReading, peer_gone
+from ._socket_state import PeerWatch, WatchedReading
 
 #: How long a refused client may keep sending (discarded) before its connection is cut. Closing
 #: at once would reset the connection under a client still writing, and it would never read
@@ -83,9 +83,6 @@ class ClientLimits:
     access_log: AccessLog | None = None
     #: Where the site tracks its open connections; the channel leaves it when it is lost.
     connections: ConnectionRegistry | None = None
-    #: Whether a connection's client has gone (its socket's state, by default): asked while
-    #: the channel does not read it.
-    peer_gone: Callable[[Any], bool] = peer_gone
 
 
 class Phase(enum.Enum):
@@ -203,9 +200,7 @@ class GatewayChannel(HTTPChannel):
         """
         super().connectionMade()  # type: ignore[no-untyped-call]
         transport: Any = self.transport
-        watch = PeerWatch(
-            self.limits.clock, transport, transport.abortConnection, gone=self.limits.peer_gone
-        )
+        watch = PeerWatch(self.limits.clock, transport, transport.abortConnection)
         self._networkProducer = WatchedReading(self._networkProducer, watch)
         self._enter(Phase.IDLE)
 

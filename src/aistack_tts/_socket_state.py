@@ -111,8 +111,8 @@ class PeerWatch:
     transport: Any
     on_gone: Callable[[], None]
     interval: float = PEER_POLL_S
-    #: Whether the peer has gone (the socket's state, by default).
-    gone: Callable[[Any], bool] = peer_gone
+    #: Whether the peer has gone; ``None``: ``peer_gone`` (the socket's state).
+    gone: Callable[[Any], bool] | None = None
     _call: IDelayedCall | None = field(default=None, init=False)
     _fired: bool = field(default=False, init=False)
 
@@ -137,7 +137,7 @@ class PeerWatch:
         transport = self.transport
         if not getattr(transport, "connected", True) or getattr(transport, "_aborting", False):
             return  # being closed, or closed, already: nothing to watch for
-        if self.gone(transport):
+        if (self.gone or peer_gone)(transport):
             self._fired = True
             self.on_gone()
             return

@@ -21,7 +21,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from ._protocol import CLIENT_SEND_BUFFER
-from ._socket_state import PeerWatch, WatchedReading, peer_gone
+from ._socket_state import PeerWatch, WatchedReading
 
 #: How long a side the gateway closed politely may take to flush what it was still sending
 #: (the peer's last frames, a close frame) before its connection is cut.
@@ -229,7 +229,6 @@ def couple(
     *,
     clock: IReactorTime,
     client_slow: Callable[[], None],
-    gone: Callable[[Any], bool] = peer_gone,
 ) -> None:
     """Make each side of an open tunnel the push producer of the other.
 
@@ -244,6 +243,6 @@ def couple(
     client.producer = Valve(upstream, on_resume, on_pause=client_slow)
     client.transport.registerProducer(client.producer, True)
     transport = client.transport
-    watch = PeerWatch(clock, transport, transport.abortConnection, gone=gone)
+    watch = PeerWatch(clock, transport, transport.abortConnection)
     upstream.producer = Valve(client, on_resume, watch=watch)
     upstream.transport.registerProducer(upstream.producer, True)
