@@ -260,6 +260,15 @@ def test_a_session_is_put_down_to_who_said_goodbye_first() -> None:
     )
 
 
+def test_a_client_that_left_an_upstream_that_reads_nothing_aborts_it() -> None:
+    """Issue 23: flushing to an upstream that is not reading would hold its socket open."""
+    m = machine(Phase.OPEN)
+    effects = m.handle(ClientLost(stuck=True))
+    assert CloseUpstream(abort=True) in effects
+    polite = machine(Phase.OPEN).handle(ClientLost())
+    assert CloseUpstream(abort=False) in polite, "a reading upstream still gets what was sent"
+
+
 # --- properties ---------------------------------------------------------------------------
 
 _DATA = st.sampled_from([SWITCHING, REFUSED, SERVER_FRAME, b"12345", b"\r\n", b"0\r\n\r\n"])

@@ -195,7 +195,9 @@ class WebSocketTunnel:
     def _client_lost(self, reason: Failure) -> None:
         """The client's connection ended after the 101."""
         self.client.gone()
-        self._feed(ClientLost())
+        # The upstream's valve is paused while its send buffer is full: it is not reading.
+        to_upstream = self.upstream.producer
+        self._feed(ClientLost(stuck=to_upstream is not None and to_upstream.paused))
 
     def _client_left(self) -> None:
         """The client went away (or the router gave up on it) before the tunnel opened."""

@@ -53,7 +53,13 @@ class UpstreamLost:
 
 @frozen
 class ClientLost:
-    """The client's connection ended after the 101."""
+    """The client's connection ended after the 101.
+
+    ``stuck``: the upstream is not reading (its send buffer is full), so what is still on its
+    way to it would never be flushed: its connection is aborted, not closed politely.
+    """
+
+    stuck: bool = False
 
 
 Event = (

@@ -199,8 +199,8 @@ class TunnelMachine:
                 return [WriteUpstream(data)]
             case UpstreamLost():
                 return self._end(*self.frames.closed_by("upstream"), abort=False)
-            case ClientLost():
-                return self._end(*self.frames.closed_by("client"), abort=False)
+            case ClientLost(stuck):
+                return self._end(*self.frames.closed_by("client"), abort=stuck)
             case Stalled():
                 cause = f"--ws-idle-timeout: no byte either way for {self._ws_idle_timeout:g} s"
                 return [*self._goodbyes(), *self._end(Outcome.WS_IDLE, cause, abort=False)]

@@ -1,0 +1,148 @@
+"""A raw-TCP upstream whose every connection runs a script: for behaviours HTTP servers avoid.
+
+``RawUpstream`` writes one scripted reply per connection; this one hands each accepted
+connection to a function (``Script``) that reads and writes it as it likes: answer before
+reading a body and never read again, close a keep-alive connection soon after each answer,
+stream without end, hold a WebSocket without reading. Each connection is a ``Conn``, which
+records when the gateway closed its side (seen with ``POLLRDHUP``, so without reading).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Conn:
+    """One connection the upstream accepted."""
+
+    sock: socket.socket
+    stopping: threading.Event
+    accepted: float = field(default_factory=time.monotonic)
+    #: Request heads read on it, in order.
+    heads: list[bytes] = field(default_factory=list)
+    #: When the gateway closed or reset its side (monotonic), once seen.
+    closed_at: float | None = None
+    closed: threading.Event = field(default_factory=threading.Event)
+
+    def read_head(self, buffered: bytearray) -> bytes | None:
+        """The next request head (its body left unread); ``None`` if the peer closed."""
+        while b"\r\n\r\n" not in buffered:
+            try:
+                more = self.sock.recv(65536)
+            except OSError:
+                more = b""
+            if not more:
+                self.mark_closed()
+                return None
+            buffered += more
+        end = buffered.index(b"\r\n\r\n") + 4
+        head = bytes(buffered[:end])
+        del buffered[:end]
+        self.heads.append(head)
+        return head
+
+    def read_body(self, head: bytes, buffered: bytearray) -> None:
+        """Read (and drop) the body ``head`` announces with Content-Length."""
+        length = content_length(head)
+        while len(buffered) < length:
+            more = self.sock.recv(min(65536, length - len(buffered)))
+            if not more:
+                self.mark_closed()
+                return
+            buffered += more
+        del buffered[:length]
+
+    def hold_unread(self) -> None:
+        """Keep the connection open, reading nothing, until the peer goes or the server stops."""
+        poller = select.poll()
+        poller.register(self.sock, select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+        while not self.stopping.is_set():
+            if poller.poll(20):
+                self.mark_closed()
+                return
+
+    def mark_closed(self) -> None:
+        if self.closed_at is None:
+            self.closed_at = time.monotonic()
+        self.closed.set()
+
+
+#: What runs on each connection, in its own thread.
+Script = Callable[[Conn], None]
+
+
+def content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
+class ScriptedUpstream:
+    """Runs ``script`` on every connection to 127.0.0.1 (an ephemeral port)."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.conns: list[Conn] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.port: int = self._listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        self._spawn(self._accept_loop)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(10)
+        self._listener.close()
+
+    def _spawn(self, target: Callable[..., None], *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                sock, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn = Conn(sock, self._stopping)
+            self.conns.append(conn)
+            self._spawn(self._run, conn)
+
+    def _run(self, conn: Conn) -> None:
+        conn.sock.settimeout(10)
+        try:
+            self.script(conn)
+        except OSError:
+            conn.mark_closed()
+        finally:
+            with contextlib.suppress(OSError):
+                conn.sock.close()
+
+
+@contextmanager
+def scripted_upstream(script: Script) -> Iterator[ScriptedUpstream]:
+    """A running ``ScriptedUpstream``, stopped afterwards."""
+    server = ScriptedUpstream(script)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
