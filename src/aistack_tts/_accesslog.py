@@ -67,6 +67,8 @@ class _Line:
             f"duration={f['duration']:.3f}s queue_wait={_seconds(f['queue_wait'])} "
             f"slot_held={_seconds(f['slot_held'])} slot={f['slot']} request_id={f['request_id']}"
         )
+        if "bytes_in" in f:
+            text += f" bytes_in={f['bytes_in']}"
         if f["cause"]:
             text += f" cause={json.dumps(f['cause'])}"
         return text
@@ -114,6 +116,22 @@ class AccessLog:
             queue_wait=queue_wait,
         )
 
+    def left(self, request: IRequest, *, received: int, declared: int | None) -> None:
+        """Record a request whose client left while its body was arriving: ``client_left``.
+
+        ``received``: the body bytes that came; ``declared``: its Content-Length, if any.
+        """
+        of = f" of {declared}" if declared else ""
+        self.finished(
+            request,
+            status=None,
+            outcome=Outcome.CLIENT_LEFT,
+            provider="none",
+            slot="none",
+            cause=f"the client left after {received}{of} bytes of the request body",
+            bytes_in=received,
+        )
+
     def finished(
         self,
         request: IRequest,
@@ -128,6 +146,7 @@ class AccessLog:
         queue_wait: float | None = None,
         slot_held: float | None = None,
         envelope: bool = False,
+        bytes_in: int | None = None,
     ) -> None:
         """Record ``request``'s end.
 
@@ -138,7 +157,8 @@ class AccessLog:
         (or failed) the call, ``cause`` why it did not end ``ok``; ``queue_wait`` the seconds
         from arrival to the slot (or to giving up on it), ``slot_held`` the seconds it was
         held. ``duration``, logged, is the whole time since the request arrived. ``envelope``:
-        ``bytes_out`` is the gateway's own envelope, not relayed upstream bytes.
+        ``bytes_out`` is the gateway's own envelope, not relayed upstream bytes. ``bytes_in``,
+        logged only when given: the request body bytes received.
         """
         sent = _first(request.requestHeaders.getRawHeaders(REQUEST_ID))
         seen = _first(request.responseHeaders.getRawHeaders(REQUEST_ID)) or sent or "-"
@@ -160,6 +180,8 @@ class AccessLog:
         }
         if sent is not None and sent != seen:
             fields["gateway_request_id"] = sent
+        if bytes_in is not None:
+            fields["bytes_in"] = bytes_in
         log.info("{line}", line=_Line(fields), **fields)
         m = self.metrics
         # Hostile clients choose methods: keep the label set bounded.
@@ -167,7 +189,7 @@ class AccessLog:
         m.count(m.requests, method.decode("ascii"), str(status or "none"), provider)
         if outcome == "gpu_busy":
             m.gpu_busy.inc()
-        elif outcome in (Outcome.CLIENT_ABORT, Outcome.CLIENT_STALLED):
+        elif outcome in (Outcome.CLIENT_ABORT, Outcome.CLIENT_STALLED, Outcome.CLIENT_LEFT):
             m.client_aborts.inc()
         if queue_wait is not None:
             m.queue_wait.observe(queue_wait)

@@ -2,7 +2,8 @@
 
 ``forward`` asks ``admit`` once per request and acts on the verdict: a slot-exempt call goes
 to any reachable upstream, a granted one starts with its slot token, the rest wait in the
-queue or get the envelope the verdict names.
+queue or get the envelope the verdict names. ``preflight`` asks the same question before a
+request's body has come (``Expect: 100-continue``), looking at the slots without taking one.
 """
 
 from __future__ import annotations
@@ -12,11 +13,15 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from attrs import frozen
+from twisted.web.server import Request
 
-from ._errors import COMPOSE_HINT, GatewayError, GPUBusy, UpstreamUnavailable
-from ._pool import Grant, Upstream
+from ._app import _proxied_directly
+from ._config import ExemptRule
+from ._errors import COMPOSE_HINT, Draining, GatewayError, GPUBusy, UpstreamUnavailable
+from ._pool import Grant, Upstream, UpstreamPool
 from ._protocol import RETRY_UNAVAILABLE_S
 from ._slot import RetryAfter
+from ._tunnel_head import is_websocket_request
 
 
 class Verdict(enum.Enum):
@@ -86,3 +91,64 @@ def refusal(
     )
     busy.queue_wait = queue_wait
     return busy
+
+
+def peek(upstreams: Sequence[Upstream], now: float, *, queue_timeout: float) -> Verdict:
+    """The verdict ``admit`` would give a request that takes a slot, with nothing taken.
+
+    ``GRANTED``: a reachable upstream has a free slot now.
+    """
+    up = [u for u in upstreams if u.is_up(now)]
+    if any(u.slot.semaphore.tokens > 0 for u in up):
+        return Verdict.GRANTED
+    if not up:
+        return Verdict.UNAVAILABLE
+    return Verdict.QUEUE if queue_timeout > 0 else Verdict.BUSY
+
+
+def draining() -> Draining:
+    """The envelope for a call that arrives while the gateway drains."""
+    return Draining(
+        "the gateway is shutting down; retry on another instance or after it restarts",
+        headers=[(b"Retry-After", b"1")],
+    )
+
+
+class Gateway(Protocol):
+    """What ``preflight`` reads of the gateway (``TTSProxy`` is one)."""
+
+    @property
+    def draining(self) -> bool:
+        """Whether the gateway is shutting down."""
+
+    @property
+    def exempt(self) -> Sequence[ExemptRule]:
+        """The ``--slot-exempt`` rules."""
+
+    @property
+    def pool(self) -> UpstreamPool:
+        """The upstreams and their slots."""
+
+    @property
+    def queue_timeout(self) -> float:
+        """How long a request may wait for a slot (0: it may not)."""
+
+
+def preflight(gateway: Gateway, request: Request) -> GatewayError | None:
+    """The refusal ``forward`` would answer ``request`` at once, found before its body came.
+
+    Only for what the audio route forwards and that needs a slot: draining, every slot busy
+    with no queue, every upstream down. ``None`` otherwise (a queue with room included).
+    """
+    if not _proxied_directly(request):
+        return None
+    if gateway.draining:
+        return draining()
+    websocket = is_websocket_request(request)
+    if not websocket and any(r.matches(request.method, request.uri) for r in gateway.exempt):
+        return None
+    pool = gateway.pool
+    verdict = peek(pool.upstreams, pool.clock.seconds(), queue_timeout=gateway.queue_timeout)
+    if verdict in (Verdict.BUSY, Verdict.UNAVAILABLE):
+        return refusal(verdict, pool.retry_after())
+    return None

@@ -9,8 +9,16 @@ GPU owes the server behind it and its other clients:
   under ``MIN_BODY_RATE`` on average after that grace; a connection with no request under way
   is closed after ``keepalive_timeout``. A request that is being served has no client deadline
   (the call's own ``--idle-timeout`` watches it).
-- Framing a trusted proxy enforces (RFC 9112): ``chunked`` is the only transfer coding, an
-  HTTP/1.1 request has exactly one valid ``Host``.
+- Framing a trusted proxy enforces (RFC 9112, the rules are ``_request_rules``): ``chunked``
+  is the only transfer coding, an HTTP/1.1 request has exactly one valid ``Host``, a folded
+  header line is refused, a chunk size no body can have is a 400 and a chunk that takes the
+  body over ``--max-body`` a 413 as soon as its size line is in; ``close`` anywhere in any
+  ``Connection`` header ends the connection after the response.
+- ``Expect: 100-continue``: before the body is invited, ``ClientLimits.preflight`` may answer
+  instead (the gateway's 503 when the GPU is busy), so the client does not upload a body
+  only to have it refused.
+- A client that leaves while its request body arrives leaves an access event
+  (``client_left``, with the body bytes received).
 - Early answers, written before the request reaches a resource (400; 408; 413; 414 and 431
   for a request line or header block over 16 KiB, which Twisted closed without a word), are
   the contract's envelope with ``Date`` and ``Connection: close``; the connection is
@@ -18,16 +26,17 @@ GPU owes the server behind it and its other clients:
   after ``LINGER_SECONDS`` it is cut.
 
 The hooks used (``_respondToBadRequestAndDisconnect``, ``_maybeChooseTransferDecoder``,
-``_failChooseTransferDecoder``, ``_receivedHeaderSize``, ``_HTTPChannel__first_line``,
-``_handlingRequest``, ``_transferDecoder`` and its ``_buffer``, ``_version``, ``_command``,
-``_path``) are twisted.web's private API: it has no public hook for framing errors or timeouts
-per phase.
+``_failChooseTransferDecoder``, ``_send100Continue``, ``_receivedHeaderSize``,
+``_HTTPChannel__first_line``, ``_handlingRequest``, ``_transferDecoder`` and its ``_buffer``,
+``_version``, ``_command``, ``_path``) are twisted.web's private API: it has no public hook for
+framing errors, timeouts per phase or the moment the body is invited. Chunk sizes are read
+after each read of body bytes from the chunked decoder's ``state`` and ``length`` (its
+documented instance variables: the decoder itself is private), not by parsing chunks again.
 """
 
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -35,17 +44,27 @@ from attrs import frozen
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel, datetimeToString
+from twisted.web.http import HTTPChannel
 from twisted.web.iweb import IRequest
+from twisted.web.server import Request
 
 from ._accesslog import REQUEST_ID, AccessLog, ensure_request_id
 from ._connections import ConnectionRegistry
 from ._errors import (
     GatewayError,
+    GPUBusy,
     HeaderTooLarge,
     InvalidRequest,
     RequestTimeout,
     URITooLong,
+    early_answer,
+)
+from ._request_rules import (
+    chunk_size_problem,
+    host_problem,
+    is_folded,
+    transfer_coding_problem,
+    wants_close,
 )
 from ._socket_state import PeerWatch, WatchedReading
 
@@ -58,17 +77,6 @@ LINGER_SECONDS = 2.0
 #: over (Apache's mod_reqtimeout uses 500 B/s): a body dribbled at 1 byte/s is cut, a
 #: 25 MiB upload over a slow link is not.
 MIN_BODY_RATE = 1024.0
-
-#: ``Host`` = uri-host [ ":" port ] (RFC 9110 section 7.2): an IP literal or a reg-name.
-_HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(:[0-9]*)?")
-
-_REASONS = {
-    400: b"Bad Request",
-    408: b"Request Timeout",
-    413: b"Payload Too Large",
-    414: b"URI Too Long",
-    431: b"Request Header Fields Too Large",
-}
 
 _LOST = Failure(ConnectionDone())
 
@@ -83,6 +91,10 @@ class ClientLimits:
     access_log: AccessLog | None = None
     #: Where the site tracks its open connections; the channel leaves it when it is lost.
     connections: ConnectionRegistry | None = None
+    #: Asked, with ``Expect: 100-continue``, before the body is invited: the answer the
+    #: request would get at once anyway (a busy GPU's 503), or ``None`` to invite the body.
+    #: The request's ``method``, ``uri`` and ``clientproto`` are set; its body has not come.
+    preflight: Callable[[Request], GatewayError | None] | None = None
 
 
 class Phase(enum.Enum):
@@ -98,24 +110,6 @@ class Phase(enum.Enum):
     SERVING = "serving"
     #: An early answer was written (or the connection is going): nothing more is parsed.
     CLOSING = "closing"
-
-
-def early_answer(error: GatewayError, now: float, request_id: str | None = None) -> bytes:
-    """The whole response for ``error`` written before any request object can answer."""
-    body = error.envelope()
-    reason = _REASONS.get(error.status, b"Error")
-    head = [
-        b"HTTP/1.1 %d %s" % (error.status, reason),
-        b"Date: " + datetimeToString(now),
-        b"Content-Type: application/json",
-        b"Content-Length: %d" % len(body),
-        b"Cache-Control: no-store",
-        b"Connection: close",
-    ]
-    if request_id is not None:
-        head.append(REQUEST_ID + b": " + request_id.encode("ascii"))
-    head.extend(name + b": " + value for name, value in error.headers)
-    return b"\r\n".join(head) + b"\r\n\r\n" + body
 
 
 class GatewayChannel(HTTPChannel):
@@ -222,6 +216,10 @@ class GatewayChannel(HTTPChannel):
             # Twisted's answer would be its bare 400.
             self._too_long()
             return
+        if not getattr(self, "_HTTPChannel__first_line", 1) and is_folded(line):
+            # Twisted would join it to the line above.
+            self._reject("a header line starts with whitespace (obsolete line folding)")
+            return
         super().lineReceived(line)  # type: ignore[no-untyped-call]
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -245,10 +243,29 @@ class GatewayChannel(HTTPChannel):
             self._last_body = self.limits.clock.seconds()
             self._body_bytes += len(data)
         super().rawDataReceived(data)
+        if self.phase is Phase.BODY:
+            self._check_chunk()
+
+    def _check_chunk(self) -> None:
+        """Judge the chunk being received by its declared size, before its bytes arrive."""
+        decoder: Any = self._transferDecoder
+        if getattr(decoder, "state", None) != "BODY":
+            return
+        # Inside a chunk, ``length`` is what is still to come of it.
+        left: int = decoder.length
+        problem = chunk_size_problem(left)
+        if problem is not None:
+            self._reject(problem)
+            return
+        request = self.requests[-1]
+        announced: Callable[[int], None] | None = getattr(request, "body_announced", None)
+        if announced is not None:
+            announced(left)
 
     def allHeadersReceived(self) -> None:
         """The head is in: check ``Host``, then let the body (if any) arrive under its deadline."""
-        problem = self._host_problem()
+        hosts = self.requests[-1].requestHeaders.getRawHeaders(b"Host") or []
+        problem = host_problem(getattr(self, "_version", b""), hosts)
         if problem is not None:
             self.refuse(InvalidRequest(problem))
             return
@@ -277,8 +294,33 @@ class GatewayChannel(HTTPChannel):
                 self._linger = self.limits.clock.callLater(self.limits.client_timeout, self._cut)
         super().requestDone(request)  # type: ignore[no-untyped-call]
 
+    def checkPersistence(self, request: IRequest, version: bytes) -> bool:
+        """Whether the connection stays open after ``request``'s response (RFC 9112 section 9.6).
+
+        Twisted's rules (only HTTP/1.1 persists), with ``close`` found in any form.
+        """
+        if wants_close(request.requestHeaders):
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            return False
+        return version == b"HTTP/1.1"
+
+    def _send100Continue(self) -> None:
+        # Twisted invites the body here: a request the gateway would refuse at once anyway
+        # is refused now, and the client never uploads it.
+        preflight = self.limits.preflight
+        if preflight is not None and self.requests:
+            request = self._refused(self.requests[-1])
+            request.clientproto = getattr(self, "_version", b"HTTP/1.1")
+            error = preflight(request)
+            if error is not None:
+                self.refuse(error, request)
+                return
+        super()._send100Continue()  # type: ignore[no-untyped-call]
+
     def connectionLost(self, reason: Failure = _LOST) -> None:
-        """Disarm every deadline."""
+        """Disarm every deadline; a request whose body was arriving is logged as left."""
+        if self.phase is Phase.BODY and self.requests:
+            self._log_left(self.requests[-1])
         self.phase = Phase.CLOSING
         self._disarm()
         if self._linger is not None and self._linger.active():
@@ -293,25 +335,14 @@ class GatewayChannel(HTTPChannel):
     # Framing rules.
 
     def _maybeChooseTransferDecoder(self, header: bytes, data: bytes) -> bool:
-        # Twisted accepts ``identity`` (dropped from HTTP/1.1) and ignores it, so
-        # "Transfer-Encoding: identity" with a Content-Length, or after "chunked", frames the
-        # body differently than a proxy or server behind that reads RFC 9112 section 6.3.
-        if header == b"Transfer-Encoding" and data.lower() != b"chunked":
-            self._reject(f"Transfer-Encoding {data.decode('latin-1')!r}: only chunked is accepted")
-            self.length = None
-            return False
+        if header == b"Transfer-Encoding":
+            problem = transfer_coding_problem(data)
+            if problem is not None:
+                self._reject(problem)
+                self.length = None
+                return False
         ok: bool = super()._maybeChooseTransferDecoder(header, data)  # type: ignore[no-untyped-call]
         return ok
-
-    def _host_problem(self) -> str | None:
-        if getattr(self, "_version", b"") != b"HTTP/1.1":
-            return None
-        hosts = self.requests[-1].requestHeaders.getRawHeaders(b"Host") or []
-        if len(hosts) != 1:
-            return f"an HTTP/1.1 request needs exactly one Host header, not {len(hosts)}"
-        if not _HOST.fullmatch(hosts[0]):
-            return f"the Host header {hosts[0].decode('latin-1')!r} is not a valid host[:port]"
-        return None
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         # Twisted's own answer is a bare "400 Bad Request" with no Date and no body.
@@ -339,7 +370,8 @@ class GatewayChannel(HTTPChannel):
         request_id = ensure_request_id(target)
         target.responseHeaders.setRawHeaders(REQUEST_ID, [request_id.encode("ascii")])
         transport: Any = self.transport
-        transport.write(early_answer(error, self.limits.clock.seconds(), request_id))
+        id_header = (REQUEST_ID, request_id.encode("ascii"))
+        transport.write(early_answer(error, self.limits.clock.seconds(), [id_header]))
         self.persistent = False
         self._log_refusal(error, target)
         # Half-close so the client sees the end of our answer, keep reading (and dropping)
@@ -366,4 +398,13 @@ class GatewayChannel(HTTPChannel):
         access_log = self.limits.access_log
         if access_log is None:
             return
-        access_log.answered(target, error)
+        # As the routes log a busy GPU's 503: the slot was asked for, and was busy.
+        access_log.answered(target, error, slot="busy" if isinstance(error, GPUBusy) else "none")
+
+    def _log_left(self, request: IRequest) -> None:
+        access_log = self.limits.access_log
+        if access_log is None:
+            return
+        # The request's own count is of body bytes; the channel's includes chunk framing.
+        received: int = getattr(request, "body_received", self._body_bytes)
+        access_log.left(self._refused(request), received=received, declared=self.length)

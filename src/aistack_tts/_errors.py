@@ -20,6 +20,7 @@ from twisted.internet.error import (
 )
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
+from twisted.web.http import datetimeToString
 from twisted.web.iweb import IRequest
 
 from ._resources import OUT_OF_DESCRIPTORS, describe_exhaustion
@@ -302,3 +303,35 @@ def write_error(request: IRequest, error: GatewayError) -> None:
     """Answer ``request`` with ``error``'s envelope and finish it."""
     request.write(apply_error(request, error))
     request.finish()
+
+
+#: Reason phrases of the statuses answered before a request reaches a resource.
+_REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    413: b"Payload Too Large",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
+
+
+def early_answer(
+    error: GatewayError, now: float, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> bytes:
+    """The whole response for ``error`` written before any request object can answer.
+
+    It is the connection's last (``Connection: close``); ``headers`` are added to it.
+    """
+    body = error.envelope()
+    reason = _REASONS.get(error.status, b"Error")
+    head = [
+        b"HTTP/1.1 %d %s" % (error.status, reason),
+        b"Date: " + datetimeToString(now),
+        b"Content-Type: application/json",
+        b"Content-Length: %d" % len(body),
+        b"Cache-Control: no-store",
+        b"Connection: close",
+    ]
+    head.extend(name + b": " + value for name, value in (*headers, *error.headers))
+    return b"\r\n".join(head) + b"\r\n\r\n" + body

@@ -17,6 +17,8 @@ class Outcome(StrEnum):
     #: The client left: before the upstream answered, during the body, or while queued.
     CLIENT_ABORT = "client_abort"
     CLIENT_ABORT_QUEUED = "client_abort_queued"
+    #: The client left while it was still sending its request body (no call was made).
+    CLIENT_LEFT = "client_left"
     #: No byte for ``--idle-timeout`` from the upstream, or the client not reading.
     UPSTREAM_STALLED = "upstream_stalled"
     CLIENT_STALLED = "client_stalled"

@@ -16,7 +16,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request
 
 from ._accesslog import AccessLog
-from ._admission import Verdict, admit, refusal
+from ._admission import Verdict, admit, preflight, refusal
 from ._app import build_resource
 from ._client_pool import ConnectionPool
 from ._config import (
@@ -37,6 +37,7 @@ from ._context import CallContext, InFlight
 from ._drain import Drain
 from ._errors import (
     Draining,
+    GatewayError,
     MethodNotAllowed,
     RequestTooLarge,
 )
@@ -235,7 +236,15 @@ class TTSProxy:
             keepalive_timeout=self.keepalive_timeout,
             connections=self.connections,
             max_connections=self.max_connections,
+            preflight=self.preflight,
         )
+
+    def preflight(self, request: Request) -> GatewayError | None:
+        """What ``forward`` would answer ``request`` at once (a busy GPU's 503), or ``None``.
+
+        Asked before the body of an ``Expect: 100-continue`` request is invited; takes nothing.
+        """
+        return preflight(self, request)
 
     @property
     def in_flight(self) -> int:

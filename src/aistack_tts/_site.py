@@ -2,12 +2,14 @@
 
 twisted.web spools a request body to memory or a temp file before any resource sees it, so a
 size check in the resource would come after the whole upload was stored. This request checks
-the declared ``Content-Length`` as soon as the headers are in, counts chunked bytes as they
-arrive, and answers 413 without storing the rest.
+the declared ``Content-Length`` as soon as the headers are in, and a chunk's declared size as
+soon as its size line is in (the channel announces it), counts chunked bytes as they arrive,
+and answers 413 without storing the rest.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from attrs import frozen
@@ -24,7 +26,7 @@ from ._accesslog import AccessLog, tag_response
 from ._channel import ClientLimits, GatewayChannel
 from ._config import DEFAULT_CLIENT_TIMEOUT
 from ._connections import ConnectionRegistry
-from ._errors import InvalidRequest, NotFound, RequestTooLarge, write_error
+from ._errors import GatewayError, InvalidRequest, NotFound, RequestTooLarge, write_error
 from ._resources import RateLimitedWarning, default_max_connections
 
 #: A chunked body may come in this many pieces before their mean size is checked.
@@ -70,6 +72,17 @@ class GatewayRequest(server.Request):
             self._refuse(f"the request body ({length} bytes) is over the limit")
             return
         super().gotLength(length)  # type: ignore[no-untyped-call]
+
+    def body_announced(self, more: int) -> None:
+        """Refuse at once if ``more`` bytes more take the body over the limit.
+
+        The channel announces what is left of a chunk as soon as its size line is in.
+        """
+        if not self.refused and self.body_received + more > self.max_body:
+            self._refuse(
+                f"the request body is over the limit (a chunk declares {more} more bytes "
+                f"after {self.body_received})"
+            )
 
     def handleContentChunk(self, data: bytes) -> None:
         """Count body bytes as they arrive (chunked bodies declare no length)."""
@@ -164,6 +177,8 @@ class GatewaySite(server.Site):
     """A ``Site`` for the gateway: body limit on arrival, multipart left unparsed, quiet.
 
     Its open connections are in ``connections`` (a new registry unless one is given).
+    ``preflight`` (``ClientLimits.preflight``) answers a request with ``Expect: 100-continue``
+    before its body is invited, when it would be refused at once anyway.
     """
 
     noisy = False
@@ -180,6 +195,7 @@ class GatewaySite(server.Site):
         keepalive_timeout: float | None = None,
         connections: ConnectionRegistry | None = None,
         max_connections: int | None = None,
+        preflight: Callable[[server.Request], GatewayError | None] | None = None,
     ) -> None:
         self.connections = ConnectionRegistry() if connections is None else connections
         super().__init__(  # type: ignore[no-untyped-call]
@@ -197,6 +213,7 @@ class GatewaySite(server.Site):
             keepalive_timeout or client_timeout,
             access_log,
             self.connections,
+            preflight,
         )
         #: Beyond this many open client connections, new ones are closed at once: each holds
         #: descriptors, and running out of them fails everyone's calls.
