@@ -14,11 +14,9 @@ GPU owes the server behind it and its other clients:
   header line is refused, a chunk size no body can have is a 400 and a chunk that takes the
   body over ``--max-body`` a 413 as soon as its size line is in; ``close`` anywhere in any
   ``Connection`` header ends the connection after the response.
-- ``Expect: 100-continue``: before the body is invited, ``ClientLimits.preflight`` may answer
-  instead (the gateway's 503 when the GPU is busy), so the client does not upload a body
-  only to have it refused.
-- A client that leaves while its request body arrives leaves an access event
-  (``client_left``, with the body bytes received).
+- ``Expect: 100-continue``: ``ClientLimits.preflight`` may answer (a busy GPU's 503) before
+  the body is invited, which is then never uploaded. A client that leaves while its body
+  arrives leaves an access event (``client_left``, with the body bytes received).
 - Early answers, written before the request reaches a resource (400; 408; 413; 414 and 431
   for a request line or header block over 16 KiB, which Twisted closed without a word), are
   the contract's envelope with ``Date`` and ``Connection: close``; the connection is
@@ -309,8 +307,7 @@ class GatewayChannel(HTTPChannel):
         # is refused now, and the client never uploads it.
         preflight = self.limits.preflight
         if preflight is not None and self.requests:
-            request = self._refused(self.requests[-1])
-            request.clientproto = getattr(self, "_version", b"HTTP/1.1")
+            request = self._with_request_line(self.requests[-1])
             error = preflight(request)
             if error is not None:
                 self.refuse(error, request)
@@ -366,7 +363,7 @@ class GatewayChannel(HTTPChannel):
         undecoded = getattr(self._transferDecoder, "_buffer", None)
         if isinstance(undecoded, bytearray):
             del undecoded[:]
-        target = self._refused(request)
+        target = self._with_request_line(request)
         request_id = ensure_request_id(target)
         target.responseHeaders.setRawHeaders(REQUEST_ID, [request_id.encode("ascii")])
         transport: Any = self.transport
@@ -383,8 +380,12 @@ class GatewayChannel(HTTPChannel):
             transport.loseConnection()
         self._linger = self.limits.clock.callLater(LINGER_SECONDS, self._cut)
 
-    def _refused(self, request: IRequest | None) -> Any:
-        """The request being refused, with the request line borrowed from the parser."""
+    def _with_request_line(self, request: IRequest | None) -> Any:
+        """``request`` (or the one under way) with its request line borrowed from the parser.
+
+        twisted.web sets ``method``, ``uri`` and ``clientproto`` only once the body is in;
+        an early answer, its access event and the preflight need them before.
+        """
         if request is None:
             # Before its request line is whole, a request has no object yet: make one to log.
             made: Any = self.requests[-1] if self.requests else self.requestFactory(self)
@@ -392,6 +393,7 @@ class GatewayChannel(HTTPChannel):
         target: Any = request
         target.method = getattr(self, "_command", None) or b"-"
         target.uri = getattr(self, "_path", None) or b"-"
+        target.clientproto = getattr(self, "_version", None) or target.clientproto
         return target
 
     def _log_refusal(self, error: GatewayError, target: IRequest) -> None:
@@ -407,4 +409,4 @@ class GatewayChannel(HTTPChannel):
             return
         # The request's own count is of body bytes; the channel's includes chunk framing.
         received: int = getattr(request, "body_received", self._body_bytes)
-        access_log.left(self._refused(request), received=received, declared=self.length)
+        access_log.left(self._with_request_line(request), received=received, declared=self.length)
