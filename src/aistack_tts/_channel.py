@@ -64,7 +64,7 @@ from ._request_rules import (
     transfer_coding_problem,
     wants_close,
 )
-from ._socket_state import PeerWatch, WatchedReading
+from ._socket_state import WatchedReading
 
 #: How long a refused client may keep sending (discarded) before its connection is cut. Closing
 #: at once would reset the connection under a client still writing, and it would never read
@@ -191,9 +191,9 @@ class GatewayChannel(HTTPChannel):
         call it made ends (and frees the slot) as if its departure had been read.
         """
         super().connectionMade()  # type: ignore[no-untyped-call]
-        transport: Any = self.transport
-        watch = PeerWatch(self.limits.clock, transport, transport.abortConnection)
-        self._networkProducer = WatchedReading(self._networkProducer, watch)
+        self._networkProducer = WatchedReading(
+            self._networkProducer, self.limits.clock, self.transport
+        )
         self._enter(Phase.IDLE)
 
     def dataReceived(self, data: bytes) -> None:

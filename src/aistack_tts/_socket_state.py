@@ -150,32 +150,40 @@ class WatchedReading:
 
     What ``HTTPChannel`` gets in place of its transport (``_networkProducer``): when it stops
     reading the client (pipelined bytes behind a request being served), the client's reset or
-    FIN would go unseen until the call ended; ``watch`` sees it and cuts the connection, so the
-    call ends as if it had been read.
+    FIN would go unseen until the call ended; a ``PeerWatch`` sees it and aborts the
+    connection, so the call ends as if it had been read. ``producer`` is what the protocol
+    paused before (the transport itself, as ``IPushProducer``); the watch is made on the first
+    pause only, as most connections are never paused.
     """
 
-    def __init__(self, transport: Any, watch: PeerWatch) -> None:
-        self._transport = transport
-        self._watch = watch
+    def __init__(self, producer: Any, clock: IReactorTime, transport: Any) -> None:
+        self._transport = producer
+        self._clock = clock
+        self._watched = transport
+        self._watch: PeerWatch | None = None
 
     def pauseProducing(self) -> None:
         """Stop reading, and start watching the socket."""
         self._transport.pauseProducing()
+        if self._watch is None:
+            watched = self._watched
+            self._watch = PeerWatch(self._clock, watched, watched.abortConnection)
         self._watch.start()
 
     def resumeProducing(self) -> None:
         """Read again (the reactor reports the end of the connection itself)."""
-        self._watch.stop()
+        self.stop_watching()
         self._transport.resumeProducing()
 
     def stopProducing(self) -> None:
         """Close the connection."""
-        self._watch.stop()
+        self.stop_watching()
         self._transport.stopProducing()
 
     def stop_watching(self) -> None:
         """Someone else reads the connection now (a WebSocket tunnel took it over)."""
-        self._watch.stop()
+        if self._watch is not None:
+            self._watch.stop()
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         """As the transport's."""
