@@ -16,12 +16,9 @@ close-delimited body, only on a clean close: FIN), or ``ResponseFailed`` (a rese
 body, invalid framing).
 
 After the end of a message the connection goes back to its pool only if the parser says it
-may be reused and the upstream has taken the whole request: the body all written, and no byte
-of it left in Twisted's buffer or unacknowledged in the kernel's send queue. An upstream may
-answer before it reads the body (RFC 9112 section 9.6 lets it close instead of reading); a
-connection whose next request would queue behind bytes nobody reads is not reused, and is
-aborted, not flushed. An upstream's ``Keep-Alive: timeout=N`` shortens its idle life in the
-pool (``keep_alive``).
+may be reused and the upstream took the whole request (``_socket_state.unsent`` is 0): one
+that answered before reading a body is aborted, not flushed, as the next request would wait
+behind bytes nobody reads. ``Keep-Alive: timeout=N`` is kept for the pool (``keep_alive``).
 """
 
 from __future__ import annotations
