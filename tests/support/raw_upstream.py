@@ -41,14 +41,15 @@ class Seen:
     peer_closed: threading.Event = field(default_factory=threading.Event)
 
 
-class RawUpstream:
-    """Serves ``reply`` to every connection on 127.0.0.1 (an ephemeral port)."""
+class ThreadedServer:
+    """Accepts connections on 127.0.0.1 (an ephemeral port), each handed to ``_accepted``.
 
-    def __init__(self, reply: Reply) -> None:
-        self.reply = reply
-        self.seen: list[Seen] = []
+    The accept loop and each connection run in threads of their own; ``stop`` ends them.
+    """
+
+    def __init__(self) -> None:
         self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.1)
+        self._listener.settimeout(0.05)
         self.port: int = self._listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._stopping = threading.Event()
@@ -78,9 +79,25 @@ class RawUpstream:
                 continue
             except OSError:
                 return
-            seen = Seen()
-            self.seen.append(seen)
-            self._spawn(self._serve, conn, seen)
+            self._accepted(conn)
+
+    def _accepted(self, conn: socket.socket) -> None:
+        """Serve ``conn`` (in a thread of its own, by ``_spawn``)."""
+        raise NotImplementedError
+
+
+class RawUpstream(ThreadedServer):
+    """Serves ``reply`` to every connection."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__()
+        self.reply = reply
+        self.seen: list[Seen] = []
+
+    def _accepted(self, conn: socket.socket) -> None:
+        seen = Seen()
+        self.seen.append(seen)
+        self._spawn(self._serve, conn, seen)
 
     def _serve(self, conn: socket.socket, seen: Seen) -> None:
         conn.settimeout(10)

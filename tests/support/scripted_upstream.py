@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from support.raw_upstream import ThreadedServer
+
 
 @dataclass
 class Conn:
@@ -87,44 +89,18 @@ def content_length(head: bytes) -> int:
     return 0
 
 
-class ScriptedUpstream:
-    """Runs ``script`` on every connection to 127.0.0.1 (an ephemeral port)."""
+class ScriptedUpstream(ThreadedServer):
+    """Runs ``script`` on every connection."""
 
     def __init__(self, script: Script) -> None:
+        super().__init__()
         self.script = script
         self.conns: list[Conn] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.05)
-        self.port: int = self._listener.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._stopping = threading.Event()
-        self._threads: list[threading.Thread] = []
 
-    def start(self) -> None:
-        self._spawn(self._accept_loop)
-
-    def stop(self) -> None:
-        self._stopping.set()
-        for thread in self._threads:
-            thread.join(10)
-        self._listener.close()
-
-    def _spawn(self, target: Callable[..., None], *args: object) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        self._threads.append(thread)
-        thread.start()
-
-    def _accept_loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                sock, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            conn = Conn(sock, self._stopping)
-            self.conns.append(conn)
-            self._spawn(self._run, conn)
+    def _accepted(self, sock: socket.socket) -> None:
+        conn = Conn(sock, self._stopping)
+        self.conns.append(conn)
+        self._spawn(self._run, conn)
 
     def _run(self, conn: Conn) -> None:
         conn.sock.settimeout(10)
