@@ -144,6 +144,19 @@ def hold_unless_quick(conn: Conn) -> None:
 QUICK = post(b"/v1/audio/speech", b"{}", b"X-Quick: 1")
 
 
+def assert_freed_when_reset(
+    sock: socket.socket, upstream: ScriptedUpstream, gw: GatewayProcess
+) -> None:
+    """Reset ``sock``: its upstream connection is closed within 0.5 s, and the slot is free."""
+    left = time.monotonic()
+    reset(sock)
+    held = upstream.conns[0]
+    assert held.closed.wait(PROMPT), "the upstream connection is closed when the client goes"
+    assert held.closed_at is not None
+    assert held.closed_at - left < 0.5
+    assert call(gw.port, QUICK) == (200, b"ok"), "the slot is free"
+
+
 def test_a_client_that_resets_behind_pipelined_bytes_frees_the_slot_at_once(
     tmp_path: Path, running: Callable[[GatewayProcess], GatewayProcess]
 ) -> None:
@@ -158,13 +171,7 @@ def test_a_client_that_resets_behind_pipelined_bytes_frees_the_slot_at_once(
         # Pipelined behind the call: twisted.web stops reading once it holds 16 KiB of them.
         sock.sendall(b"GET /v1/audio/voices HTTP/1.1\r\nHost: gw\r\n\r\n" * 2000)
         time.sleep(0.3)
-        left = time.monotonic()
-        reset(sock)
-        held = upstream.conns[0]
-        assert held.closed.wait(PROMPT), "the upstream connection is closed when the client goes"
-        assert held.closed_at is not None
-        assert held.closed_at - left < 0.5
-        assert call(gw.port, QUICK) == (200, b"ok"), "the slot is free"
+        assert_freed_when_reset(sock, upstream, gw)
 
 
 def switch_and_hold(conn: Conn) -> None:
@@ -214,13 +221,7 @@ def test_a_websocket_client_that_resets_while_the_upstream_reads_nothing_frees_t
             except BlockingIOError:
                 stuck_since = stuck_since or time.monotonic()
                 time.sleep(0.02)
-        left = time.monotonic()
-        reset(sock)
-        held = upstream.conns[0]
-        assert held.closed.wait(PROMPT), "the upstream connection is closed when the client goes"
-        assert held.closed_at is not None
-        assert held.closed_at - left < 0.5
-        assert call(gw.port, QUICK) == (200, b"ok"), "the slot is free"
+        assert_freed_when_reset(sock, upstream, gw)
 
 
 # --- 3. a client that is listening is never cut as stalled -----------------------------------
