@@ -33,7 +33,14 @@ class APIError(Exception):
     def body(self) -> bytes:
         """The JSON body, with ``code`` an integer as vLLM sends it."""
         error = {"message": self.message, "type": self.type, "param": self.param}
-        return json.dumps({"error": {**error, "code": self.status}}).encode()
+        return render_json({"error": {**error, "code": self.status}})
+
+
+def render_json(payload: Any) -> bytes:
+    """JSON as Starlette's ``JSONResponse`` renders it: compact, UTF-8, no NaN."""
+    return json.dumps(
+        payload, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode("utf-8")
 
 
 def not_found(message: str, param: str | None = None) -> APIError:
