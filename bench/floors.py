@@ -16,7 +16,7 @@ contenders and prints them as "Twisted floors"):
   header hygiene: the cost of twisted.web plus ``Agent``, which is the data path aistack-tts
   is built on.
 - ``lean``: the same ``Site`` and forwarding, with the gateway's own upstream client
-  (``aistack_tts._client.LeanAgent`` and its pool) in place of ``Agent``: what twisted.web
+  (``aistack_tts.client._agent.LeanAgent`` and its pool) in place of ``Agent``: what twisted.web
   and that client cost together, before any of the gateway's checks, slot, log or metrics.
 - ``relay``: ``twisted.protocols.portforward``: bytes copied between two TCP connections with
   flow control, no HTTP parsing at all. The most a Twisted process can move per CPU.
@@ -39,8 +39,8 @@ from twisted.web.iweb import IAgent, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from aistack_tts._client import LeanAgent
-from aistack_tts._client_pool import ConnectionPool
+from aistack_tts.client._agent import LeanAgent
+from aistack_tts.client._pool import ConnectionPool
 from bench.fast_upstream import VOICES
 
 reactor: Any = _reactor

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from aistack_tts._admission import Admission, Verdict, admit, refusal
-from aistack_tts._pool import Grant, Upstream
-from aistack_tts._slot import RetryAfter
+from aistack_tts.call._admission import Admission, Verdict, admit, refusal
+from aistack_tts.call._slot import RetryAfter
+from aistack_tts.call._upstreams import Grant, Upstream
 
 
 class FakeSlots:

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from twisted.web.test.requesthelper import DummyChannel
 from werkzeug.exceptions import HTTPException
 
-from aistack_tts._app import _proxied_directly, _Routes
-from aistack_tts._site import GatewayRequest
-from aistack_tts._target import is_audio_target
+from aistack_tts.server._routes import _proxied_directly, _Routes
+from aistack_tts.server._site import GatewayRequest
+from aistack_tts.server._target import is_audio_target
 
 
 def request(method: bytes, uri: bytes) -> GatewayRequest:

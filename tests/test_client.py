@@ -22,11 +22,11 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
-from aistack_tts._client import LeanAgent
-from aistack_tts._client_pool import ConnectionPool
-from aistack_tts._client_request import SpooledBody
 from aistack_tts._config import DEFAULT_POOL_IDLE_TIMEOUT as POOL_IDLE_SECONDS
-from aistack_tts._response_head import UpstreamProtocolError
+from aistack_tts.client._agent import LeanAgent
+from aistack_tts.client._head import UpstreamProtocolError
+from aistack_tts.client._pool import ConnectionPool
+from aistack_tts.client._request import SpooledBody
 
 URL = b"http://127.0.0.1:8091/v1/audio/speech"
 

@@ -13,8 +13,8 @@ import json
 
 from twisted.internet.testing import StringTransport
 
-from aistack_tts._channel import LINGER_SECONDS, MIN_BODY_RATE, GatewayChannel, Phase
-from aistack_tts._site import CHUNKS_BEFORE_CHECK
+from aistack_tts.server._channel import LINGER_SECONDS, MIN_BODY_RATE, GatewayChannel, Phase
+from aistack_tts.server._site import CHUNKS_BEFORE_CHECK
 from support.harness import Harness, Peer
 from support.logs import LogCapture
 from support.wire import parse_response
@@ -262,7 +262,7 @@ def test_connections_over_max_connections_are_closed_at_once() -> None:
 
 
 def test_max_connections_defaults_to_what_the_descriptor_limit_allows() -> None:
-    from aistack_tts._resources import default_max_connections
+    from aistack_tts.wire._descriptors import default_max_connections
 
     assert Harness().site.max_connections == default_max_connections()
     assert [default_max_connections(n) for n in (64, 256, 1024, -1)] == [24, 96, 480, 524256]

@@ -19,9 +19,9 @@ from twisted.internet.task import Cooperator
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseNeverReceived
 
-from aistack_tts._client import LeanAgent
-from aistack_tts._client_pool import ConnectionPool, keep_alive_expiry
-from aistack_tts._client_request import SpooledBody
+from aistack_tts.client._agent import LeanAgent
+from aistack_tts.client._pool import ConnectionPool, keep_alive_expiry
+from aistack_tts.client._request import SpooledBody
 from test_client import OK, Client, Recording, body_of, deliver_ok, result
 
 ORIGIN = b"http://127.0.0.1:8091"

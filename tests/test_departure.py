@@ -1,6 +1,6 @@
 """Issue 23: a client that leaves while the gateway is not reading it, and one reading slowly.
 
-In memory: the socket's state is what ``aistack_tts._socket_state.peer_gone`` says, replaced
+In memory: the socket's state is what ``aistack_tts.wire._socket_state.peer_gone`` says, replaced
 here by a set of transports that are "gone"; unsent bytes are a number the test lowers.
 Rules: while a client's reading is paused, its departure is noticed within one look
 (``PEER_POLL_S``) and its connection cut, so the call ends and the slot is free; the stall
@@ -15,9 +15,9 @@ import pytest
 from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 
-from aistack_tts import _socket_state
-from aistack_tts._socket_state import PEER_POLL_S, PeerWatch, unsent
-from aistack_tts._watchdog import CLIENT_SAMPLE_S, Watchdog
+from aistack_tts.call._watchdog import CLIENT_SAMPLE_S, Watchdog
+from aistack_tts.wire import _socket_state
+from aistack_tts.wire._socket_state import PEER_POLL_S, PeerWatch, unsent
 from support.harness import Harness
 from support.tunnel import SERVER_FRAME, harness, opened
 

@@ -9,7 +9,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Site
 
-from aistack_tts._drain import ABORT_GRACE
+from aistack_tts.server._drain import ABORT_GRACE
 from support.deferreds import has_result
 from support.harness import Harness
 from support.logs import LogCapture

@@ -1,6 +1,6 @@
 """The proxied call's decisions without a reactor: phase-by-event tables and Hypothesis.
 
-``aistack_tts._exchange_machine`` is fed events and returns effects; here nothing else runs.
+``aistack_tts.call._exchange_core`` is fed events and returns effects; here nothing else runs.
 The tables pin every cell (what each event does in each phase); the properties hold for any
 order of events: one ``Finish`` and nothing after it, no envelope for a client that left, no
 abort before a head, a truncated body never ``ok``; and, for the orders Twisted can produce,
@@ -18,16 +18,6 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectionRefusedError
 from twisted.python.failure import Failure
 
-from aistack_tts._call_events import (
-    AbortClient,
-    AnswerWith,
-    Bug,
-    ClientLeft,
-    Cut,
-    Ending,
-    Finish,
-    Stalled,
-)
 from aistack_tts._errors import (
     GATEWAY_FAILED,
     Draining,
@@ -37,8 +27,18 @@ from aistack_tts._errors import (
     stall_cause,
     upstream_timeout,
 )
-from aistack_tts._exchange import classify
-from aistack_tts._exchange_machine import (
+from aistack_tts.call._events import (
+    AbortClient,
+    AnswerWith,
+    Bug,
+    ClientLeft,
+    Cut,
+    Ending,
+    Finish,
+    Stalled,
+)
+from aistack_tts.call._exchange import classify
+from aistack_tts.call._exchange_core import (
     LEFT_BEFORE_HEAD,
     LEFT_DURING_BODY,
     BodyEnded,

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from twisted.logger import LogLevel, formatEvent
 
-from aistack_tts._jsonlog import event_as_json_line, message_of
+from aistack_tts.observe._jsonlog import event_as_json_line, message_of
 
 
 class Text:

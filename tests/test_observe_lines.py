@@ -11,9 +11,9 @@ from twisted.python.failure import Failure
 
 from aistack_tts._config import GatewayConfig
 from aistack_tts._errors import failure_cause
-from aistack_tts._frames import FrameBoundary, close_frame
-from aistack_tts._jsonlog import event_as_json_line, json_lines_observer, use_json_lines
-from aistack_tts._startup import startup_fields, startup_line
+from aistack_tts.observe._jsonlog import event_as_json_line, json_lines_observer, use_json_lines
+from aistack_tts.observe._startup import startup_fields, startup_line
+from aistack_tts.tunnel._frames import FrameBoundary, close_frame
 from support.logs import LogCapture
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from twisted.internet.defer import DeferredSemaphore
 from twisted.internet.task import Clock
 
-from aistack_tts._pool import Grant, Upstream, UpstreamPool, WaitTimedOut
-from aistack_tts._slot import GPUSlot
+from aistack_tts.call._slot import GPUSlot
+from aistack_tts.call._upstreams import Grant, Upstream, UpstreamPool, WaitTimedOut
 
 
 def make_pool(n: int = 3, tokens: int = 1) -> tuple[Clock, UpstreamPool]:

@@ -20,8 +20,8 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.protocol import Protocol
 from twisted.web.iweb import IResponse
 
-from aistack_tts._client import LeanAgent
-from aistack_tts._client_pool import ConnectionPool
+from aistack_tts.client._agent import LeanAgent
+from aistack_tts.client._pool import ConnectionPool
 from support.reactor import reactor, twisted_test, until
 
 pytestmark = pytest.mark.real_sockets

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from aistack_tts._resources import default_max_connections
+from aistack_tts.wire._descriptors import default_max_connections
 from support.logs import log_events
 from support.raw_upstream import Reply, raw_upstream, wait_for
 from support.wire import parse_response

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aistack_tts._response_events import CONNECTION_CLOSED, NEED_DATA, Data, EndOfMessage, Failed
-from aistack_tts._response_head import Head, IncompleteResponse, UpstreamProtocolError
-from aistack_tts._response_parser import MAX_CHUNK_LINE, ResponseParser
+from aistack_tts.client._events import CONNECTION_CLOSED, NEED_DATA, Data, EndOfMessage, Failed
+from aistack_tts.client._head import Head, IncompleteResponse, UpstreamProtocolError
+from aistack_tts.client._parser import MAX_CHUNK_LINE, ResponseParser
 
 
 def events(

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aistack_tts._response_events import NEED_DATA, Data, EndOfMessage, Failed, Framed
-from aistack_tts._response_head import Head
-from aistack_tts._response_parser import MAX_CHUNK_LINE, ResponseParser
+from aistack_tts.client._events import NEED_DATA, Data, EndOfMessage, Failed, Framed
+from aistack_tts.client._head import Head
+from aistack_tts.client._parser import MAX_CHUNK_LINE, ResponseParser
 
 HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
 BODY = b"5\r\nhello\r\n3;ext=1\r\n, w\r\n1\r\n!\r\n"

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from twisted.internet.testing import StringTransport
 
-from aistack_tts._send_now import abort_now, send_now
+from aistack_tts.wire._send_now import abort_now, send_now
 
 
 class Descriptor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
 
-from aistack_tts._tunnel_sides import CLOSE_GRACE_S
+from aistack_tts.tunnel._sides import CLOSE_GRACE_S
 from support.logs import LogCapture
 from support.tunnel import (
     CLIENT_FRAME,

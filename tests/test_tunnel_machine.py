@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aistack_tts._call_events import (
+from aistack_tts._errors import Draining, UpstreamTimeout, UpstreamUnavailable
+from aistack_tts.call._events import (
     AbortClient,
     AnswerWith,
     Bug,
@@ -25,9 +26,7 @@ from aistack_tts._call_events import (
     Finish,
     Stalled,
 )
-from aistack_tts._errors import Draining, UpstreamTimeout, UpstreamUnavailable
-from aistack_tts._frames import close_frame
-from aistack_tts._tunnel_events import (
+from aistack_tts.tunnel._events import (
     CancelConnect,
     ClientData,
     ClientLost,
@@ -45,7 +44,8 @@ from aistack_tts._tunnel_events import (
     WriteClient,
     WriteUpstream,
 )
-from aistack_tts._tunnel_machine import Phase, TunnelMachine
+from aistack_tts.tunnel._frames import close_frame
+from aistack_tts.tunnel._session_core import Phase, TunnelMachine
 
 SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
 REFUSED = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 10\r\n\r\n"

@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.web.http_headers import Headers
 
-from aistack_tts._frames import FrameBoundary, close_frame
-from aistack_tts._headers import wants_websocket, websocket_handshake
-from aistack_tts._tunnel_head import MAX_HEAD_BYTES, BadAnswer, parse_head, split_head
+from aistack_tts.tunnel._frames import FrameBoundary, close_frame
+from aistack_tts.tunnel._head import MAX_HEAD_BYTES, BadAnswer, parse_head, split_head
+from aistack_tts.wire._headers import wants_websocket, websocket_handshake
 from support.tunnel import (
     KEY,
     SWITCHING,

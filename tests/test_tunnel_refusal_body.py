@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from twisted.internet.error import ConnectionDone
 
-from aistack_tts._call_events import AbortClient, AnswerWith, Ending, Finish
-from aistack_tts._tunnel_events import (
+from aistack_tts.call._events import AbortClient, AnswerWith, Ending, Finish
+from aistack_tts.tunnel._events import (
     CloseUpstream,
     Connected,
     Effect,
@@ -17,7 +17,7 @@ from aistack_tts._tunnel_events import (
     UpstreamLost,
     WriteClient,
 )
-from aistack_tts._tunnel_machine import TunnelMachine
+from aistack_tts.tunnel._session_core import TunnelMachine
 from support.logs import LogCapture
 from support.tunnel import HANDSHAKE, assert_released_once, harness, outcome
 from support.wire import dechunk, envelope, parse_response

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from twisted.internet.error import ConnectionDone, ConnectionLost
 
-from aistack_tts._tunnel import WebSocketTunnel
-from aistack_tts._tunnel_head import MAX_HEAD_BYTES
+from aistack_tts.tunnel._head import MAX_HEAD_BYTES
+from aistack_tts.tunnel._session import WebSocketTunnel
 from support.logs import LogCapture
 from support.tunnel import (
     HANDSHAKE,

@@ -19,11 +19,11 @@ from twisted.web.http_headers import Headers
 import aistack_tts
 from aistack_tts import ConfigError, GatewayConfig, GPUSlot, InvalidRequest
 from aistack_tts._errors import describe, error_for_upstream_failure
-from aistack_tts._headers import end_to_end, upstream_request_headers
-from aistack_tts._listen import DEFAULT_BACKLOG, parse_endpoints
 from aistack_tts._options import Options
-from aistack_tts._slot import estimate_retry_after
-from aistack_tts._target import check_target
+from aistack_tts.call._slot import estimate_retry_after
+from aistack_tts.server._listen import DEFAULT_BACKLOG, parse_endpoints
+from aistack_tts.server._target import check_target
+from aistack_tts.wire._headers import end_to_end, upstream_request_headers
 
 # Headers
 
@@ -205,7 +205,7 @@ def test_out_of_descriptors_is_the_gateways_own_503(wrapped: bool) -> None:
 
 def test_rate_limited_warning_logs_once_per_interval_with_a_count() -> None:
     """A flood of the same trouble: one line per interval, counting what it did not log."""
-    from aistack_tts._resources import RateLimitedWarning
+    from aistack_tts.wire._descriptors import RateLimitedWarning
     from support.logs import LogCapture
 
     clock = Clock()
@@ -322,7 +322,7 @@ def test_public_names_are_reexported() -> None:
 
 def test_watchdog_fires_after_a_quiet_interval_blaming_the_last_kind() -> None:
     """Each touch restarts the interval; the stall names whoever was last waited on."""
-    from aistack_tts._watchdog import Watchdog
+    from aistack_tts.call._watchdog import Watchdog
 
     clock = Clock()
     stalls: list[str] = []

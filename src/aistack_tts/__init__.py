@@ -19,9 +19,9 @@ from ._errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from ._listen import add_listeners, or_fail, parse_endpoints
 from ._proxy import TTSProxy
-from ._slot import GPUSlot, RetryAfter
+from .call._slot import GPUSlot, RetryAfter
+from .server._listen import add_listeners, or_fail, parse_endpoints
 
 __version__ = "0.1.0"
 

@@ -23,9 +23,9 @@ from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.web.http import datetimeToString
 from twisted.web.iweb import IRequest
 
-from ._resources import OUT_OF_DESCRIPTORS, describe_exhaustion
-from ._response_head import UpstreamProtocolError
 from ._twisted_private import ParseError
+from .client._head import UpstreamProtocolError
+from .wire._descriptors import OUT_OF_DESCRIPTORS, describe_exhaustion
 
 AISTACK = "aistack"
 QWEN3_TTS = "qwen3-tts"

@@ -20,8 +20,8 @@ from ._config import (
     ConfigError,
     GatewayConfig,
 )
-from ._jsonlog import use_json_lines
-from ._listen import or_fail
+from .observe._jsonlog import use_json_lines
+from .server._listen import or_fail
 
 #: option name -> (environment variable, GatewayConfig field, parser, default, help)
 _SETTINGS: list[tuple[str, str, str, Callable[[str], Any], object, str]] = [

@@ -15,10 +15,6 @@ from twisted.web.iweb import IAgent
 from twisted.web.resource import IResource
 from twisted.web.server import Request
 
-from ._accesslog import AccessLog
-from ._admission import Verdict, admit, preflight, refusal
-from ._app import build_resource
-from ._client_pool import ConnectionPool
 from ._config import (
     DEFAULT_CLIENT_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
@@ -32,27 +28,31 @@ from ._config import (
     GatewayConfig,
     parse_upstream,
 )
-from ._connections import ConnectionRegistry
-from ._context import CallContext, InFlight
-from ._drain import Drain
 from ._errors import (
     Draining,
     GatewayError,
     MethodNotAllowed,
     RequestTooLarge,
 )
-from ._exchange import _Exchange
-from ._health import ReadinessProbe
-from ._metrics import GatewayMetrics, MetricsResource
-from ._outcome import Outcome
-from ._pool import DEFAULT_DOWN_COOLDOWN, Grant, Upstream, UpstreamPool, WaitTimedOut
-from ._protocol import ALLOW_HEADER, ALLOWED_METHODS
-from ._resources import RateLimitedWarning
-from ._site import GatewaySite
-from ._slot import GPUSlot
-from ._tunnel import WebSocketTunnel
-from ._tunnel_head import TunnelTarget, is_websocket_request
-from ._upstream import make_agent, make_cooperator
+from .call._admission import Verdict, admit, preflight, refusal
+from .call._context import CallContext, InFlight
+from .call._exchange import _Exchange
+from .call._slot import GPUSlot
+from .call._upstreams import DEFAULT_DOWN_COOLDOWN, Grant, Upstream, UpstreamPool, WaitTimedOut
+from .client._pool import ConnectionPool
+from .client._upstream import make_agent, make_cooperator
+from .observe._accesslog import AccessLog
+from .observe._health import ReadinessProbe
+from .observe._metrics import GatewayMetrics, MetricsResource
+from .observe._outcome import Outcome
+from .server._connections import ConnectionRegistry
+from .server._drain import Drain
+from .server._routes import build_resource
+from .server._site import GatewaySite
+from .tunnel._head import TunnelTarget, is_websocket_request
+from .tunnel._session import WebSocketTunnel
+from .wire._descriptors import RateLimitedWarning
+from .wire._protocol import ALLOW_HEADER, ALLOWED_METHODS
 
 _log = Logger()
 

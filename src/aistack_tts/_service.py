@@ -22,10 +22,10 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReact
 from twisted.logger import Logger
 
 from ._config import DEFAULT_DRAIN_TIMEOUT, ConfigError, GatewayConfig
-from ._listen import Listen, add_listeners, or_fail, parse_endpoints
 from ._proxy import TTSProxy
 from ._shutdown import FastShutdown
-from ._startup import log_startup
+from .observe._startup import log_startup
+from .server._listen import Listen, add_listeners, or_fail, parse_endpoints
 
 _log = Logger()
 

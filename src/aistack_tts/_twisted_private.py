@@ -2,11 +2,11 @@
 
 Every Twisted upgrade starts here: these are the names that may move or change without notice.
 Private *attributes* the gateway reads or overrides are named in the docstring of the module
-that uses them (``_channel``: ``HTTPChannel``'s parser hooks; ``_tunnel_sides``:
-``HTTPChannel._dataBuffer``; ``_resources``: a port's ``_logger``; ``_socket_state``: a
+that uses them (``server._channel``: ``HTTPChannel``'s parser hooks; ``tunnel._sides``:
+``HTTPChannel._dataBuffer``; ``wire._descriptors``: a port's ``_logger``; ``wire._socket_state``: a
 ``FileDescriptor``'s write buffer and ``_aborting``). The upstream client
-(``_client``) uses none: it is built on public API only, and it and the WebSocket tunnel read
-the upstream's bytes with the gateway's own parser (``_response_parser``), not Twisted's
+(``client._agent``) uses none: it is built on public API only, and it and the WebSocket tunnel read
+the upstream's bytes with the gateway's own parser (``client._parser``), not Twisted's
 private body decoders.
 """
 

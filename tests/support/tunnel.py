@@ -6,7 +6,7 @@ from typing import Any
 
 from twisted.internet.defer import DeferredSemaphore
 
-from aistack_tts._tunnel import WebSocketTunnel
+from aistack_tts.tunnel._session import WebSocketTunnel
 from support.harness import Harness, Peer
 from support.logs import LogCapture
 

@@ -27,7 +27,7 @@ from websockets.exceptions import ConnectionClosedOK, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from aistack_tts import TTSProxy
-from aistack_tts._tunnel import WebSocketTunnel
+from aistack_tts.tunnel._session import WebSocketTunnel
 from aistack_tts_demo import DemoUpstream
 from aistack_tts_demo._synth import synthesize
 from aistack_tts_demo._voices import VoiceRegistry

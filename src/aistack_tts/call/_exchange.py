@@ -1,0 +1,290 @@
+"""One proxied call, from slot taken to slot released: the shell around its sans-IO core.
+
+The call step of a request's way, below ``aistack_tts._proxy``. The decisions are
+``call._exchange_core``'s; this module does the I/O it asks for: the request through
+the ``IAgent``, the ``StreamBridge`` relaying the body, the ``Watchdog``, the upstream pool on
+a fail-over, and the ``CallRecord`` whose ``finish`` (the machine's one ``Finish``) releases
+the slot exactly once, before the response ends. What Twisted reports (a response, a
+``Failure``, the body's end, the client leaving) is classified here and fed in as events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, assert_never
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import IResponse
+from twisted.web.server import Request
+from zope.interface import implementer
+
+from aistack_tts._errors import (
+    GatewayError,
+    describe,
+    error_for_upstream_failure,
+    failure_cause,
+    is_connect_failure,
+)
+from aistack_tts.client._upstream import body_producer, upstream_url
+from aistack_tts.observe._outcome import Outcome
+from aistack_tts.wire._headers import client_response_headers, upstream_request_headers
+from aistack_tts.wire._protocol import CLIENT_SEND_BUFFER, NO_BODY_STATUS, RETRY_UNAVAILABLE_S
+from aistack_tts.wire._socket_state import unsent
+
+from ._bridge import StreamBridge
+from ._context import CallContext, IInFlightCall
+from ._events import (
+    AbortClient,
+    AnswerWith,
+    Bug,
+    ClientLeft,
+    Cut,
+    Ending,
+    Finish,
+    Stalled,
+)
+from ._exchange_core import (
+    BodyEnded,
+    CallFailed,
+    CancelCall,
+    Effect,
+    Event,
+    ExchangeMachine,
+    FailedOver,
+    NoFailOver,
+    Response,
+    Send,
+    Start,
+    StartResponse,
+    StopUpstream,
+    TryFailOver,
+)
+from ._record import CallRecord
+from ._slot import SlotHold
+from ._upstreams import Upstream
+from ._watchdog import Watchdog
+
+_log = Logger()
+
+
+def classify(failure: Failure, *, idle_timeout: float, connect_timeout: float) -> CallFailed:
+    """What a request that failed before its head means: may it fail over, what to answer."""
+    return CallFailed(
+        refused=is_connect_failure(failure),
+        error=error_for_upstream_failure(failure, timed_out=False, retry_after=RETRY_UNAVAILABLE_S),
+        cause=failure_cause(
+            failure, timed_out=False, idle_timeout=idle_timeout, connect_timeout=connect_timeout
+        ),
+    )
+
+
+@implementer(IInFlightCall)
+class _Exchange:
+    """One proxied HTTP call: the request to one upstream, its answer relayed to the client."""
+
+    def __init__(
+        self, context: CallContext, request: Request, upstream: Upstream, hold: SlotHold | None
+    ) -> None:
+        self._context = context
+        self._request = request
+        self._record = CallRecord(context, request, hold, self, upstream.url)
+        self._machine = ExchangeMachine(context.idle_timeout)
+        self._watchdog = Watchdog(
+            context.clock,
+            context.idle_timeout,
+            self._stalled,
+            unsent=lambda: unsent(self._request.transport),
+        )
+        self._upstream = upstream
+        self._tried: list[Upstream] = []
+        self._call: Deferred[IResponse] | None = None
+        self._response: IResponse | None = None
+        self._bridge: StreamBridge | None = None
+        #: What writes the envelope of an ``AnswerWith``, for the ``Finish`` after it.
+        self._answer: Callable[[], None] | None = None
+        # What the router waits on. Fired only once an HTTP answer is finished; on the abort
+        # paths it stays pending and the router cancels it when the connection drops.
+        self.done: Deferred[None] = Deferred(lambda _: self._client_left())
+
+    def start(self) -> Deferred[None]:
+        """Send the request upstream; the returned Deferred fires when the client has its answer."""
+        self._request.notifyFinish().addErrback(lambda _: self._client_left())
+        self._feed(Start())
+        return self.done
+
+    def cut_short(self, error: GatewayError) -> None:
+        """End the call now (the gateway is shutting down): upstream closed, slot released.
+
+        A client still waiting for headers gets ``error``; one receiving the body is aborted.
+        """
+        self._feed(Cut(error))
+
+    # What Twisted reports, as events.
+
+    def _feed(self, event: Event) -> None:
+        # An effect may feed another event at once (a cancel fires the call's errback): its
+        # effects are applied then, inside; the machine has moved on already.
+        for effect in self._machine.handle(event):
+            self._apply(effect)
+
+    def _got_response(self, response: IResponse) -> None:
+        self._response = response
+        self._feed(Response(response.code))
+
+    def _call_failed(self, failure: Failure) -> None:
+        self._watchdog.stop()
+        context = self._context
+        self._feed(
+            classify(
+                failure,
+                idle_timeout=context.idle_timeout,
+                connect_timeout=context.connect_timeout,
+            )
+        )
+
+    def _body_ended(self, reason: Failure) -> None:
+        whole = reason.check(ResponseDone, PotentialDataLoss) is not None
+        self._feed(BodyEnded(None if whole else describe(reason.value)))
+
+    def _client_left(self) -> None:
+        self._feed(ClientLeft())
+
+    def _stalled(self, kind: str) -> None:
+        self._feed(Stalled(kind))
+
+    def _unexpected(self, failure: Failure) -> None:
+        _log.failure("proxying {path} failed", failure, path=self._path)
+        self._feed(Bug(describe(failure.value)))
+
+    # The effects, as I/O.
+
+    def _apply(self, effect: Effect) -> None:
+        match effect:
+            case Send():
+                self._send()
+            case StartResponse():
+                self._start_response()
+            case CancelCall():
+                assert self._call is not None
+                # The agent aborts the connection (or the connect attempt); the call's errback
+                # feeds the failure back.
+                self._call.cancel()
+            case TryFailOver():
+                self._feed(self._fail_over())
+            case StopUpstream():
+                if self._bridge is not None:
+                    self._bridge.stop_upstream()
+            case AbortClient():
+                transport: Any = self._request.transport
+                if transport is not None:
+                    transport.abortConnection()
+            case AnswerWith(error):
+                self._answer = self._record.answer_with(error)
+            case Finish():
+                self._finish(effect)
+            case _:
+                assert_never(effect)
+
+    def _send(self) -> None:
+        request = self._request
+        self._watchdog.touch("upstream")
+        call = self._context.agent.request(
+            request.method,
+            upstream_url(self._upstream.base, request.uri),
+            upstream_request_headers(request.requestHeaders),
+            body_producer(request.content, self._context.cooperator),
+        )
+        self._call = call
+        call.addCallbacks(self._got_response, self._call_failed)
+        call.addErrback(self._unexpected)
+
+    def _fail_over(self) -> FailedOver | NoFailOver:
+        """The upstream refused the connection (nothing was sent): take another GPU instead.
+
+        Its slot token is given back and one on a free, reachable upstream taken in its place.
+        """
+        pool = self._context.pool
+        pool.mark_down(self._upstream)
+        self._tried.append(self._upstream)
+        now = self._context.clock.seconds()
+        if self._record.hold is None:
+            others = [u for u in pool.upstreams if u not in self._tried and u.is_up(now)]
+            if not others:
+                return NoFailOver()
+            upstream = others[0]
+        else:
+            grant = pool.try_take(exclude=self._tried)
+            if grant is None:
+                return NoFailOver()
+            self._record.swap_hold(grant.hold)
+            upstream = grant.upstream
+        _log.info(
+            "upstream {refused} refused the connection; trying {next}",
+            refused=self._upstream.url,
+            next=upstream.url,
+        )
+        self._upstream = upstream
+        self._record.upstream = upstream.url
+        return FailedOver()
+
+    def _start_response(self) -> None:
+        response = self._response
+        assert response is not None
+        self._watchdog.touch("upstream")
+        self._record.answered(response.code)
+        request = self._request
+        transport: Any = request.transport
+        if transport is not None and hasattr(transport, "bufferSize"):
+            transport.bufferSize = CLIENT_SEND_BUFFER
+        request.setResponseCode(response.code, response.phrase)
+        client_response_headers(response.headers, request.responseHeaders)
+        # An IAgent (Twisted's Agent and the lean client alike) moves Content-Length out of
+        # response.headers into response.length.
+        if isinstance(response.length, int) and response.code not in NO_BODY_STATUS:
+            request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % response.length])
+        self._bridge = StreamBridge(request, self._watchdog, self._body_ended, self._client_left)
+        relay = getattr(response, "relay_framing", None)
+        if (
+            relay is not None
+            and getattr(response, "chunked", False)
+            and request.clientproto == b"HTTP/1.1"
+        ):
+            # twisted.web picks the client's framing as it writes the head: write it now, and
+            # pass the upstream's chunks on as they are where it picked chunked too.
+            request.write(b"")
+            if request.chunked:
+                relay()
+        response.deliverBody(self._bridge)
+
+    def _finish(self, finish: Finish) -> None:
+        """Stop the watchdog and finish the record: the slot goes back, then the response ends."""
+        self._watchdog.stop()
+        if finish.outcome == Outcome.UPSTREAM_ERROR_MID_BODY:
+            _log.info(
+                "upstream failed mid-body for {path}: {why}", path=self._path, why=finish.cause
+            )
+        then: Callable[[], None] | None = None
+        flush = True
+        if finish.ending is Ending.BODY:
+            request = self._request
+            request.unregisterProducer()
+            then = request.finish
+            # Ending a body writes the head of an empty one, or a chunked one's last chunk, and
+            # else nothing: the bridge sent every byte as it came.
+            flush = bool(request.chunked or not request.startedWriting)
+        elif finish.ending is Ending.ENVELOPE:
+            then = self._answer
+        bytes_out = self._bridge.bytes_out if self._bridge is not None else 0
+        self._record.finish(
+            finish.outcome, bytes_out=bytes_out, cause=finish.cause, then=then, flush=flush
+        )
+        if finish.fired and not self.done.called:
+            self.done.callback(None)
+
+    @property
+    def _path(self) -> str:
+        return self._request.uri.decode("latin-1")

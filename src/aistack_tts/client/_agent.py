@@ -1,0 +1,241 @@
+"""The lean upstream client: an ``IAgent`` with its own pool, where a call leaves the gateway.
+
+``LeanAgent.request`` takes what ``call._exchange`` hands any ``IAgent`` (method, URL, headers,
+an ``IBodyProducer``) and returns a Deferred of an ``IResponse`` whose body goes to an
+``IProtocol`` through ``deliverBody``. Below it: ``client._pool`` (idle connections per
+upstream), ``client._connection`` (one request at a time on one connection),
+``client._request`` (what is written) and ``client._head``/``client._parser`` (what is
+read, strictly).
+
+Why not Twisted's ``Agent`` (it was the gateway's client until issue 15): per request it
+parses the URL again, makes a ``Request`` object and a retrying wrapper, runs a line-by-line
+response parser and a chain of Deferreds, and writes the body a reactor turn after the head.
+On ``bench/run.py --quick`` (same machine, same run, 2 vCPUs) the gateway added 781 µs at
+p50 to a small request on one connection where twisted.web.proxy added 638 µs, at 761 µs
+of gateway CPU per request; a twisted.web ``Site`` forwarding with an ``Agent`` and nothing
+else cost 306 µs added and 288 µs CPU: the ``Agent`` alone was over a third of the
+gateway's cost. Its private API (``_newclient``, the pool's factory, the request method it
+is built on) had to be reached into for a strict parser, the Connection-named headers and
+a close-delimited body's truth, and could change with any upgrade. With this client, a quick
+run minutes later measured 539 µs added against twisted.web.proxy's 741, and 499 µs CPU per
+request against its 606. Counted in instructions (``bench/icount.py``, user space, per small
+request on a pooled connection): twisted.web + ``Agent`` forwarding with no gateway logic
+0.958 M, twisted.web + this client 0.559 M, bare twisted.web 0.317 M; so ``Agent`` costs
+0.64 M per request and this client 0.24 M (BENCHMARKS.rst, "Where the time goes").
+
+What this client does per request: one cached, parsed origin per upstream (endpoint and
+``Host``), the request-target sent exactly as given (no ``urlunparse``: ``/x?`` and ``/x;``
+stay), head and a small body in one send, one request in flight per connection, the pooled
+connection reused only after complete framing with nothing trailing. Cancelling the
+returned Deferred aborts the connection (or the connect attempt). A request on a pooled
+connection that was closed before any response byte is sent again on a fresh connection,
+once, whatever its method, when its body can be sent again: the upstream closed an idle
+connection as the request reached it (a short keep-alive, a restart, a proxy in between);
+it did not start the call, and the client did not cause the failure.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from attrs import frozen
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseNeverReceived
+from twisted.web.error import SchemeNotSupported
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+from zope.interface import implementer
+
+from ._connection import UpstreamConnection
+from ._pool import ConnectionPool
+from ._request import ClientRequest, can_resend, request_head, whole_body
+
+_DEFAULT_PORT = {"http": 80, "https": 443}
+
+
+@frozen
+class Origin:
+    """One upstream as the client reaches it: pool key, endpoint, ``Host`` value."""
+
+    key: bytes
+    endpoint: IStreamClientEndpoint
+    host: bytes
+
+
+class _ConnectionFactory(Factory):
+    # Otherwise every new upstream connection logs "Starting factory ...".
+    noisy = False
+
+    def __init__(self, key: bytes, pool: ConnectionPool) -> None:
+        self._key = key
+        self._pool = pool
+
+    def buildProtocol(self, addr: Any) -> UpstreamConnection:
+        return UpstreamConnection(self._key, self._pool)
+
+
+def split_url(uri: bytes) -> tuple[bytes, bytes]:
+    """``(origin, request-target)`` of an absolute URL, the target untouched."""
+    scheme_end = uri.find(b"://")
+    authority_end = uri.find(b"/", scheme_end + 3) if scheme_end >= 0 else -1
+    if authority_end < 0:
+        return uri, b"/"
+    return uri[:authority_end], uri[authority_end:]
+
+
+@implementer(IAgent)
+class LeanAgent:
+    """A transparent HTTP/1.1 client for the gateway's upstreams, on an injected reactor."""
+
+    def __init__(self, reactor: Any, pool: ConnectionPool, *, connect_timeout: float) -> None:
+        self._reactor = reactor
+        self.pool = pool
+        self._connect_timeout = connect_timeout
+        self._origins: dict[bytes, Origin] = {}
+
+    def origin(self, origin: bytes) -> Origin:
+        """The parsed ``origin`` (``scheme://host:port``), made once per upstream."""
+        known = self._origins.get(origin)
+        if known is not None:
+            return known
+        parts = urlsplit(origin.decode("ascii"))
+        if parts.scheme not in _DEFAULT_PORT or not parts.hostname:
+            raise SchemeNotSupported(f"unsupported upstream URL {origin!r}")
+        hostname = parts.hostname
+        port = parts.port or _DEFAULT_PORT[parts.scheme]
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(
+            self._reactor, hostname, port, timeout=self._connect_timeout
+        )
+        if parts.scheme == "https":
+            from twisted.internet.ssl import optionsForClientTLS
+
+            endpoint = wrapClientTLS(optionsForClientTLS(hostname), endpoint)
+        host = f"[{hostname}]" if ":" in hostname else hostname
+        if port != _DEFAULT_PORT[parts.scheme]:
+            host = f"{host}:{port}"
+        known = self._origins[origin] = Origin(origin, endpoint, host.encode("ascii"))
+        return known
+
+    def request(
+        self,
+        method: bytes,
+        uri: bytes,
+        headers: Headers | None = None,
+        bodyProducer: IBodyProducer | None = None,
+    ) -> Deferred[IResponse]:
+        """Send one request upstream; the Deferred fires with the response head."""
+        origin_bytes, target = split_url(uri)
+        try:
+            origin = self.origin(origin_bytes)
+            whole = whole_body(bodyProducer)
+            length = None if bodyProducer is None else bodyProducer.length
+            head = request_head(method, target, origin.host, headers, length)
+        except Exception:
+            return fail()
+        request = ClientRequest(method, uri, headers if headers is not None else Headers())
+        return _Attempt(self, origin, head, whole, bodyProducer, request).start()
+
+    def connect(self, origin: Origin) -> Deferred[UpstreamConnection]:
+        """A new connection to ``origin`` (the pool gets it back after its response)."""
+        connected: Deferred[Any] = origin.endpoint.connect(
+            _ConnectionFactory(origin.key, self.pool)
+        )
+        return connected
+
+
+class _Attempt:
+    """One request's way to a response: a pooled connection or a new one, and one retry."""
+
+    __slots__ = (
+        "_agent",
+        "_body",
+        "_cancelled",
+        "_connecting",
+        "_head",
+        "_origin",
+        "_producer",
+        "_request",
+        "_result",
+        "_retry_spent",
+        "_sent",
+    )
+
+    def __init__(
+        self,
+        agent: LeanAgent,
+        origin: Origin,
+        head: bytes,
+        body: bytes | None,
+        producer: IBodyProducer | None,
+        request: ClientRequest,
+    ) -> None:
+        self._agent = agent
+        self._origin = origin
+        self._head = head
+        self._body = body
+        self._producer = producer
+        self._request = request
+        # A request whose body can be sent again is retried once, whatever its method.
+        self._retry_spent = body is None and not can_resend(producer)
+        self._cancelled = False
+        self._connecting: Deferred[UpstreamConnection] | None = None
+        self._sent: Deferred[IResponse] | None = None
+        self._result: Deferred[IResponse] = Deferred(self._cancel)
+
+    def start(self) -> Deferred[IResponse]:
+        connection = self._agent.pool.take(self._origin.key)
+        if connection is not None:
+            self._send(connection)
+        else:
+            self._connect()
+        return self._result
+
+    def _connect(self) -> None:
+        connecting = self._connecting = self._agent.connect(self._origin)
+        connecting.addCallbacks(self._connected, self._connect_failed)
+
+    def _connected(self, connection: UpstreamConnection) -> None:
+        self._connecting = None
+        self._send(connection)
+
+    def _connect_failed(self, failure: Failure) -> None:
+        self._connecting = None
+        if not self._cancelled:
+            self._result.errback(failure)
+
+    def _send(self, connection: UpstreamConnection) -> None:
+        stale = connection.reused and not self._retry_spent
+        sent = self._sent = connection.request(
+            self._head, self._body, self._producer, self._request
+        )
+        sent.addCallbacks(self._answered, self._failed, errbackArgs=(stale,))
+
+    def _answered(self, response: IResponse) -> None:
+        self._sent = None
+        self._result.callback(response)
+
+    def _failed(self, failure: Failure, stale: bool) -> None:
+        self._sent = None
+        if self._cancelled:
+            return
+        if stale and failure.check(ResponseNeverReceived):
+            # The upstream closed an idle connection just as it was reused: nothing of this
+            # request was answered, and it may be sent again.
+            self._retry_spent = True
+            self._connect()
+            return
+        self._result.errback(failure)
+
+    def _cancel(self, _: Deferred[IResponse]) -> None:
+        # Deferred.cancel errbacks the result with CancelledError after this returns; the
+        # attempt under way is cancelled (the connection or connect attempt aborted) first.
+        self._cancelled = True
+        if self._connecting is not None:
+            self._connecting.cancel()
+        elif self._sent is not None:
+            self._sent.cancel()

@@ -1,0 +1,332 @@
+"""The decisions of one WebSocket session, without I/O: events in, effects out (sans-IO).
+
+The core of the tunnel step: ``tunnel._session`` is its shell, which turns what Twisted
+reports (the connect, bytes from either side, either side's end, the watchdog, the drain's
+cut) into ``Event`` values, hands them to ``TunnelMachine.handle`` and applies the ``Effect``
+values it returns, in order (both are in ``tunnel._events``). No transport, no
+clock, no Deferred: time arrives as ``Stalled``, failures arrive already classified
+(``ConnectFailed``). The machine reads the upstream's answer head, follows frame boundaries
+both ways (for the idle close frame and to say who closed), and reads the body of an
+answer that is not a 101 with the HTTP client's own framing (``ResponseParser.for_body``).
+
+Phases: ``connecting`` → ``handshake`` (request written, waiting for the head) → ``open``
+(after a 101) or ``relaying`` (another status, its body going to the client) → ``done``.
+Exactly one ``Finish`` ends a session; after it every event is answered with no effect.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from aistack_tts._errors import (
+    GatewayError,
+    UpstreamError,
+    UpstreamTimeout,
+    describe,
+    internal_error,
+    stall_cause,
+)
+from aistack_tts.call._events import (
+    AbortClient,
+    AnswerWith,
+    Bug,
+    ClientLeft,
+    Cut,
+    Ending,
+    Finish,
+    Stalled,
+)
+from aistack_tts.client._events import Data, EndOfMessage, Failed
+from aistack_tts.client._parser import ResponseParser
+from aistack_tts.observe._outcome import Outcome, cut_outcome
+
+from ._events import (
+    CancelConnect,
+    ClientData,
+    ClientLost,
+    CloseClient,
+    CloseUpstream,
+    Connected,
+    ConnectFailed,
+    Effect,
+    Event,
+    Open,
+    SendHandshake,
+    StartRelay,
+    UpstreamData,
+    UpstreamLost,
+    WriteClient,
+    WriteUpstream,
+)
+from ._frames import IDLE_CLOSE, Frames, close_frame
+from ._head import (
+    MAX_HEAD_BYTES,
+    AnswerHead,
+    BadAnswer,
+    answer_framing,
+    parse_head,
+    split_head,
+)
+
+NO_HANDSHAKE_ANSWER = "the Qwen3-TTS upstream did not answer the handshake in time"
+
+
+class Phase(StrEnum):
+    """Where a WebSocket session is."""
+
+    CONNECTING = "connecting"
+    HANDSHAKE = "handshake"
+    OPEN = "open"
+    RELAYING = "relaying"
+    DONE = "done"
+
+
+class TunnelMachine:
+    """The state of one WebSocket session and what each event makes of it."""
+
+    def __init__(self, idle_timeout: float, ws_idle_timeout: float) -> None:
+        self._idle_timeout = idle_timeout
+        self._ws_idle_timeout = ws_idle_timeout
+        self.phase = Phase.CONNECTING
+        #: Whether the gateway itself cut the connect attempt short: a stall or a cut.
+        self.timed_out = False
+        self._cut: GatewayError | None = None
+        self._buffer = b""
+        #: The answer-head bytes read so far, interim heads included (bounded together).
+        self._head_bytes = 0
+        #: Frames the body of an answer that is not a 101.
+        self._body: ResponseParser | None = None
+        self._status: int | None = None
+        self.frames = Frames()
+        self.bytes_out = 0
+        self.bytes_in = 0
+
+    def handle(self, event: Event) -> list[Effect]:
+        """What ``event`` changes: the effects for the shell to apply, in order."""
+        match self.phase:
+            case Phase.CONNECTING:
+                return self._connecting(event)
+            case Phase.HANDSHAKE:
+                return self._handshake(event)
+            case Phase.OPEN:
+                return self._open(event)
+            case Phase.RELAYING:
+                return self._relaying(event)
+        return []
+
+    # Before the connection.
+
+    def _connecting(self, event: Event) -> list[Effect]:
+        match event:
+            case Connected():
+                self.phase = Phase.HANDSHAKE
+                return [SendHandshake()]
+            case ConnectFailed(error, cause):
+                if self._cut is not None:
+                    return self._answer(self._cut, self._cut.message)
+                return self._answer(error, cause)
+            case ClientLeft():
+                return [*self._finish(Outcome.CLIENT_ABORT, None, fired=False), CancelConnect()]
+            case Stalled():
+                self.timed_out = True
+                return [CancelConnect()]  # ConnectFailed answers 504
+            case Cut(error):
+                self._cut = error
+                return [CancelConnect()]  # ConnectFailed answers with the error
+            case Bug():
+                return [CloseUpstream(abort=True), *self._answer_bug()]
+        return []
+
+    # Waiting for the answer head.
+
+    def _handshake(self, event: Event) -> list[Effect]:
+        match event:
+            case UpstreamData(data):
+                self._buffer += data
+                return self._read_head()
+            case UpstreamLost(why):
+                error = UpstreamError(f"ResponseNeverReceived: {why}")
+                return self._answer(error, error.message)
+            case ClientLeft():
+                return [CloseUpstream(abort=True), *self._left()]
+            case Stalled():
+                self.timed_out = True
+                return [
+                    CloseUpstream(abort=True),
+                    *self._answer_error(UpstreamTimeout(NO_HANDSHAKE_ANSWER)),
+                ]
+            case Cut(error):
+                return [CloseUpstream(abort=True), *self._answer_error(error)]
+            case Bug():
+                return [CloseUpstream(abort=True), *self._answer_bug()]
+        return []
+
+    def _read_head(self) -> list[Effect]:
+        while True:
+            try:
+                split = split_head(self._buffer, MAX_HEAD_BYTES - self._head_bytes)
+                if split is None:
+                    return []
+                raw, self._buffer = split
+                self._head_bytes += len(raw)
+                head = parse_head(raw)
+            except BadAnswer as e:
+                return [CloseUpstream(abort=True), *self._answer_error(UpstreamError(describe(e)))]
+            if 100 <= head.status < 200 and head.status != 101:
+                continue  # an interim answer (100 Continue, 103): the real one follows
+            self._status = head.status
+            if head.status == 101:
+                return self._open_tunnel(head)
+            return self._relay(head)
+
+    # After a 101: the tunnel.
+
+    def _open_tunnel(self, head: AnswerHead) -> list[Effect]:
+        self.phase = Phase.OPEN
+        rest, self._buffer = self._buffer, b""
+        self.bytes_out += len(rest)
+        self.frames.to_client_feed(rest)
+        return [Open(head, rest)]
+
+    def _open(self, event: Event) -> list[Effect]:
+        match event:
+            case UpstreamData(data):
+                self.bytes_out += len(data)
+                self.frames.to_client_feed(data)
+                return [WriteClient(data)]
+            case ClientData(data):
+                self.bytes_in += len(data)
+                self.frames.to_upstream_feed(data)
+                return [WriteUpstream(data)]
+            case UpstreamLost():
+                return self._end(*self.frames.closed_by("upstream"), abort=False)
+            case ClientLost(stuck):
+                return self._end(*self.frames.closed_by("client"), abort=stuck)
+            case Stalled():
+                cause = f"--ws-idle-timeout: no byte either way for {self._ws_idle_timeout:g} s"
+                return [*self._goodbyes(), *self._end(Outcome.WS_IDLE, cause, abort=False)]
+            case Cut(error):
+                return self._end(cut_outcome(error.type), None, abort=True)
+            case Bug(why):
+                return [
+                    CloseUpstream(abort=True),
+                    AbortClient(),
+                    *self._finish(Outcome.INTERNAL_ERROR, why, fired=False),
+                ]
+        return []
+
+    def _goodbyes(self) -> list[Effect]:
+        """A close frame (1001) to each side, where its stream is between two frames.
+
+        Said in WebSocket terms, so a side does not see an abnormal closure; only between
+        frames, so a side whose stream stopped mid-frame gets the TCP close only.
+        """
+        code, reason = IDLE_CLOSE
+        said: list[Effect] = []
+        if self.frames.to_client.at_boundary:
+            said.append(WriteClient(close_frame(code, reason, masked=False)))
+        if self.frames.to_upstream.at_boundary:
+            said.append(WriteUpstream(close_frame(code, reason, masked=True)))
+        return said
+
+    def _end(self, outcome: str, cause: str | None, *, abort: bool) -> list[Effect]:
+        """End an open session: close both connections (one already closed is left alone)."""
+        return [
+            CloseClient(abort=abort),
+            CloseUpstream(abort=abort),
+            *self._finish(outcome, cause, fired=False),
+        ]
+
+    # Another answer: relayed as an HTTP response.
+
+    def _relay(self, head: AnswerHead) -> list[Effect]:
+        try:
+            framing = answer_framing(head)
+        except BadAnswer as e:
+            return [CloseUpstream(abort=True), *self._answer_error(UpstreamError(describe(e)))]
+        self.phase = Phase.RELAYING
+        if framing is None:
+            return [StartRelay(head, chunked=False, body=False), *self._relayed()]
+        length, chunked = framing
+        self._body = ResponseParser.for_body(length, chunked=chunked)
+        started = StartRelay(head, chunked=chunked, body=True)
+        rest, self._buffer = self._buffer, b""
+        return [started, *self._read_body(rest)] if rest else [started]
+
+    def _relaying(self, event: Event) -> list[Effect]:
+        match event:
+            case UpstreamData(data):
+                # b"" would say the upstream closed; Twisted never delivers it, so ignore it.
+                return self._read_body(data) if data else []
+            case UpstreamLost(why, clean=False):
+                # Only a clean FIN ends a body delimited by the close (as for a call).
+                return self._cut_relay(Outcome.UPSTREAM_ERROR_MID_BODY, why)
+            case UpstreamLost():
+                # The end of a body delimited by the close, or (any other) a truncated one.
+                return self._read_body(b"")
+            case ClientLeft():
+                return [CloseUpstream(abort=True), *self._left()]
+            case Stalled(kind):
+                return self._cut_relay(Outcome.stalled(kind), stall_cause(kind, self._idle_timeout))
+            case Cut(error):
+                return self._cut_relay(cut_outcome(error.type), None)
+            case Bug(why):
+                return self._cut_relay(Outcome.INTERNAL_ERROR, why)
+        return []
+
+    def _read_body(self, data: bytes) -> list[Effect]:
+        """Relay what ``data`` (``b""``: the upstream closed) completes of the answer's body."""
+        body = self._body
+        assert body is not None
+        body.receive_data(data)
+        effects: list[Effect] = []
+        while True:
+            event = body.next_event()
+            if isinstance(event, Data):
+                self.bytes_out += len(event.data)
+                effects.append(WriteClient(event.data, relayed=True))
+            elif isinstance(event, EndOfMessage):
+                return [*effects, *self._relayed()]
+            elif isinstance(event, Failed):
+                # Truth after headers: a truncated or malformed body never ends like a whole one.
+                why = describe(event.error)
+                return [*effects, *self._cut_relay(Outcome.UPSTREAM_ERROR_MID_BODY, why)]
+            else:
+                return effects  # NEED_DATA
+
+    def _relayed(self) -> list[Effect]:
+        """The answer is whole. Its connection carried a refused handshake: it is not reused."""
+        cause = f"the upstream answered the handshake with {self._status}"
+        return [
+            CloseUpstream(abort=False),
+            *self._finish(Outcome.WS_REJECTED, cause, ending=Ending.BODY),
+        ]
+
+    def _cut_relay(self, outcome: str, cause: str | None) -> list[Effect]:
+        return [
+            CloseUpstream(abort=True),
+            AbortClient(),
+            *self._finish(outcome, cause, fired=False),
+        ]
+
+    # The ways out.
+
+    def _left(self) -> list[Effect]:
+        return self._finish(Outcome.CLIENT_ABORT, None, fired=False)
+
+    def _answer_bug(self) -> list[Effect]:
+        return self._answer_error(internal_error())
+
+    def _answer_error(self, error: GatewayError) -> list[Effect]:
+        return self._answer(error, error.message)
+
+    def _answer(self, error: GatewayError, cause: str) -> list[Effect]:
+        """End the session with the gateway's envelope for ``error``."""
+        return [AnswerWith(error), *self._finish(error.type, cause, ending=Ending.ENVELOPE)]
+
+    def _finish(
+        self, outcome: str, cause: str | None, *, ending: Ending = Ending.NONE, fired: bool = True
+    ) -> list[Effect]:
+        """The one way out."""
+        self.phase = Phase.DONE
+        return [Finish(outcome, cause, fired=fired, ending=ending)]
