@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from twisted.web.test.requesthelper import DummyChannel
 from werkzeug.exceptions import HTTPException
 
-from aistack_tts.server._routes import _proxied_directly, _Routes
+from aistack_tts.server._routes import _Routes, proxied_directly
 from aistack_tts.server._site import GatewayRequest
 from aistack_tts.server._target import is_audio_target
 
@@ -57,7 +57,7 @@ TARGETS = [
 @pytest.mark.parametrize("uri", TARGETS)
 @pytest.mark.parametrize("method", [b"GET", b"POST", b"DELETE", b"HEAD", b"OPTIONS", b"PUT"])
 def test_the_fast_path_takes_only_what_the_audio_route_takes(method: bytes, uri: bytes) -> None:
-    fast = _proxied_directly(request(method, uri))
+    fast = proxied_directly(request(method, uri))
     if fast:
         assert klein_routes_to_audio(method, uri)
     # The route itself refuses a raw target that only decodes to /v1/audio/ (``%61udio``).
@@ -72,5 +72,5 @@ def test_any_path_under_the_prefix_agrees_with_the_router(rest: str, method: byt
         unquote(uri.decode(), errors="strict")
     except UnicodeDecodeError:
         return  # check_target refuses it before either path
-    if _proxied_directly(request(method, uri)):
+    if proxied_directly(request(method, uri)):
         assert klein_routes_to_audio(method, uri)

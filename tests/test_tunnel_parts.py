@@ -12,7 +12,7 @@ from twisted.web.http_headers import Headers
 
 from aistack_tts.tunnel._frames import FrameBoundary, close_frame
 from aistack_tts.tunnel._head import MAX_HEAD_BYTES, BadAnswer, parse_head, split_head
-from aistack_tts.wire._headers import wants_websocket, websocket_handshake
+from aistack_tts.wire._http import wants_websocket, websocket_handshake
 from support.tunnel import (
     KEY,
     SWITCHING,

@@ -23,7 +23,7 @@ from aistack_tts._options import Options
 from aistack_tts.call._slot import estimate_retry_after
 from aistack_tts.server._listen import DEFAULT_BACKLOG, parse_endpoints
 from aistack_tts.server._target import check_target
-from aistack_tts.wire._headers import end_to_end, upstream_request_headers
+from aistack_tts.wire._http import end_to_end, upstream_request_headers
 
 # Headers
 

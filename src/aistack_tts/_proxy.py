@@ -39,8 +39,8 @@ from .call._context import CallContext, InFlight
 from .call._exchange import _Exchange
 from .call._slot import GPUSlot
 from .call._upstreams import DEFAULT_DOWN_COOLDOWN, Grant, Upstream, UpstreamPool, WaitTimedOut
+from .client._agent import make_agent, make_cooperator
 from .client._pool import ConnectionPool
-from .client._upstream import make_agent, make_cooperator
 from .observe._accesslog import AccessLog
 from .observe._health import ReadinessProbe
 from .observe._metrics import GatewayMetrics, MetricsResource
@@ -49,10 +49,10 @@ from .server._connections import ConnectionRegistry
 from .server._drain import Drain
 from .server._routes import build_resource
 from .server._site import GatewaySite
-from .tunnel._head import TunnelTarget, is_websocket_request
+from .tunnel._head import TunnelTarget
 from .tunnel._session import WebSocketTunnel
 from .wire._descriptors import RateLimitedWarning
-from .wire._protocol import ALLOW_HEADER, ALLOWED_METHODS
+from .wire._http import ALLOW_HEADER, ALLOWED_METHODS, is_websocket_request
 
 _log = Logger()
 

@@ -21,11 +21,16 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorCore
 from twisted.logger import Logger
 
+from . import __version__
 from ._config import DEFAULT_DRAIN_TIMEOUT, ConfigError, GatewayConfig
+from ._options import Options
 from ._proxy import TTSProxy
 from ._shutdown import FastShutdown
 from .observe._startup import log_startup
 from .server._listen import Listen, add_listeners, or_fail, parse_endpoints
+
+# What the ``twist aistack-tts`` ServiceMaker loads from this module.
+__all__ = ["GatewayService", "Options", "makeService"]
 
 _log = Logger()
 
@@ -97,7 +102,7 @@ class DemoGatewayService(MultiService):
         url = f"http://127.0.0.1:{address.port}"
         _log.info("demo upstream (synthetic Qwen3-TTS voice) listening on {url}", url=url)
         config = evolve(self._config, upstream=(url,))
-        log_startup(config)
+        log_startup(config, __version__)
         proxy = TTSProxy.from_config(config, reactor=self._reactor)
         gateway = GatewayService(proxy, self._endpoints, self._config.drain_timeout)
         gateway.setServiceParent(self)  # type: ignore[no-untyped-call]
@@ -133,7 +138,7 @@ def make_gateway_service(
             )
         return DemoGatewayService(config, endpoints, reactor, demo())
     proxy = TTSProxy.from_config(config, reactor=reactor)
-    log_startup(config)
+    log_startup(config, __version__)
     return GatewayService(proxy, endpoints, config.drain_timeout)
 
 

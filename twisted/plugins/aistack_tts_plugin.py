@@ -1,6 +1,6 @@
 """The ``twist aistack-tts`` plugin, the first step of a request's way: where the gateway starts.
 
-ServiceMaker imports ``aistack_tts._plugin`` (and with it klein and the reactor-using code)
+ServiceMaker imports ``aistack_tts._service`` (and with it klein and the reactor-using code)
 only when this plugin is run, not when twist lists its plugins.
 
 It is also the one module above both packages, so it is where ``--demo`` is put together: the
@@ -43,7 +43,7 @@ class _GatewayMaker(ServiceMaker):
 
 aistack_tts = _GatewayMaker(
     "aistack-tts",
-    "aistack_tts._plugin",
+    "aistack_tts._service",
     "Transparent streaming gateway for Qwen3-TTS (/v1/audio/*) that guards one GPU slot",
     "aistack-tts",
 )

@@ -17,9 +17,8 @@ from twisted.web.server import Request
 
 from aistack_tts._config import ExemptRule
 from aistack_tts._errors import COMPOSE_HINT, Draining, GatewayError, GPUBusy, UpstreamUnavailable
-from aistack_tts.server._routes import _proxied_directly
-from aistack_tts.tunnel._head import is_websocket_request
-from aistack_tts.wire._protocol import RETRY_UNAVAILABLE_S
+from aistack_tts.server._routes import proxied_directly
+from aistack_tts.wire._http import RETRY_UNAVAILABLE_S, is_websocket_request
 
 from ._slot import RetryAfter
 from ._upstreams import Grant, Upstream, UpstreamPool
@@ -141,7 +140,7 @@ def preflight(gateway: Gateway, request: Request) -> GatewayError | None:
     Only for what the audio route forwards and that needs a slot: draining, every slot busy
     with no queue, every upstream down. ``None`` otherwise (a queue with room included).
     """
-    if not _proxied_directly(request):
+    if not proxied_directly(request):
         return None
     if gateway.draining:
         return draining()

@@ -29,10 +29,15 @@ from aistack_tts._errors import (
     failure_cause,
     is_connect_failure,
 )
-from aistack_tts.client._upstream import body_producer, upstream_url
+from aistack_tts.client._agent import body_producer, upstream_url
 from aistack_tts.observe._outcome import Outcome
-from aistack_tts.wire._headers import client_response_headers, upstream_request_headers
-from aistack_tts.wire._protocol import CLIENT_SEND_BUFFER, NO_BODY_STATUS, RETRY_UNAVAILABLE_S
+from aistack_tts.wire._http import (
+    CLIENT_SEND_BUFFER,
+    NO_BODY_STATUS,
+    RETRY_UNAVAILABLE_S,
+    client_response_headers,
+    upstream_request_headers,
+)
 from aistack_tts.wire._socket_state import unsent
 
 from ._bridge import StreamBridge

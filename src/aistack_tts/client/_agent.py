@@ -36,14 +36,15 @@ it did not start the call, and the client did not cause the failure.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 from attrs import frozen
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
+from twisted.internet.task import Cooperator
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseNeverReceived
 from twisted.web.error import SchemeNotSupported
@@ -53,7 +54,7 @@ from zope.interface import implementer
 
 from ._connection import UpstreamConnection
 from ._pool import ConnectionPool
-from ._request import ClientRequest, can_resend, request_head, whole_body
+from ._request import ClientRequest, SpooledBody, can_resend, request_head, whole_body
 
 _DEFAULT_PORT = {"http": 80, "https": 443}
 
@@ -239,3 +240,45 @@ class _Attempt:
             self._connecting.cancel()
         elif self._sent is not None:
             self._sent.cancel()
+
+
+# The call's entry: what ``call._exchange`` and ``TTSProxy`` ask of the client.
+
+
+def make_agent(
+    reactor: Any, *, connect_timeout: float, max_connections: int, pool_idle_timeout: float
+) -> tuple[LeanAgent, ConnectionPool]:
+    """The lean client with a persistent pool and a connect timeout.
+
+    The pool keeps as many idle connections per upstream as it has slots (at least 2), each
+    for ``pool_idle_timeout`` seconds at most.
+    """
+    pool = ConnectionPool(reactor, max_idle=max(2, max_connections), idle_timeout=pool_idle_timeout)
+    return LeanAgent(reactor, pool, connect_timeout=connect_timeout), pool
+
+
+def upstream_url(base: bytes, target: bytes) -> bytes:
+    """The upstream URL for a raw request-target: the base, then path and query byte-exact."""
+    return base + target
+
+
+def body_producer(content: IO[bytes] | None, cooperator: Cooperator) -> IBodyProducer | None:
+    """The spooled request body (memory or temp file) for the upstream; ``None`` when empty.
+
+    Its length is learnt by seeking, so the upstream gets a ``Content-Length``; a small body
+    goes out with the head in one send, a large one streams in slices and is never read
+    whole into one bytes object.
+    """
+    if content is None:
+        return None
+    content.seek(0, 2)
+    size = content.tell()
+    content.seek(0, 0)
+    if size == 0:
+        return None
+    return SpooledBody(content, size, cooperator)
+
+
+def make_cooperator(reactor: IReactorTime) -> Cooperator:
+    """A cooperator on the injected reactor (the default one uses the global reactor)."""
+    return Cooperator(scheduler=lambda work: reactor.callLater(0, work))

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 
-from aistack_tts.wire._protocol import NO_BODY_STATUS
+from aistack_tts.wire._http import NO_BODY_STATUS
 
 from ._events import (
     CONNECTION_CLOSED,

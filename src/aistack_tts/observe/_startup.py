@@ -60,9 +60,7 @@ def startup_line(fields: dict[str, Any]) -> str:
     )
 
 
-def log_startup(config: GatewayConfig) -> None:
-    """Log the start-up line for ``config``."""
-    from aistack_tts import __version__
-
-    fields = startup_fields(config, __version__)
+def log_startup(config: GatewayConfig, version: str) -> None:
+    """Log the start-up line for ``config``, of the gateway at ``version``."""
+    fields = startup_fields(config, version)
     log.info("{text}", text=Preformatted(startup_line(fields)), **fields)

@@ -13,7 +13,7 @@ import re
 
 from twisted.web.http_headers import Headers
 
-from aistack_tts.wire._headers import connection_tokens
+from aistack_tts.wire._http import connection_tokens
 
 #: ``Host`` = uri-host [ ":" port ] (RFC 9110 section 7.2): an IP literal or a reg-name.
 _HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(:[0-9]*)?")

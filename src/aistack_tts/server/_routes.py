@@ -38,7 +38,7 @@ from aistack_tts._errors import (
 from aistack_tts.observe._accesslog import AccessLog, tag_response
 from aistack_tts.observe._health import ReadinessProbe
 from aistack_tts.observe._metrics import MetricsResource
-from aistack_tts.wire._protocol import ALLOW_HEADER
+from aistack_tts.wire._http import ALLOW_HEADER
 from aistack_tts.wire._send_now import send_now
 
 from ._target import PREFIX, check_target, is_audio_target
@@ -188,7 +188,7 @@ def _json(request: IRequest, body: dict[str, str]) -> bytes:
     return data
 
 
-def _proxied_directly(request: Request) -> bool:
+def proxied_directly(request: Request) -> bool:
     """Whether Klein would route ``request`` to ``_Routes.audio``: then it is forwarded directly.
 
     The route matches the percent-decoded path against ``/v1/audio/.+``: a raw path longer than
@@ -227,7 +227,7 @@ class _Guard(Resource):
             self._access_log.answered(request, error)
             write_error(request, error)
             return NOT_DONE_YET
-        if _proxied_directly(request):
+        if proxied_directly(request):
             return self._forward(request)
         return self._klein.render(request)
 

@@ -30,8 +30,7 @@ from aistack_tts.client._head import (
     shown,
 )
 from aistack_tts.observe._accesslog import REQUEST_ID
-from aistack_tts.wire._headers import client_response_headers, wants_websocket
-from aistack_tts.wire._protocol import NO_BODY_STATUS
+from aistack_tts.wire._http import NO_BODY_STATUS, client_response_headers
 
 #: The most the upstream's answer head (status line and headers) may take, as for the HTTP
 #: client; a real one is a few hundred bytes, so more means a broken upstream, and the buffer
@@ -116,14 +115,6 @@ def parse_head(raw: bytes) -> AnswerHead:
         headers.addRawHeader(name, value)
     crlf = b"\r\n".join(lines) + b"\r\n\r\n"
     return AnswerHead(crlf, int(status), reason or b"", headers)
-
-
-def is_websocket_request(request: Request) -> bool:
-    """Whether ``request`` is a WebSocket handshake the gateway tunnels.
-
-    Only HTTP/1.1 can upgrade (an HTTP/2 stream has no connection of its own to hand over).
-    """
-    return request.clientproto == b"HTTP/1.1" and wants_websocket(request.requestHeaders)
 
 
 def with_request_id(head: AnswerHead, request_id: bytes) -> bytes:

@@ -44,8 +44,7 @@ from aistack_tts.call._events import (
 from aistack_tts.call._record import CallRecord
 from aistack_tts.call._slot import SlotHold
 from aistack_tts.call._watchdog import Watchdog
-from aistack_tts.wire._headers import websocket_handshake
-from aistack_tts.wire._protocol import RETRY_UNAVAILABLE_S
+from aistack_tts.wire._http import RETRY_UNAVAILABLE_S, websocket_handshake
 from aistack_tts.wire._socket_state import unsent
 
 from ._events import (

@@ -20,7 +20,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from aistack_tts.wire._protocol import CLIENT_SEND_BUFFER
+from aistack_tts.wire._http import CLIENT_SEND_BUFFER
 from aistack_tts.wire._socket_state import PeerWatch, WatchedReading
 
 #: How long a side the gateway closed politely may take to flush what it was still sending

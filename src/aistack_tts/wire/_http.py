@@ -1,10 +1,15 @@
-"""Header hygiene, both ways: what a transparent proxy must not pass on."""
+"""HTTP as the gateway speaks it: its constants, and header hygiene both ways.
+
+What a transparent proxy must not pass on (hop-by-hop and Connection-named headers), the
+methods it proxies, the statuses without a body, and the WebSocket handshake test.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 from twisted.web.http_headers import Headers
+from twisted.web.server import Request
 
 #: RFC 9110 section 7.6.1 plus the de-facto ones; compared lower-case.
 HOP_BY_HOP: frozenset[bytes] = frozenset(
@@ -25,6 +30,21 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
 #: Content-Length (from the body producer); Expect was already answered to the client by
 #: twisted.web, and the body is spooled, so repeating it upstream would only stall the call.
 REQUEST_OWN: frozenset[bytes] = frozenset({b"host", b"content-length", b"expect"})
+
+#: The methods the contract proxies; everything else is a 405.
+ALLOWED_METHODS = (b"GET", b"POST", b"DELETE")
+ALLOW_HEADER = (b"Allow", b", ".join(ALLOWED_METHODS))
+
+#: Statuses that never have a body, so never a Content-Length (RFC 9110 section 8.6).
+NO_BODY_STATUS = frozenset({204, 304})
+
+#: How much the client's transport may hold unsent before it pauses the upstream. Twisted's
+#: default (64 KiB) is one upstream read, so the upstream was paused and resumed after nearly
+#: every chunk; this bounds memory per stream just the same, at a few chunks.
+CLIENT_SEND_BUFFER = 512 * 1024
+
+#: Retry-After for a 503 upstream_unavailable: the stack is down, not busy.
+RETRY_UNAVAILABLE_S = 5
 
 
 def connection_tokens(headers: Headers) -> frozenset[bytes]:
@@ -106,3 +126,11 @@ def websocket_handshake(method: bytes, target: bytes, host: bytes, headers: Head
         elif lower == b"upgrade" or lower.startswith(b"sec-websocket-") or lower not in skip:
             lines.extend(name + b": " + value for value in values)
     return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def is_websocket_request(request: Request) -> bool:
+    """Whether ``request`` is a WebSocket handshake the gateway tunnels.
+
+    Only HTTP/1.1 can upgrade (an HTTP/2 stream has no connection of its own to hand over).
+    """
+    return request.clientproto == b"HTTP/1.1" and wants_websocket(request.requestHeaders)
