@@ -13,7 +13,9 @@ import os
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
+from importlib.metadata import packages_distributions
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +50,7 @@ def imported_modules(path: Path) -> list[tuple[str, tuple[str, ...]]]:
 
 def test_the_gateway_never_imports_the_demo() -> None:
     """No module of the gateway imports the demo, nor names it in a string to import later."""
-    modules = sorted(GATEWAY.glob("*.py"))
+    modules = sorted(GATEWAY.rglob("*.py"))
     assert modules
     for path in modules:
         for module, _ in imported_modules(path):
@@ -56,10 +58,43 @@ def test_the_gateway_never_imports_the_demo() -> None:
         assert "aistack_tts_demo" not in path.read_text(), path.name
 
 
+def third_party_imports(package: Path) -> set[str]:
+    """The top-level names of what ``package`` imports that neither the stdlib nor we provide."""
+    modules = [module for path in package.rglob("*.py") for module, _ in imported_modules(path)]
+    names = {module.split(".")[0] for module in modules}
+    return {n for n in names if n not in sys.stdlib_module_names and not n.startswith("aistack")}
+
+
+def declared(*groups: str) -> set[str]:
+    """The distributions ``pyproject.toml`` declares: its dependencies and the named extras."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = list(project["dependencies"])
+    for group in groups:
+        requirements += project["optional-dependencies"][group]
+    return {
+        req.split("[")[0].split(">")[0].split("<")[0].split("=")[0].strip().lower()
+        for req in requirements
+    }
+
+
+@pytest.mark.parametrize(("package", "extras"), [(GATEWAY, ()), (DEMO, ("demo",))])
+def test_what_is_imported_is_declared(package: Path, extras: tuple[str, ...]) -> None:
+    """Each third-party package imported is a declared dependency, not one a dependency brings.
+
+    The gateway imports werkzeug and zope.interface itself, so it declares them, rather than
+    counting on klein and twisted to bring them.
+    """
+    distributions = packages_distributions()
+    wanted = declared(*extras)
+    for name in sorted(third_party_imports(package)):
+        provided_by = {d.lower().replace("_", "-") for d in distributions.get(name, [name])}
+        assert provided_by & {w.replace("_", "-") for w in wanted}, (package.name, name)
+
+
 @pytest.mark.parametrize("package", [GATEWAY, DEMO])
 def test_the_demo_only_needed_packages_stay_in_the_demo(package: Path) -> None:
     """autobahn, soundfile and numpy are imported by the demo only (it has some of each)."""
-    modules = [module for path in package.glob("*.py") for module, _ in imported_modules(path)]
+    modules = [module for path in package.rglob("*.py") for module, _ in imported_modules(path)]
     imported = {module.split(".")[0] for module in modules}
     if package == GATEWAY:
         assert not imported & set(DEMO_ONLY)
@@ -70,7 +105,7 @@ def test_the_demo_only_needed_packages_stay_in_the_demo(package: Path) -> None:
 def test_the_demo_uses_only_the_gateways_public_api() -> None:
     """Every import of the gateway in the demo is ``from aistack_tts import`` names in __all__."""
     used: set[str] = set()
-    for path in sorted(DEMO.glob("*.py")):
+    for path in sorted(DEMO.rglob("*.py")):
         for module, names in imported_modules(path):
             if module.split(".")[0] != "aistack_tts":
                 continue
