@@ -77,7 +77,7 @@ class TTSProxy:
     ``upstream`` is one URL, or one per GPU. ``slot`` is the semaphore that says "the GPU is
     doing inference" (one per upstream); pass the one your own GPU work holds so TTS answers
     503 while it runs (new ones of ``slots`` tokens otherwise). ``reactor`` and ``agent`` are
-    injectable; by default the global reactor and the lean client (``_client.LeanAgent``)
+    injectable; by default the global reactor and the lean client (``client._agent.LeanAgent``)
     with a persistent pool and ``connect_timeout`` are used. ``queue_timeout`` > 0 lets a
     request wait that long for a busy GPU; ``slot_exempt`` rules (``"GET:/v1/audio/voices"``)
     name calls that take no slot.

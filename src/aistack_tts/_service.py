@@ -166,8 +166,8 @@ def freeze_when_running(reactor: IReactorCore) -> None:
     Only for a process the gateway owns (``twist aistack-tts``), never when embedded.
     Imports, Klein's and werkzeug's maps, prometheus_client and the service are ~60,000
     objects that live as long as the process, and every full (generation-2) collection
-    walked them all: 45-50 ms in which the reactor serves nothing, every few seconds under load,
-    which was the gateway's whole latency p99 (``wrk -c16``: p99 46-51 ms at a p50 of 11).
-    ``gc.freeze`` moves them to the permanent generation; the same run gave p99 20-22 ms.
+    walked them all, tens of milliseconds in which the reactor serves nothing, every few
+    seconds under load: it was the gateway's whole latency p99. ``gc.freeze`` moves them to
+    the permanent generation (BENCHMARKS.rst has the p99 before and after).
     """
     reactor.callWhenRunning(gc.freeze)

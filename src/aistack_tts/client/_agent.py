@@ -9,19 +9,13 @@ read, strictly).
 
 Why not Twisted's ``Agent`` (it was the gateway's client until issue 15): per request it
 parses the URL again, makes a ``Request`` object and a retrying wrapper, runs a line-by-line
-response parser and a chain of Deferreds, and writes the body a reactor turn after the head.
-On ``bench/run.py --quick`` (same machine, same run, 2 vCPUs) the gateway added 781 µs at
-p50 to a small request on one connection where twisted.web.proxy added 638 µs, at 761 µs
-of gateway CPU per request; a twisted.web ``Site`` forwarding with an ``Agent`` and nothing
-else cost 306 µs added and 288 µs CPU: the ``Agent`` alone was over a third of the
-gateway's cost. Its private API (``_newclient``, the pool's factory, the request method it
-is built on) had to be reached into for a strict parser, the Connection-named headers and
-a close-delimited body's truth, and could change with any upgrade. With this client, a quick
-run minutes later measured 539 µs added against twisted.web.proxy's 741, and 499 µs CPU per
-request against its 606. Counted in instructions (``bench/icount.py``, user space, per small
-request on a pooled connection): twisted.web + ``Agent`` forwarding with no gateway logic
-0.958 M, twisted.web + this client 0.559 M, bare twisted.web 0.317 M; so ``Agent`` costs
-0.64 M per request and this client 0.24 M (BENCHMARKS.rst, "Where the time goes").
+response parser and a chain of Deferreds, and writes the body a reactor turn after the head;
+counted in instructions per small request it cost well over twice what this client costs,
+and was over a third of the gateway's time (BENCHMARKS.rst, "Where the time goes", measured
+with ``bench/icount.py`` and ``bench/run.py``). Its private API (``_newclient``, the pool's
+factory, the request method it is built on) had to be reached into for a strict parser, the
+Connection-named headers and a close-delimited body's truth, and could change with any
+upgrade.
 
 What this client does per request: one cached, parsed origin per upstream (endpoint and
 ``Host``), the request-target sent exactly as given (no ``urlunparse``: ``/x?`` and ``/x;``

@@ -16,7 +16,7 @@ close-delimited body, only on a clean close: FIN), or ``ResponseFailed`` (a rese
 body, invalid framing).
 
 After the end of a message the connection goes back to its pool only if the parser says it
-may be reused and the upstream took the whole request (``_socket_state.unsent`` is 0): one
+may be reused and the upstream took the whole request (``wire._socket_state.unsent`` is 0): one
 that answered before reading a body is aborted, not flushed, as the next request would wait
 behind bytes nobody reads. ``Keep-Alive: timeout=N`` is kept for the pool (``keep_alive``).
 """

@@ -204,8 +204,8 @@ def proxied_directly(request: Request) -> bool:
 class _Guard(Resource):
     """Checks the raw request-target, then forwards a proxied call or hands over to Klein.
 
-    The proxied route skips Klein (werkzeug's route match, the mapper, prepath bookkeeping:
-    about 14 % of the gateway's CPU per small request in a profile) but keeps what Klein
+    The proxied route skips Klein (werkzeug's route match, the mapper, prepath bookkeeping: a
+    large share of a small request's CPU, BENCHMARKS.rst "Where the time goes") but keeps what Klein
     does for it: a ``GatewayError`` answered with its envelope, any other failure logged and
     answered with the internal envelope, the call cancelled when the client goes away.
     """

@@ -8,17 +8,15 @@ which the client waits for. ``send_now`` calls the transport's ``doWrite`` (the 
 own entry point, ``IWriteDescriptor``) at once; a socket that takes nothing keeps its bytes
 for the reactor, and an error is left for the reactor's next call to report.
 
-Measured with ``bench.clients.first_byte`` (late head, 30 trials, p50, 3 rounds on a busy
-2-core machine): sending the client's first body bytes and the upstream request at once
-took the gateway's added time to first byte from 1.8-1.9 ms to 1.3-1.4 ms.
+Sending the client's first body bytes and the upstream request at once shortens the
+gateway's added time to first byte (BENCHMARKS.rst, "send_now", ``bench.clients.first_byte``).
 
 ``abort_now`` is the same for a close: ``abortConnection`` only marks the transport, and the
 socket closes on the reactor's next turn, after the access line and the metrics of the call
 that was cut; so a client's disconnect reached the upstream (and stopped its generation)
 only then. ``abort_now`` also shuts the socket down at once (the FIN leaves now; the reactor
-still closes it, with its reset). Measured with ``bench.run --scenarios 5 --close-trials
-150`` (client close until the upstream sees its connection closed): p50 0.84-0.89 ms and
-p99 3.4 ms before, 0.45 ms and 1.6 ms after.
+still closes it, with its reset); a client's close reaches the upstream about twice as
+fast (BENCHMARKS.rst, ``bench.run --scenarios 5 --close-trials 150``).
 """
 
 from __future__ import annotations
