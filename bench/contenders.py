@@ -24,10 +24,10 @@ from testbed.processes import (
     ROOT,
     UpstreamProcess,
     aistack_command,
-    free_port,
-    listening_ports,
+    inherited_listener,
     module_command,
     stop_process,
+    wait_listening,
 )
 
 BENCH = Path(__file__).resolve().parent
@@ -150,16 +150,10 @@ class Contender:
 def _wait_listening(
     process: subprocess.Popen[bytes], name: str, log_path: Path, timeout: float
 ) -> int:
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"{name} exited with {process.returncode}: {log_path.read_text()}")
-        ports = listening_ports(process.pid)
-        if ports:
-            return min(ports)
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{name} did not listen in {timeout:.0f} s")
-        time.sleep(0.02)
+    try:
+        return wait_listening(process, name, timeout)
+    except RuntimeError as e:
+        raise RuntimeError(f"{e}: {log_path.read_text()}") from None
 
 
 def start_aistack(upstream: UpstreamProcess, workdir: Path, slots: int) -> Contender:
@@ -254,7 +248,9 @@ def start_nginx(upstream: UpstreamProcess, workdir: Path, workers: int, buffer: 
     assert binary is not None
     directory = workdir / f"nginx-{time.monotonic_ns()}"
     directory.mkdir()
-    port = free_port()
+    # nginx cannot listen on port 0 and say where: it inherits a socket that does.
+    listener = inherited_listener()
+    port = listener.getsockname()[1]
     # As root, the workers would otherwise switch to "nobody": keep them the current user.
     user = f"user {pwd.getpwuid(os.geteuid()).pw_name};\n" if os.geteuid() == 0 else ""
     conf = directory / "nginx.conf"
@@ -273,8 +269,14 @@ def start_nginx(upstream: UpstreamProcess, workdir: Path, workers: int, buffer: 
     command = [binary, "-e", str(directory / "error.log"), "-p", str(directory)]
     command += ["-c", str(conf), "-g", "daemon off;"]
     process = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "NGINX": f"{listener.fileno()};"},
+        pass_fds=(listener.fileno(),),
     )
+    listener.close()
     deadline = time.monotonic() + 30
     try:
         while True:

@@ -17,13 +17,15 @@ process's listening socket), so neither needs to print it. Linux only, like the 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -89,39 +91,84 @@ def stop_process(process: subprocess.Popen[Any], grace: float = 10) -> None:
             process.wait()
 
 
-def free_port() -> int:
-    """A port on 127.0.0.1 nobody listens on (bound, then released): for a process to listen
-    on, or for an upstream that refuses connections."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+@contextlib.contextmanager
+def refusing_port() -> Iterator[int]:
+    """A loopback port that refuses connections while the block runs: an upstream that is down.
+
+    The socket is bound and never listens, so a connect gets ``ECONNREFUSED`` and no other
+    process can take the port meanwhile (a port bound and released at once can be).
+    """
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        port: int = held.getsockname()[1]
+        yield port
 
 
-def start_demo_gateway(
-    port: int, stdout: IO[bytes] | int = subprocess.DEVNULL
-) -> subprocess.Popen[bytes]:
-    """``twist aistack-tts --demo`` on 127.0.0.1:``port``, returned once it accepts connections."""
-    twist = str(Path(sys.executable).parent / "twist")
-    process = subprocess.Popen(
-        [twist, "aistack-tts", "--demo", "--listen", f"tcp:{port}:interface=127.0.0.1"],
-        stdin=subprocess.DEVNULL,
-        stdout=stdout,
-        stderr=subprocess.STDOUT if stdout is not subprocess.DEVNULL else subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
+def inherited_listener() -> socket.socket:
+    """A listening loopback socket on an ephemeral port, for a child to inherit.
+
+    For a program that cannot listen on port 0 and say where (nginx): it gets this socket
+    (``pass_fds``; nginx through its ``NGINX`` variable) and a configuration naming its port.
+    The parent closes its copy once the child runs.
+    """
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(511)
+    listener.set_inheritable(True)
+    return listener
+
+
+def wait_listening(process: subprocess.Popen[Any], what: str, timeout: float = 30) -> int:
+    """The port ``process`` listens on (its only one), once it does: it was told port 0."""
+    deadline = time.monotonic() + timeout
     while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return process
-        except OSError:
-            if process.poll() is not None:
-                code = process.returncode
-                raise RuntimeError(f"twist aistack-tts --demo exited with {code}") from None
-            if time.monotonic() > deadline:
-                stop_process(process)
-                raise TimeoutError("twist aistack-tts --demo did not start listening") from None
-            time.sleep(0.05)
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}")
+        ports = listening_ports(process.pid)
+        if ports:
+            return min(ports)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not listen in {timeout} s")
+        time.sleep(0.02)
+
+
+def bound_port(log_path: Path, process: subprocess.Popen[Any], timeout: float = 30) -> int:
+    """The gateway's own port, from its start-up line (``bound``), once it is logged.
+
+    With ``--demo`` the process listens twice (the demo upstream, then the gateway), so
+    ``/proc`` cannot say which is which; the start-up line names where the gateway listens.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in log_path.read_bytes().splitlines():
+            if b'"aistack_tts.startup"' in line:
+                bound = json.loads(line)["bound"].split()[0]
+                return int(bound.rsplit(":", 1)[1])
+        if process.poll() is not None:
+            raise RuntimeError(f"the gateway exited with {process.returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no start-up line in {timeout} s: {log_path.read_text()}")
+        time.sleep(0.02)
+
+
+def start_demo_gateway(log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """``twist aistack-tts --demo`` on an ephemeral 127.0.0.1 port: the process and its port.
+
+    Its output (JSON lines) goes to ``log_path``; it is returned once it listens.
+    """
+    twist = str(Path(sys.executable).parent / "twist")
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [twist, "aistack-tts", "--demo", "--listen", "tcp:0:interface=127.0.0.1"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        return process, bound_port(log_path, process)
+    except BaseException:
+        stop_process(process)
+        raise
 
 
 def aistack_command(upstream: str, *options: str) -> list[str]:

@@ -11,7 +11,7 @@ from support.inprocess import Gateways, InProcessGateway
 from support.logs import Captured, capturing
 from support.reactor import blockon
 from support.websocket import Stacks
-from testbed.processes import UpstreamProcess, free_port, start_demo_gateway, stop_process
+from testbed.processes import UpstreamProcess, refusing_port, start_demo_gateway, stop_process
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +25,20 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamProce
 
 
 @pytest.fixture(scope="module")
-def demo_gateway_port() -> Iterator[int]:
-    """``twist aistack-tts --demo`` on a free loopback port, for one module; its port."""
-    port = free_port()
-    process = start_demo_gateway(port)
+def demo_gateway_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """``twist aistack-tts --demo`` on an ephemeral loopback port, for one module; its port."""
+    process, port = start_demo_gateway(tmp_path_factory.mktemp("demo-gateway") / "gateway.log")
     try:
         yield port
     finally:
         stop_process(process)
+
+
+@pytest.fixture
+def refused_upstream() -> Iterator[str]:
+    """An upstream URL on loopback whose port refuses connections while the test runs."""
+    with refusing_port() as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture

@@ -91,6 +91,15 @@ def test_the_cause_names_the_exception_or_the_timeout() -> None:
     assert failure_cause(timed, timed_out=False, **args).startswith("--connect-timeout: ")
 
 
+def test_the_start_up_line_names_where_each_listener_is_bound() -> None:
+    config = GatewayConfig(listen=("tcp:0:interface=127.0.0.1", "tcp6:8001"))
+    fields = startup_fields(config, "9.9", ["127.0.0.1:43210", "[::]:8001"])
+    assert fields["bound"] == "127.0.0.1:43210 [::]:8001"
+    assert startup_line(fields).endswith(
+        "listen tcp:0:interface=127.0.0.1 tcp6:8001 on 127.0.0.1:43210 [::]:8001"
+    )
+
+
 def test_the_start_up_line_says_what_runs() -> None:
     """Upstreams, slots, queue, timeouts, limits and switches, in one line."""
     config = GatewayConfig(

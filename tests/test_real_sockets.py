@@ -24,7 +24,7 @@ from support.inprocess import (
     upstream_event,
 )
 from support.reactor import twisted_test
-from testbed.processes import UpstreamProcess, free_port
+from testbed.processes import UpstreamProcess
 from testbed.upstream_server import pattern
 
 pytestmark = [pytest.mark.real_sockets]
@@ -52,10 +52,10 @@ async def test_completed_call_streams_whole_body_and_releases_slot(
 
 @twisted_test
 async def test_upstream_refusing_connection_gives_503_unavailable(
-    inprocess_gateways: Gateways,
+    inprocess_gateways: Gateways, refused_upstream: str
 ) -> None:
     """Nothing listens upstream: 503 upstream_unavailable from qwen3-tts, with Retry-After."""
-    gateway = inprocess_gateways(f"http://127.0.0.1:{free_port()}")
+    gateway = inprocess_gateways(refused_upstream)
     _, response = await gateway.exchange(http_request(b"POST", b"/v1/audio/speech", body=b"{}"))
     error = assert_envelope(response, 503, "upstream_unavailable", "qwen3-tts")
     assert "docker compose up -d" in error["message"]

@@ -43,7 +43,7 @@ from support.speech import (
     error_body,
     read_wav,
 )
-from testbed.processes import free_port, start_demo_gateway, stop_process
+from testbed.processes import start_demo_gateway, stop_process
 
 pytestmark = [pytest.mark.real_sockets]
 
@@ -78,15 +78,13 @@ class DemoGateway:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoGateway]:
-    """``twist aistack-tts --demo`` (one slot) on a free loopback port."""
-    port = free_port()
+    """``twist aistack-tts --demo`` (one slot) on an ephemeral loopback port."""
     log_path = tmp_path_factory.mktemp("clients") / "gateway.log"
-    with log_path.open("wb") as log:
-        process = start_demo_gateway(port, log)
-        try:
-            yield DemoGateway(port, log_path)
-        finally:
-            stop_process(process)
+    process, port = start_demo_gateway(log_path)
+    try:
+        yield DemoGateway(port, log_path)
+    finally:
+        stop_process(process)
 
 
 def decode(data: bytes) -> tuple[np.ndarray[Any, Any], int, str]:

@@ -11,7 +11,6 @@ import base64
 import http.client
 import io
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from typing import Any
 import pytest
 import soundfile
 
-from testbed.processes import free_port
+from testbed.processes import wait_listening
 
 pytestmark = pytest.mark.real_sockets
 
@@ -242,24 +241,14 @@ def test_batch_through_the_gateway(demo_gateway_port: int) -> None:
 def test_health_and_models_on_the_demo_upstream() -> None:
     """``twist aistack-tts-demo-upstream`` answers ``GET /health`` (compose.yaml's check) and
     ``GET /v1/models`` as vLLM does."""
-    port = free_port()
     twist = str(Path(sys.executable).parent / "twist")
-    listen = f"tcp:{port}:interface=127.0.0.1"
     process = subprocess.Popen(
-        [twist, "aistack-tts-demo-upstream", "--listen", listen],
+        [twist, "aistack-tts-demo-upstream", "--listen", "tcp:0:interface=127.0.0.1"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert process.poll() is None
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+        port = wait_listening(process, "the demo upstream")
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         connection.request("GET", "/health")
         health = connection.getresponse()

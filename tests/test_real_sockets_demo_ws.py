@@ -23,7 +23,7 @@ import soundfile
 from websockets.exceptions import ConnectionClosedOK
 from websockets.sync.client import ClientConnection, connect
 
-from testbed.processes import free_port
+from testbed.processes import wait_listening
 
 pytestmark = pytest.mark.real_sockets
 
@@ -253,49 +253,34 @@ def test_text_message_limit_is_128_kib_and_the_session_goes_on(demo_gateway_port
 def short_limits() -> Iterator[int]:
     """A gateway in front of a demo upstream process whose WebSocket limits are short."""
     twist = str(Path(sys.executable).parent / "twist")
-    upstream_port, port = free_port(), free_port()
-    upstream = subprocess.Popen(
-        [
-            twist,
-            "aistack-tts-demo-upstream",
-            "--listen",
-            f"tcp:{upstream_port}:interface=127.0.0.1",
-            "--ws-config-timeout",
-            "0.5",
-            "--ws-idle-timeout",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    proxy = subprocess.Popen(
-        [
-            twist,
-            "aistack-tts",
-            "--listen",
-            f"tcp:{port}:interface=127.0.0.1",
-            "--upstream",
-            f"http://127.0.0.1:{upstream_port}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    listen = "tcp:0:interface=127.0.0.1"
+    limits = ["--ws-config-timeout", "0.5", "--ws-idle-timeout", "1"]
+    started: list[subprocess.Popen[bytes]] = []
     try:
-        import socket
-
-        for p, process in ((upstream_port, upstream), (port, proxy)):
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", p), timeout=1).close()
-                    break
-                except OSError:
-                    assert process.poll() is None, "a process exited"
-                    assert time.monotonic() < deadline, "a process did not start listening"
-                    time.sleep(0.05)
+        upstream = subprocess.Popen(
+            [twist, "aistack-tts-demo-upstream", "--listen", listen, *limits],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        started.append(upstream)
+        upstream_port = wait_listening(upstream, "the demo upstream")
+        proxy = subprocess.Popen(
+            [
+                twist,
+                "aistack-tts",
+                "--listen",
+                listen,
+                "--upstream",
+                f"http://127.0.0.1:{upstream_port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        started.append(proxy)
+        port = wait_listening(proxy, "the gateway")
         yield port
     finally:
-        for process in (proxy, upstream):
+        for process in reversed(started):
             process.terminate()
             process.wait(timeout=15)
 

@@ -54,7 +54,7 @@ from support.reactor import (
     until,
 )
 from support.wire import dechunk
-from testbed.processes import Event, UpstreamProcess, free_port
+from testbed.processes import Event, UpstreamProcess
 from testbed.upstream_server import pattern
 
 pytestmark = [pytest.mark.real_sockets]
@@ -471,15 +471,14 @@ async def test_fault_matrix_cell(
     gateways: Callable[[str], Gateway],
     fault: Fault,
     behaviour: str,
+    refused_upstream: str,
 ) -> None:
     """One cell: slot released once, upstream connection closed, nothing unhandled logged,
     the client sees the contract's answer (or, after the gateway committed to a 200, a
     connection that is not ended cleanly)."""
     calls_before = set(reactor.getDelayedCalls())
     view = UpstreamView(upstream)
-    gateway = gateways(
-        upstream.url if fault.reaches_upstream else f"http://127.0.0.1:{free_port()}"
-    )
+    gateway = gateways(upstream.url if fault.reaches_upstream else refused_upstream)
     ident = new_id()
     with LogCapture() as logs:
         client = await gateway.connect(post(target_for(fault, behaviour, ident)), behaviour)

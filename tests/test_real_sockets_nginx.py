@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import shutil
 import signal
@@ -22,13 +23,15 @@ from pathlib import Path
 
 import pytest
 
-from testbed.processes import free_port, listening_ports, stop_process
+from testbed.processes import inherited_listener, stop_process, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"
 #: About 4 s of audio: at the demo's pace (rtf 0.5) about 2 s of generation.
 TEXT = "Scale out across machines, one gateway per GPU, with nginx in front of them all."
+
+LISTEN = "tcp:0:interface=127.0.0.1"
 
 pytestmark = [
     pytest.mark.real_sockets,
@@ -40,20 +43,24 @@ pytestmark = [
 class Process:
     popen: subprocess.Popen[bytes]
     log: Path
+    #: Where it listens (it was told port 0; read back from ``/proc``).
+    port: int = 0
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
 
 
-def start(argv: list[str], log: Path, port: int) -> Process:
+def start(argv: list[str], log: Path, started: list[Process]) -> Process:
+    """Start ``argv`` listening on port 0, registered in ``started`` (for clean-up) at once."""
     with log.open("wb") as out:
         popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while port not in listening_ports(popen.pid):
-        assert popen.poll() is None, f"{argv[:2]} exited: {log.read_text()}"
-        assert time.monotonic() < deadline, f"{argv[:2]} did not listen on {port}"
-        time.sleep(0.02)
-    return Process(popen, log)
+    process = Process(popen, log)
+    started.append(process)
+    try:
+        process.port = wait_listening(popen, " ".join(argv[1:3]))
+    except (RuntimeError, TimeoutError) as e:
+        raise AssertionError(f"{e}: {log.read_text()}") from None
+    return process
 
 
 def nginx_config(gateway_ports: list[int], port: int, workdir: Path) -> str:
@@ -82,39 +89,32 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     try:
         demos, gateways = [], []
         for i in range(2):
-            demo_port, gateway_port = free_port(), free_port()
-            demos.append(
-                start(
-                    # debug: the demo logs each speech request as it starts generating.
-                    [
-                        twist,
-                        "--log-level=debug",
-                        "aistack-tts-demo-upstream",
-                        "--listen",
-                        f"tcp:{demo_port}:interface=127.0.0.1",
-                    ],
-                    tmp_path / f"demo{i}.log",
-                    demo_port,
-                )
+            # debug: the demo logs each speech request as it starts generating.
+            demo = start(
+                [twist, "--log-level=debug", "aistack-tts-demo-upstream", "--listen", LISTEN],
+                tmp_path / f"demo{i}.log",
+                processes,
             )
+            demos.append(demo)
             gateways.append(
                 start(
                     [
                         twist,
                         "aistack-tts",
                         "--listen",
-                        f"tcp:{gateway_port}:interface=127.0.0.1",
+                        LISTEN,
                         "--upstream",
-                        f"http://127.0.0.1:{demo_port}",
+                        f"http://127.0.0.1:{demo.port}",
                     ],
                     tmp_path / f"gateway{i}.log",
-                    gateway_port,
+                    processes,
                 )
             )
-            processes += [demos[-1], gateways[-1]]
-        nginx_port = free_port()
+        # nginx cannot listen on port 0 and say where: it inherits a socket that does.
+        listener = inherited_listener()
+        nginx_port = listener.getsockname()[1]
         conf = tmp_path / "nginx.conf"
-        conf.write_text(nginx_config([g for g in _ports(gateways)], nginx_port, tmp_path))
+        conf.write_text(nginx_config([g.port for g in gateways], nginx_port, tmp_path))
         nginx = subprocess.Popen(
             [
                 NGINX,
@@ -127,7 +127,10 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
+            env={**os.environ, "NGINX": f"{listener.fileno()};"},
+            pass_fds=(listener.fileno(),),
         )
+        listener.close()
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -144,10 +147,6 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             stop_process(nginx)
         for process in processes:
             stop_process(process.popen)
-
-
-def _ports(gateways: list[Process]) -> list[int]:
-    return [min(listening_ports(g.popen.pid)) for g in gateways]
 
 
 def speak(port: int, results: list[tuple[int, dict[str, str], bytes]]) -> None:

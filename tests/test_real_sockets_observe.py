@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from support.raw_upstream import Reply, raw_upstream
-from testbed.processes import aistack_command, free_port, listening_ports, stop_process
+from testbed.processes import aistack_command, listening_ports, stop_process
 
 pytestmark = [pytest.mark.real_sockets]
 
@@ -147,6 +147,10 @@ def test_start_up_line_says_what_runs(demo: Gateway) -> None:
     for expected in ("http://127.0.0.1:", "1 slot", "queue-timeout 5", "max-body 4096", "/metrics"):
         assert expected in text, text
     assert line["upstreams"].startswith("http://127.0.0.1:")
+    # Listening on tcp:0, the line names where it is bound (logged once it is).
+    assert line["listen"] == "tcp:0:interface=127.0.0.1"
+    assert line["bound"] == f"127.0.0.1:{demo.port}"
+    assert text.endswith(f"listen tcp:0:interface=127.0.0.1 on 127.0.0.1:{demo.port}")
 
 
 def test_request_id_comes_back_on_200_envelope_early_answer_and_101(demo: Gateway) -> None:
@@ -264,10 +268,10 @@ def test_readyz_probes_and_the_demo_are_told_apart(demo: Gateway) -> None:
         assert event["message"].startswith("demo upstream: "), event["message"]
 
 
-def test_a_dead_upstream_is_named_with_its_cause(tmp_path: Path) -> None:
+def test_a_dead_upstream_is_named_with_its_cause(tmp_path: Path, refused_upstream: str) -> None:
     """An upstream that refuses: the access event names it and the cause (the exception the
     client's envelope names), counts the envelope's bytes; the fault is counted by upstream."""
-    dead = f"http://127.0.0.1:{free_port()}"
+    dead = refused_upstream
     gateway = Gateway(aistack_command(dead), tmp_path)
     try:
         status, headers, body, _s = call(gateway.port, "GET", "/v1/audio/voices")

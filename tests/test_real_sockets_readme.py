@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.processes import free_port, start_demo_gateway, stop_process
+from testbed.processes import start_demo_gateway, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.rst").read_text()
@@ -37,15 +37,14 @@ def quick_start() -> tuple[str, str]:
 
 
 @pytest.fixture
-def demo_gateway() -> Iterator[int]:
-    """The README's run command (its last step), on a free port instead of 8000."""
+def demo_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """The README's run command (its last step), on an ephemeral port instead of 8000."""
     run, _ = quick_start()
     twist_part = run.split("&&")[-1].strip()
     argv = shlex.split(twist_part)
     assert argv[0].endswith("twist")
     assert argv[1:] == ["aistack-tts", "--demo"]
-    port = free_port()
-    process = start_demo_gateway(port)
+    process, port = start_demo_gateway(tmp_path_factory.mktemp("readme") / "gateway.log")
     try:
         yield port
     finally:

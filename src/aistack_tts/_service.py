@@ -17,7 +17,7 @@ from typing import Any
 
 from attrs import evolve
 from twisted.application.service import IService, MultiService
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorCore
 from twisted.logger import Logger
 
@@ -49,11 +49,27 @@ class GatewayService(MultiService):
         proxy: TTSProxy,
         endpoints: list[Listen],
         drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        config: GatewayConfig | None = None,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.proxy = proxy
         self.drain_timeout = drain_timeout
-        add_listeners("aistack-tts", self, endpoints, proxy.site())
+        self._config = config
+        self._listeners = add_listeners("aistack-tts", self, endpoints, proxy.site())
+
+    def startService(self) -> None:
+        """Listen; once every listener is bound, log the start-up line (``config`` given).
+
+        Logged then, not before, so that it names where the gateway listens (a ``tcp:0``
+        made real); a listener that cannot bind has already ended the program.
+        """
+        super().startService()  # type: ignore[no-untyped-call]
+        config = self._config
+        if config is None:
+            return
+        bound = gatherResults([listener.bound() for listener in self._listeners])
+        bound.addCallback(lambda addresses: log_startup(config, __version__, addresses))
+        bound.addErrback(lambda _: None)  # the listener's own failure ends the program
 
     def stopService(self) -> Deferred[None]:
         """Graceful drain: stop listening, let calls under way finish, close the pool.
@@ -102,9 +118,8 @@ class DemoGatewayService(MultiService):
         url = f"http://127.0.0.1:{address.port}"
         _log.info("demo upstream (synthetic Qwen3-TTS voice) listening on {url}", url=url)
         config = evolve(self._config, upstream=(url,))
-        log_startup(config, __version__)
         proxy = TTSProxy.from_config(config, reactor=self._reactor)
-        gateway = GatewayService(proxy, self._endpoints, self._config.drain_timeout)
+        gateway = GatewayService(proxy, self._endpoints, self._config.drain_timeout, config)
         gateway.setServiceParent(self)  # type: ignore[no-untyped-call]
         self._gateway = gateway
         super().startService()  # type: ignore[no-untyped-call]
@@ -138,8 +153,7 @@ def make_gateway_service(
             )
         return DemoGatewayService(config, endpoints, reactor, demo())
     proxy = TTSProxy.from_config(config, reactor=reactor)
-    log_startup(config, __version__)
-    return GatewayService(proxy, endpoints, config.drain_timeout)
+    return GatewayService(proxy, endpoints, config.drain_timeout, config)
 
 
 def makeService(options: Any, demo: DemoLoader | None = None) -> IService:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.logger import Logger
@@ -17,11 +18,17 @@ def _on(flag: bool) -> str:
     return "on" if flag else "off"
 
 
-def startup_fields(config: GatewayConfig, version: str) -> dict[str, Any]:
-    """The start-up event's fields (JSON scalars, so JSON lines carry them at the top)."""
+def startup_fields(
+    config: GatewayConfig, version: str, bound: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The start-up event's fields (JSON scalars, so JSON lines carry them at the top).
+
+    ``bound`` is where each ``--listen`` endpoint listens, in order (``127.0.0.1:8000``).
+    """
     return {
         "version": version,
         "listen": " ".join(config.listen),
+        "bound": " ".join(bound),
         "upstreams": " ".join(config.upstream),
         "slots": config.slots,
         "queue_timeout": config.queue_timeout,
@@ -56,11 +63,11 @@ def startup_line(fields: dict[str, Any]) -> str:
         f"ws-idle {f['ws_idle_timeout']:g} s, drain {f['drain_timeout']:g} s; "
         f"max-body {f['max_body']} bytes; slot-exempt {f['slot_exempt'] or 'none'}; "
         f"/metrics {_on(f['metrics'])}, /healthz and /readyz {_on(f['health'])}; "
-        f"listen {f['listen']}"
+        f"listen {f['listen']}" + (f" on {f['bound']}" if f["bound"] else "")
     )
 
 
-def log_startup(config: GatewayConfig, version: str) -> None:
-    """Log the start-up line for ``config``, of the gateway at ``version``."""
-    fields = startup_fields(config, version)
+def log_startup(config: GatewayConfig, version: str, bound: Sequence[str] = ()) -> None:
+    """Log the start-up line for ``config``, of the gateway at ``version``, bound there."""
+    fields = startup_fields(config, version, bound)
     log.info("{text}", text=Preformatted(startup_line(fields)), **fields)

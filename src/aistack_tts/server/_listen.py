@@ -12,6 +12,9 @@ from typing import Any, NoReturn, TypeVar
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.defer import Deferred
+from twisted.internet.defer import fail as fail_deferred
 from twisted.internet.endpoints import (
     SSL4ServerEndpoint,
     TCP4ServerEndpoint,
@@ -20,7 +23,13 @@ from twisted.internet.endpoints import (
     serverFromString,
 )
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IProtocolFactory,
+    IStreamServerEndpoint,
+)
+from twisted.python.failure import Failure
 
 from aistack_tts._config import ConfigError
 from aistack_tts.wire._descriptors import quiet_accept_exhaustion
@@ -80,14 +89,46 @@ class _Listener(StreamServerEndpointService):
         if waiting is not None:
             waiting.addCallback(quiet_accept_exhaustion)
 
+    def bound(self) -> Deferred[str]:
+        """Where this listener listens once it does: ``host:port`` (a port 0 made real)."""
+        waiting: Deferred[IListeningPort] | None = self._waitingForPort
+        if waiting is None:
+            return fail_deferred(RuntimeError(f"{self._description!r} is not listening"))
+        bound: Deferred[str] = Deferred()
+
+        def found(port: IListeningPort) -> IListeningPort:
+            bound.callback(describe_address(port.getHost()))
+            return port
+
+        def failed(reason: Failure) -> Failure:
+            bound.errback(reason)
+            return reason
+
+        waiting.addCallbacks(found, failed)
+        return bound
+
+
+def describe_address(address: IAddress) -> str:
+    """A listening address as an operator writes it: ``127.0.0.1:8000``, ``[::1]:8000``, a path."""
+    if isinstance(address, IPv6Address):
+        return f"[{address.host}]:{address.port}"
+    if isinstance(address, IPv4Address):
+        return f"{address.host}:{address.port}"
+    if isinstance(address, UNIXAddress):
+        return str(address.name, "utf-8") if isinstance(address.name, bytes) else str(address.name)
+    return str(address)
+
 
 def add_listeners(
     program: str, parent: MultiService, endpoints: Iterable[Listen], factory: IProtocolFactory
-) -> None:
-    """One listening service per endpoint under ``parent``."""
+) -> list[_Listener]:
+    """One listening service per endpoint under ``parent``; the listeners, in order."""
+    listeners = []
     for description, endpoint in endpoints:
         listener = _Listener(program, description, endpoint, factory)
         listener.setServiceParent(parent)  # type: ignore[no-untyped-call]
+        listeners.append(listener)
+    return listeners
 
 
 def fail(program: str, error: ConfigError) -> NoReturn:
