@@ -1,6 +1,7 @@
 """The demo's framework layer: FastAPI's body reading and vLLM's validation answer.
 
-Expectations are what FastAPI 0.165 (``fastapi/routing.py`` ``get_request_handler``,
+Expectations are what FastAPI 0.136 (vLLM 0.30 and 0.32 pin ``fastapi>=0.133,<0.137``;
+``fastapi/routing.py`` ``get_request_handler``,
 ``fastapi/exceptions.py`` ``ValidationException.__str__``) with vLLM's
 ``validation_exception_handler`` (``vllm/entrypoints/openai/server_utils.py`` @ 029329a8eded)
 and ``validate_json_request`` (``vllm/entrypoints/openai/utils.py``) answered for the same

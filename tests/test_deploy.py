@@ -37,6 +37,17 @@ def test_vllm_omni_serves_the_model_on_the_default_upstream_port() -> None:
     assert f":{port}/health" in " ".join(service["healthcheck"]["test"])
 
 
+def test_the_image_is_a_pinned_release_and_its_cache_is_the_volume() -> None:
+    """A release tag (not latest or a nightly), and the model cache inside the volume."""
+    service = compose()["services"]["qwen3-tts"]
+    name, _, tag = service["image"].partition(":")
+    assert name == "vllm/vllm-omni"
+    assert tag.startswith("v"), tag
+    assert tag[1:].replace(".", "").isdigit(), tag
+    cache = service["environment"]["HF_HOME"]
+    assert any(volume.split(":")[1] == cache for volume in service["volumes"])
+
+
 def test_gateway_points_at_the_tts_service() -> None:
     """The gateway's upstream names the TTS service and its port; it waits for it to be healthy."""
     services = compose()["services"]

@@ -96,8 +96,8 @@ def validation_error(invalid: RequestInvalid) -> APIError:
 
 def _is_json(content_type: str | None) -> bool:
     if not content_type:
-        # FastAPI's ``strict_content_type`` (on by default in current releases): a body
-        # without a content type is not parsed as JSON.
+        # FastAPI's ``strict_content_type`` (on by default in 0.136, the FastAPI that vLLM
+        # 0.30 pins): a body without a content type is not parsed as JSON.
         return False
     message = Message()
     message["content-type"] = content_type
