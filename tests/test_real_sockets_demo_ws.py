@@ -228,6 +228,8 @@ def test_refused_first_config_is_an_error_then_the_close(
     demo_gateway_port: int, config: dict[str, Any], says: str
 ) -> None:
     """A first ``session.config`` the schema refuses: one ``error`` event, then a clean close."""
+    # serving_speech_stream.py @ 0131cb556045 _build_config: f"Invalid session config: {e}" of
+    # pydantic's ValidationError; the handler then returns.
     with session(demo_gateway_port) as ws:
         send(ws, type="session.config", **config)
         [error] = closed_after(ws)

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from attrs import frozen
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from pydantic import ValidationError
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import IResource
@@ -239,6 +240,13 @@ class SpeechStreamProtocol(WebSocketServerProtocol):
                 "session.config."
             )
             return
+        try:
+            config.check_speech_request(unit.text)
+        except ValidationError as e:
+            # Built before the real handler's try: its catch-all ends the session.
+            self._error(f"Internal error: {e}")
+            self._close()
+            return
         self._unit = unit
         if not unit.describe_pcm:
             self._send_start(unit)
@@ -327,7 +335,9 @@ class SpeechStreamProtocol(WebSocketServerProtocol):
         self._send_event({"type": "error", "message": message})
 
     def _send_event(self, event: Mapping[str, Any]) -> None:
-        self.sendMessage(json.dumps(event).encode("utf-8"), isBinary=False)  # type: ignore[no-untyped-call]
+        # Starlette's send_json: compact separators, non-ASCII text as it is.
+        text = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+        self.sendMessage(text.encode("utf-8"), isBinary=False)  # type: ignore[no-untyped-call]
 
     def _close(self) -> None:
         self._stop_work()

@@ -1,9 +1,10 @@
 """The WebSocket stream's ``session.config`` and text splitting, as vLLM-Omni has them.
 
-Mirrors ``StreamingSpeechSessionConfig`` (``protocol/audio.py``) and ``SpeechTextSplitter``
-(``speech_text_splitter.py``) of vllm-project/vllm-omni: every field with its default, the
-``stream_audio`` constraints, and the three split granularities. No I/O: plain functions and
-values, tested without a reactor.
+``StreamingSpeechSessionConfig`` is a pydantic v2 model of the one in vllm-project/vllm-omni's
+``protocol/audio.py`` (every field, alias, bound and its ``stream_audio`` check), validated in
+pydantic's lax mode as the real handler does, so a refusal is pydantic's own text. Below it,
+``SpeechTextSplitter`` (``speech_text_splitter.py``) and the three split granularities. No
+I/O: plain functions and values, tested without a reactor.
 """
 
 from __future__ import annotations
@@ -11,11 +12,17 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal, Self
 
-from attrs import frozen
-
-from ._encode import RESPONSE_FORMATS
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 #: ``_DEFAULT_IDLE_TIMEOUT`` and ``_DEFAULT_CONFIG_TIMEOUT`` of ``serving_speech_stream.py``.
 IDLE_TIMEOUT = 30.0
@@ -27,175 +34,163 @@ MAX_TEXT_CHARS = 128 * 1024
 #: What the WebSocket layer takes at all: uvicorn's default ``ws_max_size`` (16 MiB).
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 
-TASK_TYPES = ("CustomVoice", "VoiceDesign", "Base")
 GRANULARITIES = ("none", "sentence", "clause")
-_INT64 = 2**63
+# protocol/audio.py's bounds: int fields fit an int64; an embedding has at most 8192 values.
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_MAX_EMBEDDING_DIM = 8192
 
 
 class StreamError(Exception):
     """A client message the session cannot use; sent back as ``{"type": "error"}``."""
 
 
-@frozen
-class StreamConfig:
+class StreamingSpeechSessionConfig(BaseModel):
     """A checked ``session.config``: how every utterance of the session is spoken.
 
-    The voice is a name, checked when an utterance is generated (as vLLM-Omni does).
+    The fields in the real model's order (pydantic reports errors in that order); unknown
+    fields are ignored, as pydantic's default is. The voice is a name, checked when an
+    utterance is generated (as vLLM-Omni does).
     """
 
-    voice: str | None = None
-    task_type: str | None = None
+    model: str | None = None
+    voice: str | None = Field(default=None, validation_alias=AliasChoices("voice", "speaker"))
+    task_type: Literal["CustomVoice", "VoiceDesign", "Base"] | None = None
     language: str | None = None
     instructions: str | None = None
-    response_format: str = "wav"
-    speed: float = 1.0
+    response_format: Literal["wav", "pcm", "flac", "mp3", "opus"] = "wav"
+    speed: float | None = Field(default=1.0, ge=0.25, le=4.0)
+    max_new_tokens: int | None = Field(default=None, ge=1, le=_INT64_MAX)
+    initial_codec_chunk_frames: int | None = Field(default=None, ge=0, le=_INT64_MAX)
+    non_streaming_mode: bool | None = None
     ref_audio: str | None = None
     ref_text: str | None = None
-    speaker_embedding: tuple[float, ...] | None = None
+    x_vector_only_mode: bool | None = None
+    speaker_embedding: list[float] | None = Field(default=None, max_length=_MAX_EMBEDDING_DIM)
     stream_audio: bool = False
     word_timestamps: bool = False
-    split_granularity: str = "none"
+    seed: int | None = Field(default=None, ge=_INT64_MIN, le=_INT64_MAX)
+    split_granularity: Literal["none", "sentence", "clause"] = "none"
 
-    def speech_fields(self, text: str) -> dict[str, Any]:
-        """The ``/v1/audio/speech`` body vLLM-Omni builds for one utterance of ``text``."""
-        body: dict[str, Any] = {
+    @model_validator(mode="after")
+    def _streamed_audio_is_pcm_at_normal_speed(self) -> Self:
+        if self.stream_audio:
+            if self.response_format != "pcm":
+                raise ValueError(
+                    "WebSocket streaming audio (stream_audio=true) requires "
+                    f"response_format='pcm'. Got response_format='{self.response_format}'."
+                )
+            if self.speed is None:
+                self.speed = 1.0
+            elif self.speed != 1.0:
+                raise ValueError(
+                    "WebSocket stream_audio=true currently requires speed=1.0; "
+                    "native speed control is only available through HTTP streaming."
+                )
+        return self
+
+    def speech_kwargs(self, text: str) -> dict[str, Any]:
+        """What the real handler builds its ``OpenAICreateSpeechRequest`` of, in its order."""
+        return {
             "input": text,
+            "model": self.model,
+            "voice": self.voice,
+            "task_type": self.task_type,
+            "language": self.language,
+            "instructions": self.instructions,
             "response_format": self.response_format,
             "speed": self.speed,
+            "max_new_tokens": self.max_new_tokens,
+            "initial_codec_chunk_frames": self.initial_codec_chunk_frames,
+            "non_streaming_mode": self.non_streaming_mode,
+            "ref_audio": self.ref_audio,
+            "ref_text": self.ref_text,
+            "x_vector_only_mode": self.x_vector_only_mode,
+            "speaker_embedding": self.speaker_embedding,
+            "stream": self.stream_audio,
+            "word_timestamps": self.word_timestamps,
+            "seed": self.seed,
         }
-        for name in ("voice", "task_type", "language", "instructions", "ref_audio", "ref_text"):
-            if getattr(self, name) is not None:
-                body[name] = getattr(self, name)
-        if self.speaker_embedding is not None:
-            body["speaker_embedding"] = list(self.speaker_embedding)
-        return body
+
+    def speech_fields(self, text: str) -> dict[str, Any]:
+        """The ``/v1/audio/speech`` body of one utterance of ``text``.
+
+        ``speech_kwargs`` without its ``None`` values: the speech request's defaults for
+        them are ``None`` too, except ``speed``'s (1.0), so ``speed`` stays even when null.
+        """
+        kwargs = self.speech_kwargs(text)
+        return {k: v for k, v in kwargs.items() if v is not None or k == "speed"}
+
+    def check_speech_request(self, text: str) -> None:
+        """Raise the ``ValidationError`` the real speech request raises on being built.
+
+        The two checks of ``OpenAICreateSpeechRequest`` a valid session config can still
+        fail: a non-finite ``speaker_embedding`` value, and ``speaker_embedding`` with
+        ``ref_audio``.
+        """
+        _SpeechRequestChecks(**self.speech_kwargs(text))
 
 
-_KINDS: dict[str, tuple[str, tuple[type, ...]]] = {
-    "str": ("string_type", (str,)),
-    "bool": ("bool_type", (bool,)),
-    "float": ("float_type", (int, float)),
-    "int": ("int_type", (int,)),
-}
-_KIND_WORDS = {"str": "string", "bool": "boolean", "float": "number", "int": "integer"}
+#: What the real code calls ``StreamingSpeechSessionConfig``: the session's config.
+StreamConfig = StreamingSpeechSessionConfig
 
 
-def _invalid(loc: str | None, message: str, kind: str, value: Any) -> StreamError:
-    """A refusal in the words pydantic's ``ValidationError`` uses (first error only)."""
-    where = f"{loc}\n  " if loc else "  "
-    return StreamError(
-        "Invalid session config: 1 validation error for StreamingSpeechSessionConfig\n"
-        f"{where}{message} [type={kind}, input_value={value!r}, "
-        f"input_type={type(value).__name__}]"
-    )
+class _SpeechRequestChecks(BaseModel):
+    """``OpenAICreateSpeechRequest``'s own checks of what a session config lets through."""
+
+    model_config = ConfigDict(title="OpenAICreateSpeechRequest")
+
+    ref_audio: str | None = None
+    speaker_embedding: list[float] | None = None
+
+    @field_validator("speaker_embedding")
+    @classmethod
+    def _finite(cls, values: list[float] | None) -> list[float] | None:
+        if values is not None and not all(math.isfinite(x) for x in values):
+            raise ValueError("'speaker_embedding' values must be finite (no NaN or Inf)")
+        return values
+
+    @model_validator(mode="after")
+    def _embedding_or_reference(self) -> Self:
+        if self.speaker_embedding is not None and self.ref_audio is not None:
+            raise ValueError("'speaker_embedding' and 'ref_audio' are mutually exclusive")
+        return self
 
 
-def _typed(message: Mapping[str, Any], name: str, kind: str, default: Any) -> Any:
-    value = message.get(name)
-    if value is None:
-        return default
-    error_type, types = _KINDS[kind]
-    # bool is an int to Python, not to JSON.
-    if (isinstance(value, bool) and kind != "bool") or not isinstance(value, types):
-        raise _invalid(name, f"Input should be a valid {_KIND_WORDS[kind]}", error_type, value)
-    return value
+class ErrorInfo(BaseModel):
+    """vLLM's ``ErrorInfo``: its ``repr`` (by class name) is part of a refusal's message."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: int
 
 
-def _literal(message: Mapping[str, Any], name: str, allowed: tuple[str, ...], default: Any) -> Any:
-    value = message.get(name, default)
-    if value is None and default is None:
-        return None
-    if value not in allowed:
-        choices = ", ".join(repr(a) for a in allowed[:-1]) + f" or {allowed[-1]!r}"
-        raise _invalid(name, f"Input should be {choices}", "literal_error", value)
-    return value
+class _ErrorResponse(BaseModel):
+    """vLLM's ``ErrorResponse``, whose ``str`` the handler sends for an unknown model."""
 
-
-def _bounded(
-    message: Mapping[str, Any], name: str, kind: str, low: float, high: float, default: Any
-) -> Any:
-    value = _typed(message, name, kind, default)
-    if value is None:
-        return None
-    if kind == "float" and not math.isfinite(value):
-        raise _invalid(name, "Input should be a finite number", "finite_number", value)
-    if value < low:
-        words = f"Input should be greater than or equal to {low:g}"
-        raise _invalid(name, words, "greater_than_equal", value)
-    if value > high:
-        raise _invalid(
-            name, f"Input should be less than or equal to {high:g}", "less_than_equal", value
-        )
-    return value
+    error: ErrorInfo
 
 
 def parse_stream_config(message: Mapping[str, Any], model_name: str) -> StreamConfig:
-    """Check a ``session.config`` as ``StreamingSpeechSessionConfig`` and ``_check_model`` do.
+    """Check a ``session.config`` as the real handler's ``_build_config`` does.
 
-    Unknown fields are ignored (pydantic's default); the voice, language and task are left to
-    generation time. Raises ``StreamError`` with the message the session sends back.
+    The schema (all of pydantic's errors, in its words), then the model name. Raises
+    ``StreamError`` with the message the session sends back.
     """
     fields = {k: v for k, v in message.items() if k != "type"}
-    model = _typed(fields, "model", "str", None)
-    voice = _typed({"voice": fields.get("voice", fields.get("speaker"))}, "voice", "str", None)
-    task_type = _literal(fields, "task_type", TASK_TYPES, None)
-    language = _typed(fields, "language", "str", None)
-    instructions = _typed(fields, "instructions", "str", None)
-    response_format = _literal(fields, "response_format", RESPONSE_FORMATS, "wav")
-    speed = _bounded(fields, "speed", "float", 0.25, 4.0, 1.0)
-    _bounded(fields, "max_new_tokens", "int", 1, _INT64 - 1, None)
-    _bounded(fields, "initial_codec_chunk_frames", "int", 0, _INT64 - 1, None)
-    _typed(fields, "non_streaming_mode", "bool", None)
-    ref_audio = _typed(fields, "ref_audio", "str", None)
-    ref_text = _typed(fields, "ref_text", "str", None)
-    _typed(fields, "x_vector_only_mode", "bool", None)
-    embedding = fields.get("speaker_embedding")
-    if embedding is not None and not (
-        isinstance(embedding, list)
-        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in embedding)
-    ):
-        raise _invalid("speaker_embedding", "Input should be a valid list", "list_type", embedding)
-    stream_audio = _typed(fields, "stream_audio", "bool", False)
-    word_timestamps = _typed(fields, "word_timestamps", "bool", False)
-    _bounded(fields, "seed", "int", -_INT64, _INT64 - 1, None)
-    granularity = _literal(fields, "split_granularity", GRANULARITIES, "none")
-    if stream_audio:
-        if response_format != "pcm":
-            raise _invalid(
-                None,
-                "Value error, WebSocket streaming audio (stream_audio=true) requires "
-                f"response_format='pcm'. Got response_format='{response_format}'.",
-                "value_error",
-                fields,
-            )
-        if speed != 1.0:
-            raise _invalid(
-                None,
-                "Value error, WebSocket stream_audio=true currently requires speed=1.0; "
-                "native speed control is only available through HTTP streaming.",
-                "value_error",
-                fields,
-            )
-    if model and model != model_name:
-        # str() of vLLM's ErrorResponse, as the handler sends it.
-        raise StreamError(
-            f"error=ErrorInfo(message='The model `{model}` does not exist.', "
-            "type='NotFoundError', param='model', code=404)"
+    try:
+        config = StreamingSpeechSessionConfig(**fields)
+    except ValidationError as e:
+        raise StreamError(f"Invalid session config: {e}") from None
+    if config.model and config.model != model_name:
+        error = ErrorInfo(
+            message=f"The model `{config.model}` does not exist.",
+            type="NotFoundError",
+            param="model",
+            code=404,
         )
-    return StreamConfig(
-        voice=voice,
-        task_type=task_type,
-        language=language,
-        instructions=instructions,
-        response_format=response_format,
-        speed=float(speed),
-        ref_audio=ref_audio,
-        ref_text=ref_text,
-        speaker_embedding=None if embedding is None else tuple(float(x) for x in embedding),
-        stream_audio=stream_audio,
-        word_timestamps=word_timestamps,
-        split_granularity=granularity,
-    )
+        raise StreamError(str(_ErrorResponse(error=error)))
+    return config
 
 
 def parse_message(raw: str) -> Mapping[str, Any]:
@@ -290,6 +285,7 @@ class SpeechTextSplitter:
 
 __all__ = [
     "CONFIG_TIMEOUT",
+    "GRANULARITIES",
     "IDLE_TIMEOUT",
     "MAX_CONFIG_CHARS",
     "MAX_FRAME_BYTES",
@@ -297,6 +293,7 @@ __all__ = [
     "SpeechTextSplitter",
     "StreamConfig",
     "StreamError",
+    "StreamingSpeechSessionConfig",
     "parse_message",
     "parse_stream_config",
     "split_units",
