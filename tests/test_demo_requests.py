@@ -1,21 +1,18 @@
-"""The demo upstream's request validation (vLLM-Omni's answers) and its voice registry."""
+"""The demo upstream's request validation (vLLM-Omni's answers); voices are in test_demo_voices."""
 
 from __future__ import annotations
 
 import io
-import json
 from typing import Any
 
 import pytest
 import soundfile
 
-from aistack_tts_demo import VOICES, APIError
+from aistack_tts_demo import VOICES
 from aistack_tts_demo._synth import (
     SAMPLE_RATE,
-    wav_header,
 )
-from aistack_tts_demo._voices import MAX_VOICE_SAMPLE_BYTES, parse_voice_upload
-from support.demo import MULTIPART, TEXT, Demo, Wire, advance, check_error, multipart, silent_wav
+from support.demo import TEXT, Demo, check_error
 
 # --- validation ----------------------------------------------------------------------------
 
@@ -131,156 +128,3 @@ def test_wrong_method_is_json_405_with_allow() -> None:
     response, body = demo.finish(demo.get("/v1/audio/speech"))
     assert response.headers.getRawHeaders("allow") == ["POST"]
     check_error(response, body, 405)
-
-
-# --- voices --------------------------------------------------------------------------------
-
-
-def voices(demo: Demo) -> dict[str, Any]:
-    response, body = demo.finish(demo.get("/v1/audio/voices"))
-    assert response.code == 200
-    listing: dict[str, Any] = json.loads(body)
-    return listing
-
-
-def test_lists_the_nine_speakers() -> None:
-    """GET lists the CustomVoice speakers (lower-case, as vLLM does) and no uploads."""
-    assert voices(Demo()) == {
-        "voices": sorted(v.lower() for v in VOICES),
-        "uploaded_voices": [],
-    }
-
-
-def test_upload_use_delete() -> None:
-    """An uploaded voice is listed, is refused by the CustomVoice checkpoint, and is gone after
-    DELETE (then vLLM-Omni's own 404 body)."""
-    demo = Demo()
-    advance(demo.clock, 1_700_000_000)
-    sample = silent_wav(1.2)
-    form = multipart({"name": "My_Voice", "consent": "consent-1"}, sample)
-    response, body = demo.finish(demo.post("/v1/audio/voices", form, MULTIPART))
-    assert response.code == 200
-    assert json.loads(body) == {
-        "success": True,
-        "voice": {
-            "name": "My_Voice",
-            "consent": "consent-1",
-            "created_at": 1_700_000_000,
-            "mime_type": "audio/wav",
-            "file_size": len(sample),
-        },
-    }
-    listing = voices(demo)
-    assert "my_voice" in listing["voices"]
-    assert [v["name"] for v in listing["uploaded_voices"]] == ["My_Voice"]
-
-    # The CustomVoice checkpoint cannot speak an uploaded (Base, voice clone) voice.
-    refusal = demo.error(demo.speech(input=TEXT, voice="MY_VOICE"), 400)["message"]
-    assert refusal.startswith("Qwen3-TTS CustomVoice checkpoint does not support task_type='Base'.")
-
-    response, body = demo.finish(demo.delete("/v1/audio/voices/My_Voice"))
-    assert response.code == 200
-    assert json.loads(body)["success"] is True
-    assert voices(demo)["uploaded_voices"] == []
-    assert demo.error(demo.speech(input=TEXT, voice="my_voice"), 400)["message"].startswith(
-        "Invalid voice 'my_voice'."
-    )
-    response, body = demo.finish(demo.delete("/v1/audio/voices/My_Voice"))
-    assert response.code == 404
-    assert json.loads(body) == {"success": False, "error": "Voice 'My_Voice' not found"}
-
-
-@pytest.mark.parametrize(
-    "form",
-    [
-        multipart({"consent": "c"}, b"RIFF"),
-        multipart({"name": "x"}, b"RIFF"),
-        multipart({"name": "x", "consent": "c"}, None),
-        multipart({"name": "x", "consent": "c"}, b""),
-        multipart({"name": "vivian", "consent": "c"}, b"RIFF"),
-        multipart({"name": "no/slash", "consent": "c"}, b"RIFF"),
-        multipart({"name": "x", "consent": "c"}, b"RIFF", "notes.txt", "text/plain"),
-        multipart({"name": "x", "consent": "c"}, b"RIFF", "x.bin", "application/octet-stream"),
-    ],
-    ids=[
-        "no-name",
-        "no-consent",
-        "no-sample",
-        "empty-sample",
-        "builtin-name",
-        "bad-name",
-        "text-file",
-        "unknown-binary",
-    ],
-)
-def test_bad_uploads(form: bytes) -> None:
-    """Missing fields, a taken or odd name, an empty or non-audio file: 400."""
-    demo = Demo()
-    demo.error(demo.post("/v1/audio/voices", form, MULTIPART), 400)
-
-
-def test_upload_must_be_multipart_and_a_same_name_replaces() -> None:
-    """A JSON body is refused; a second voice of the same name (any case) replaces the first,
-    as vLLM-Omni's upload does."""
-    demo = Demo()
-    demo.error(demo.post("/v1/audio/voices", b'{"name": "x"}'), 400)
-    form = multipart({"name": "twice", "consent": "c"}, silent_wav(1.5))
-    assert demo.finish(demo.post("/v1/audio/voices", form, MULTIPART))[0].code == 200
-    again = multipart({"name": "TWICE", "consent": "c2", "ref_text": "Hi."}, silent_wav(2))
-    response, body = demo.finish(demo.post("/v1/audio/voices", again, MULTIPART))
-    assert response.code == 200, body
-    [voice] = voices(demo)["uploaded_voices"]
-    assert (voice["name"], voice["consent"], voice["ref_text"]) == ("TWICE", "c2", "Hi.")
-
-
-@pytest.mark.parametrize(
-    ("sample", "says"),
-    [
-        ("text", "Could not decode audio file"),
-        ("header", "Reference audio too short (0.0s)"),
-        ("short", "Reference audio too short (0.5s)"),
-        ("long", "Reference audio too long (31.0s)"),
-    ],
-)
-def test_upload_needs_1_to_30_seconds_of_decodable_audio(sample: str, says: str) -> None:
-    """Text, a header, half a second, 31 seconds: refused in vLLM-Omni's words."""
-    data = {
-        "text": b"abc",
-        "header": wav_header(4) + b"\x01\x02\r\n",
-        "short": silent_wav(0.5),
-        "long": silent_wav(31),
-    }[sample]
-    demo = Demo()
-    form = multipart({"name": "v", "consent": "c"}, data)
-    assert says in demo.error(demo.post("/v1/audio/voices", form, MULTIPART), 400)["message"]
-
-
-def test_sample_size_limit() -> None:
-    """A 10 MB sample is accepted; one byte more is refused with vLLM's message."""
-    # 20 s of audio, then padding after the data chunk (which decoders skip) up to 10 MB.
-    exact = silent_wav(20)
-    exact += bytes(MAX_VOICE_SAMPLE_BYTES - len(exact))
-    voice = parse_voice_upload(MULTIPART, multipart({"name": "big", "consent": "c"}, exact), 0)
-    assert voice.file_size == MAX_VOICE_SAMPLE_BYTES
-    too_big = multipart({"name": "bigger", "consent": "c"}, exact + b"x")
-    with pytest.raises(APIError) as caught:
-        parse_voice_upload(MULTIPART, too_big, 0)
-    assert caught.value.status == 400
-    assert "10MB" in caught.value.message
-
-
-def test_huge_upload_refused_without_parsing() -> None:
-    """A body far over the sample limit gets 400 in vLLM's shape before it is parsed."""
-    wire = Wire()
-    body = b"x" * (MAX_VOICE_SAMPLE_BYTES + 200_000)
-    wire.send(
-        b"POST /v1/audio/voices HTTP/1.1\r\nHost: demo\r\n"
-        b"Content-Type: " + MULTIPART.encode() + b"\r\n"
-        b"Content-Length: %d\r\n\r\n" % len(body) + body
-    )
-    head, _, payload = wire.received().partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 400 ")
-    assert b"Content-Type: application/json" in head
-    error = json.loads(payload)["error"]
-    assert (error["code"], error["param"]) == (400, "audio_sample")
-    assert "10MB" in error["message"]

@@ -33,13 +33,8 @@ from ._speech import MODEL_NAME, parse_speech_request, prepare_stream_speech
 from ._stream import STREAM_PATH, StreamSettings, stream_resource
 from ._stream_config import CONFIG_TIMEOUT, IDLE_TIMEOUT, parse_stream_config
 from ._synth import FRAME_SECONDS
-from ._voices import (
-    MAX_VOICE_SAMPLE_BYTES,
-    MULTIPART_SLACK,
-    VoiceRegistry,
-    parse_voice_upload,
-    too_large,
-)
+from ._voice_upload import MAX_UPLOAD_BODY, Answer, parse_voice_upload, too_large
+from ._voices import VoiceRegistry
 
 log = Logger(namespace="aistack_tts_demo")
 #: The demo's access lines, marked as the demo's: in front of it, the gateway logs its own.
@@ -137,33 +132,33 @@ class _Routes:
 
     @app.route("/v1/audio/voices", methods=["GET"])
     def list_voices(self, request: IRequest) -> bytes:
-        uploaded = [v.describe() for v in self._voices.uploaded.values()]
-        return _json(request, {"voices": self._voices.names(), "uploaded_voices": uploaded})
+        return _json_body(request, 200, Answer(200, self._voices.listing()).body())
 
     @app.route("/v1/audio/voices", methods=["POST"])
     def upload_voice(self, request: IRequest) -> bytes:
         size = _body_size(request)
-        if size > MAX_VOICE_SAMPLE_BYTES + MULTIPART_SLACK:
-            # Too big to hold a sample under the limit: refuse without parsing it.
-            raise too_large(size)
-        content_type = request.getHeader(b"content-type") or b""
-        voice = parse_voice_upload(
-            content_type.decode("latin-1"),
-            _body(request),
-            created_at=int(self._upstream.reactor.seconds()),
-        )
-        self._voices.add(voice)
-        log.info("voice {name!r} uploaded ({size} bytes)", name=voice.name, size=voice.file_size)
-        return _json(request, {"success": True, "voice": voice.describe()})
+        if size > MAX_UPLOAD_BODY:
+            # The demo's guard: too big to be worth parsing (the real server reads it all).
+            answer = too_large(size)
+        else:
+            content_type = request.getHeader(b"content-type")
+            answer = parse_voice_upload(
+                None if content_type is None else content_type.decode("latin-1"),
+                _body(request),
+                self._voices,
+                now=self._upstream.reactor.seconds(),
+            )
+        voice = answer.payload.get("voice")
+        if voice is not None:
+            log.info("voice {name!r} uploaded", name=voice["name"])
+        return _json_body(request, answer.status, answer.body())
 
     @app.route("/v1/audio/voices/<string:name>", methods=["DELETE"])
     def delete_voice(self, request: IRequest, name: str) -> bytes:
-        if not self._voices.remove(name):
-            # Not vLLM's error shape: vLLM-Omni's route answers this one itself.
-            body = json.dumps({"success": False, "error": f"Voice '{name}' not found"})
-            return _json_body(request, 404, body.encode())
-        log.info("voice {name!r} deleted", name=name)
-        return _json(request, {"success": True, "message": f"Voice '{name}' deleted successfully"})
+        status, payload = self._voices.delete(name)
+        if status == 200:
+            log.info("voice {name!r} deleted", name=name)
+        return _json_body(request, status, Answer(status, payload).body())
 
     @app.handle_errors(APIError)
     def api_error(self, request: IRequest, failure: Failure) -> bytes:

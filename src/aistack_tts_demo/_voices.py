@@ -1,59 +1,34 @@
-"""``/v1/audio/voices``: the voices the demo knows, and the checks of an uploaded sample.
+"""``/v1/audio/voices``: the voices the demo knows, as vLLM-Omni keeps and lists them.
 
-A step below the speech request (which looks voices up here) and the routes (which add and
-remove them): the model's own speakers and uploaded voices in one registry, and
-``parse_voice_upload``, a plain function over the multipart form that raises ``APIError``.
+A step below the speech request (which looks voices up here) and the routes: the model's own
+speakers and uploaded voices in one registry, with the listing and the delete answers of
+vLLM-Omni's routes. The upload's checks are in ``_voice_upload`` (``parse_voice_upload``).
+
+Facts from ``vllm_omni/entrypoints/openai/serving_speech.py`` @ 01bc4171df2a (``upload_voice``,
+``upload_voice_embedding``, ``delete_voice``, ``_next_upload_timestamp``,
+``_check_upload_cap``, ``_evict_existing_upload``) and ``api_server.py`` @ 005fd8eae138
+(``list_voices``, ``delete_voice``).
 """
 
 from __future__ import annotations
 
-import hashlib
-from email.message import Message
-from email.parser import BytesParser
-from email.policy import HTTP
+import json
+import re
 from typing import Any
 
 from attrs import field, frozen
 
-from ._api_error import APIError
-from ._encode import decode
-from ._profiles import BUILTIN_PROFILES, VoiceProfile, profile_for_upload
+from ._profiles import BUILTIN_PROFILES, VoiceProfile
 
 #: The speaker names of the CustomVoice model, spelled as in its config.
 VOICES: tuple[str, ...] = tuple(p.name for p in BUILTIN_PROFILES)
-MAX_VOICE_SAMPLE_BYTES = 10 * 1024 * 1024
-#: An uploaded sample must decode and last this long (seconds), as vLLM-Omni's upload checks.
-MIN_SAMPLE_SECONDS, MAX_SAMPLE_SECONDS = 1.0, 30.0
 #: vLLM-Omni's ``SPEAKER_MAX_UPLOADED`` default.
 MAX_UPLOADED_VOICES = 1000
-#: Room for the multipart framing and the small text fields around the sample.
-MULTIPART_SLACK = 64 * 1024
-_SAMPLE_MIME_TYPES = {
-    "audio/wav",
-    "audio/x-wav",
-    "audio/wave",
-    "audio/mpeg",
-    "audio/ogg",
-    "audio/aac",
-    "audio/flac",
-    "audio/webm",
-    "audio/mp4",
-}
-_EXTENSION_MIME_TYPES = {
-    "wav": "audio/wav",
-    "mp3": "audio/mpeg",
-    "mpeg": "audio/mpeg",
-    "flac": "audio/flac",
-    "ogg": "audio/ogg",
-    "aac": "audio/aac",
-    "webm": "audio/webm",
-    "mp4": "audio/mp4",
-}
 
 
 @frozen
 class UploadedVoice:
-    """A voice added with ``POST /v1/audio/voices``; only the sample's digest is kept."""
+    """A voice added with ``POST /v1/audio/voices``: what vLLM-Omni stores of it."""
 
     name: str
     consent: str
@@ -63,21 +38,37 @@ class UploadedVoice:
     profile: VoiceProfile = field(eq=False)
     ref_text: str | None = None
     speaker_description: str | None = None
+    #: ``"audio"`` for a sample, ``"direct"`` for a speaker embedding.
+    embedding_source: str = "audio"
+    embedding_dim: int | None = None
 
-    def describe(self) -> dict[str, Any]:
-        """What the voices endpoints show about this voice (optional fields only when set)."""
+    def listed(self) -> dict[str, Any]:
+        """The entry of ``GET /v1/audio/voices`` (``api_server.py`` ``list_voices``)."""
         shown: dict[str, Any] = {
             "name": self.name,
             "consent": self.consent,
             "created_at": self.created_at,
-            "mime_type": self.mime_type,
             "file_size": self.file_size,
+            "mime_type": self.mime_type,
+            "embedding_source": self.embedding_source,
+            "embedding_dim": self.embedding_dim,
         }
-        if self.ref_text:
-            shown["ref_text"] = self.ref_text
-        if self.speaker_description:
-            shown["speaker_description"] = self.speaker_description
-        return shown
+        return {**shown, **self._texts()}
+
+    def uploaded(self) -> dict[str, Any]:
+        """The ``voice`` of the upload's answer: ``upload_voice`` or ``upload_voice_embedding``."""
+        shown: dict[str, Any] = {
+            "name": self.name,
+            "consent": self.consent,
+            "created_at": self.created_at,
+        }
+        if self.embedding_source == "direct":
+            return {**shown, "embedding_source": "direct", "embedding_dim": self.embedding_dim}
+        return {**shown, "mime_type": self.mime_type, "file_size": self.file_size, **self._texts()}
+
+    def _texts(self) -> dict[str, str]:
+        texts = {"ref_text": self.ref_text, "speaker_description": self.speaker_description}
+        return {key: value for key, value in texts.items() if value}
 
 
 class VoiceRegistry:
@@ -85,7 +76,9 @@ class VoiceRegistry:
 
     def __init__(self) -> None:
         self._builtin = {p.name.lower(): p for p in BUILTIN_PROFILES}
+        #: By lower-cased name, in upload order (a re-upload moves to the end).
         self.uploaded: dict[str, UploadedVoice] = {}
+        self._last_upload = 0
 
     def get(self, name: str) -> VoiceProfile | None:
         """The profile for ``name``, or ``None``."""
@@ -103,102 +96,62 @@ class VoiceRegistry:
         """Every usable voice name, lower-case and sorted, as vLLM lists them."""
         return sorted({*self._builtin, *self.uploaded})
 
-    def add(self, voice: UploadedVoice) -> None:
-        """Add an uploaded voice, replacing one of the same name (any case), as vLLM-Omni."""
-        key = voice.name.lower()
-        if key not in self.uploaded and len(self.uploaded) >= MAX_UPLOADED_VOICES:
-            raise APIError(
+    def listing(self) -> dict[str, Any]:
+        """``GET /v1/audio/voices``: the names, then the uploads in their order."""
+        uploaded = [voice.listed() for voice in self.uploaded.values()]
+        return {"voices": self.names(), "uploaded_voices": uploaded}
+
+    def evict(self, name: str) -> None:
+        """Drop an upload of this name first, as a re-upload does even if it then fails."""
+        self.uploaded.pop(name.lower(), None)
+
+    def check_cap(self) -> None:
+        """``_check_upload_cap``: refuse a new upload once the cap is reached."""
+        if len(self.uploaded) >= MAX_UPLOADED_VOICES:
+            raise ValueError(
                 f"Uploaded voice limit reached ({MAX_UPLOADED_VOICES}). Delete an existing "
                 "voice before registering a new one, or raise the cap via SPEAKER_MAX_UPLOADED."
             )
-        self.uploaded[key] = voice
 
-    def remove(self, name: str) -> bool:
-        """Remove an uploaded voice; whether it was there."""
-        return self.uploaded.pop(name.lower(), None) is not None
+    def next_timestamp(self, now: float) -> int:
+        """``_next_upload_timestamp``: whole seconds, one more than the last at least."""
+        self._last_upload = max(int(now), self._last_upload + 1)
+        return self._last_upload
+
+    def add(self, voice: UploadedVoice) -> None:
+        """Register a checked upload (after ``evict`` and ``check_cap``)."""
+        self.uploaded[voice.name.lower()] = voice
+
+    def delete(self, name: str) -> tuple[int, dict[str, Any]]:
+        """``DELETE /v1/audio/voices/{name}``: its status and body (the route words both)."""
+        if self.uploaded.pop(name.lower(), None) is None:
+            return 404, {"success": False, "error": f"Voice '{name}' not found"}
+        return 200, {"success": True, "message": f"Voice '{name}' deleted successfully"}
 
 
-def _multipart_parts(content_type: str, body: bytes) -> list[Message]:
-    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
-    message = BytesParser(policy=HTTP).parsebytes(head + body)
-    if not message.is_multipart():
-        raise APIError("The request body is not valid multipart/form-data")
-    return [part for part in message.iter_parts() if isinstance(part, Message)]
+def sanitize_filename(text: str) -> str:
+    """``_sanitize_filename``: the last path part, unsafe characters as ``_``, 1-255 long."""
+    sanitized = re.sub(r"[^a-zA-Z0-9_.\-]", "_", text.rsplit("/", 1)[-1])
+    return (sanitized or "file")[:255]
 
 
-def parse_voice_upload(content_type: str, body: bytes, created_at: int) -> UploadedVoice:
-    """Check a ``POST /v1/audio/voices`` form.
+def safetensors_size(tensor_bytes: int, shape: list[int], metadata: dict[str, str]) -> int:
+    """The size of the file ``safetensors.torch.save_file`` writes for one F32 tensor.
 
-    Fields: ``audio_sample``, ``name``, ``consent``, optionally ``ref_text`` and
-    ``speaker_description``; the sample must decode and last 1 to 30 seconds.
+    The format (huggingface/safetensors README): an 8-byte header length, the JSON header
+    (``__metadata__`` and the tensor's dtype, shape and offsets, compact, padded with spaces
+    to a multiple of 8), then the data. Key order does not change the length.
     """
-    if not content_type.lower().startswith("multipart/form-data"):
-        raise APIError("Expected a multipart/form-data body (audio_sample, name, consent)")
-    fields: dict[str, Message] = {}
-    for part in _multipart_parts(content_type, body):
-        name = part.get_param("name", header="content-disposition")
-        if isinstance(name, str) and name not in fields:
-            fields[name] = part
-    for required in ("audio_sample", "name", "consent"):
-        if required not in fields:
-            raise APIError(f"{required}: Field required", param=required)
-
-    def text(key: str) -> str:
-        payload = fields[key].get_payload(decode=True)
-        raw = payload if isinstance(payload, bytes) else b""
-        return raw.decode("utf-8", "replace").strip()
-
-    raw_name, consent = text("name"), text("consent")
-    name = raw_name.strip()
-    if not name or name in (".", "..") or any(c in name for c in "/\\\x00"):
-        raise APIError(
-            f"Invalid voice name {raw_name!r}: must be non-empty, no path separators or NUL"
-        )
-    sample_part = fields["audio_sample"]
-    payload = sample_part.get_payload(decode=True)
-    sample = payload if isinstance(payload, bytes) else b""
-    if len(sample) > MAX_VOICE_SAMPLE_BYTES:
-        raise too_large(len(sample))
-
-    mime_type = sample_part.get_content_type()
-    filename = sample_part.get_filename() or ""
-    if mime_type == "application/octet-stream":
-        # By the file's extension; anything else is taken for WAV, as vLLM-Omni does.
-        extension = filename.rsplit(".", 1)[-1].lower() if "." in filename else "wav"
-        mime_type = _EXTENSION_MIME_TYPES.get(extension, "audio/wav")
-    if mime_type not in _SAMPLE_MIME_TYPES:
-        raise APIError(
-            f"Unsupported MIME type: {mime_type}. Allowed: {', '.join(sorted(_SAMPLE_MIME_TYPES))}"
-        )
-    try:
-        _rate, seconds = decode(sample)
-    except ValueError as e:
-        raise APIError(f"Could not decode audio file: {e}") from None
-    if seconds < MIN_SAMPLE_SECONDS:
-        raise APIError(
-            f"Reference audio too short ({seconds:.1f}s). "
-            f"At least {MIN_SAMPLE_SECONDS:.0f}s of clear speech is required."
-        )
-    if seconds > MAX_SAMPLE_SECONDS:
-        raise APIError(
-            f"Reference audio too long ({seconds:.1f}s). "
-            f"Maximum {MAX_SAMPLE_SECONDS:.0f}s supported \u2014 use a shorter clip."
-        )
-    return UploadedVoice(
-        name=name,
-        consent=consent,
-        created_at=created_at,
-        mime_type=mime_type,
-        file_size=len(sample),
-        profile=profile_for_upload(name, hashlib.sha256(sample).digest()),
-        ref_text=(text("ref_text") or None) if "ref_text" in fields else None,
-        speaker_description=(
-            (text("speaker_description") or None) if "speaker_description" in fields else None
-        ),
-    )
+    header = {
+        "__metadata__": metadata,
+        "speaker_embedding": {
+            "dtype": "F32",
+            "shape": shape,
+            "data_offsets": [0, tensor_bytes],
+        },
+    }
+    length = len(json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode())
+    return 8 + (length + 7) // 8 * 8 + tensor_bytes
 
 
-def too_large(size: int) -> APIError:
-    return APIError(
-        f"File size exceeds maximum limit of 10MB. Got {size} bytes.", param="audio_sample"
-    )
+__all__ = ["MAX_UPLOADED_VOICES", "VOICES", "UploadedVoice", "VoiceRegistry"]
