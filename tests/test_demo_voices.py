@@ -97,11 +97,12 @@ class Voices:
 
 
 def refused(demo: Voices, body: bytes) -> str:
-    """The route's own refusal: vLLM's ErrorResponse returned by the route, so HTTP 200."""
+    """The route's own refusal: vLLM's ErrorResponse as a JSONResponse with its code, 400."""
     status, answer = demo.upload(body)
-    # api_server.py @ 005fd8eae138 upload_voice: `return base(raw_request).create_error_response(
-    # message=str(e))`, not a JSONResponse: FastAPI serializes it with its default 200.
-    assert status == 200, answer
+    # vllm_omni/entrypoints/openai/api_server.py (the stored copies with
+    # _create_speech_error_json_response): the upload route's ValueError is answered with
+    # _error_response_to_json_response, status = the error's code.
+    assert status == 400, answer
     assert set(answer) == {"error"}
     error = answer["error"]
     assert (error["type"], error["param"], error["code"]) == ("BadRequestError", None, 400)

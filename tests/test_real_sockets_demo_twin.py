@@ -193,15 +193,15 @@ def wav(seconds: float) -> bytes:
 
 
 def test_voices_as_the_customvoice_checkpoint(demo_gateway_port: int) -> None:
-    """Upload needs 1-30 s of decodable audio, refused with vLLM's error body at HTTP 200 (the
-    route returns the ErrorResponse: api_server.py @ 005fd8eae138 ``upload_voice``); a same
+    """Upload needs 1-30 s of decodable audio, refused with vLLM's error body at HTTP 400 (the
+    route's ``_create_speech_error_json_response``, api_server.py); a same
     name replaces; the CustomVoice checkpoint refuses to speak an uploaded voice; DELETE of an
     unknown voice is vLLM-Omni's ``{"success": false, "error": ...}`` 404."""
     status, body = upload(demo_gateway_port, "twin", b"abc")
-    assert (status, body["error"]["code"]) == (200, 400)
+    assert (status, body["error"]["code"]) == (400, 400)
     assert body["error"]["message"].startswith("Could not decode audio file")
     status, body = upload(demo_gateway_port, "twin", wav(0.5))
-    assert (status, body["error"]["code"]) == (200, 400)
+    assert (status, body["error"]["code"]) == (400, 400)
     assert "too short" in body["error"]["message"]
     assert upload(demo_gateway_port, "twin", wav(2))[0] == 200
     status, body = upload(demo_gateway_port, "TWIN", wav(3), ref_text="Hello.")

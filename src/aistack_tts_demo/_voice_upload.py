@@ -9,9 +9,10 @@ it), below the route. Two layers, as in the real server:
   field, a file where text is due or text where a file is, is a ``RequestValidationError``
   that vLLM's handler answers with 400 (``_framework.validation_error``).
 - the route's and ``serving_speech.py``'s @ 01bc4171df2a (``upload_voice``,
-  ``upload_voice_embedding``), whose refusals are ``ValueError``s the route turns into
-  ``create_error_response(...)`` and *returns*: FastAPI serializes that ``ErrorResponse``
-  with its default status, so the client gets HTTP 200 with vLLM's error body (code 400).
+  ``upload_voice_embedding``), whose refusals are ``ValueError``s the route answers with
+  ``_create_speech_error_json_response``: HTTP 400 and vLLM's error body (code 400). (The
+  older route @ 005fd8eae138 *returned* the ``ErrorResponse``, which FastAPI sent with 200;
+  every stored copy with the speech routes' own error helper sends the 400.)
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ MIN_SAMPLE_SECONDS, MAX_SAMPLE_SECONDS = 1.0, 30.0
 #: The talker's hidden size of Qwen3-TTS-12Hz-0.6B (``_validate_qwen_tts_speaker_embedding_dim``).
 EMBEDDING_DIM = 1024
 MAX_EMBEDDING_LENGTH = 4096
-#: What FastAPI answers with when the route returns vLLM's ``ErrorResponse`` itself.
-REFUSAL_STATUS = 200
+#: ``_create_speech_error_json_response``'s status for the route's own refusals.
+REFUSAL_STATUS = 400
 #: Where ``upload_voice`` is in the ``vllm/vllm-omni`` image (installed with ``uv pip install .``
 #: into the vLLM image's dist-packages), and its first decorator's line at 005fd8eae138.
 OMNI_API_SERVER = (
@@ -84,7 +85,7 @@ class Answer:
 
 
 def refusal(message: str) -> Answer:
-    """The route's ``create_error_response(message)``, returned as is: HTTP 200, code 400."""
+    """The route's ``create_error_response(message)``, as a JSONResponse: HTTP 400, code 400."""
     error = {"message": sanitize_message(message), "type": "BadRequestError", "param": None}
     return Answer(REFUSAL_STATUS, {"error": {**error, "code": 400}})
 
