@@ -15,7 +15,7 @@ from aistack_tts_demo._synth import (
     wav_header,
 )
 from aistack_tts_demo._voices import MAX_VOICE_SAMPLE_BYTES, parse_voice_upload
-from support.demo import MULTIPART, TEXT, Demo, Wire, advance, check_error, multipart, silent_wav
+from support.demo import MULTIPART, TEXT, Demo, Wire, advance, multipart, silent_wav
 
 # --- validation ----------------------------------------------------------------------------
 
@@ -118,19 +118,7 @@ def test_body_that_is_not_a_json_object(raw: bytes) -> None:
     demo.error(demo.post("/v1/audio/speech", raw), 400)
 
 
-def test_unknown_route_is_json_404() -> None:
-    """Klein's HTML 404 page is never sent: the upstream's error shape instead."""
-    demo = Demo()
-    assert demo.error(demo.get("/v1/audio/nothing-here"), 404)["type"] == "NotFoundError"
-    demo.error(demo.get("/"), 404)
-
-
-def test_wrong_method_is_json_405_with_allow() -> None:
-    """A method a route does not take is 405 in the error shape, with Allow."""
-    demo = Demo()
-    response, body = demo.finish(demo.get("/v1/audio/speech"))
-    assert response.headers.getRawHeaders("allow") == ["POST"]
-    check_error(response, body, 405)
+# Routing answers (404, 405, redirects, HEAD, CORS) are in tests/test_demo_routing.py.
 
 
 # --- voices --------------------------------------------------------------------------------
