@@ -12,7 +12,7 @@ from aistack_tts_demo import VOICES
 from aistack_tts_demo._synth import (
     SAMPLE_RATE,
 )
-from support.demo import TEXT, Demo, check_error
+from support.demo import TEXT, Demo
 
 # --- validation ----------------------------------------------------------------------------
 
@@ -115,16 +115,5 @@ def test_body_that_is_not_a_json_object(raw: bytes) -> None:
     demo.error(demo.post("/v1/audio/speech", raw), 400)
 
 
-def test_unknown_route_is_json_404() -> None:
-    """Klein's HTML 404 page is never sent: the upstream's error shape instead."""
-    demo = Demo()
-    assert demo.error(demo.get("/v1/audio/nothing-here"), 404)["type"] == "NotFoundError"
-    demo.error(demo.get("/"), 404)
-
-
-def test_wrong_method_is_json_405_with_allow() -> None:
-    """A method a route does not take is 405 in the error shape, with Allow."""
-    demo = Demo()
-    response, body = demo.finish(demo.get("/v1/audio/speech"))
-    assert response.headers.getRawHeaders("allow") == ["POST"]
-    check_error(response, body, 405)
+# Routing answers (404, 405, redirects, HEAD, CORS) are in tests/test_demo_routing.py;
+# the voices API is in tests/test_demo_voices.py.

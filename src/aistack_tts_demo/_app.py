@@ -10,8 +10,8 @@ WebSocket stream (``/v1/audio/speech/stream``) lives in ``_stream`` and ``_strea
 
 from __future__ import annotations
 
-import json
 import math
+import uuid
 from typing import Any
 
 from attrs import field, frozen
@@ -26,7 +26,8 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 from werkzeug.exceptions import HTTPException
 
-from ._api_error import APIError, not_found
+from . import _routing
+from ._api_error import APIError, render_json
 from ._batch import speech_batch
 from ._generation import CHUNK_FRAMES, Generation
 from ._speech import MODEL_NAME, parse_speech_request, prepare_stream_speech
@@ -64,14 +65,45 @@ def _body(request: IRequest) -> bytes:
 
 
 def _json_body(request: IRequest, status: int, body: bytes) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", b"application/json")
-    request.setHeader(b"content-length", b"%d" % len(body))
-    return body
+    return _routing.respond(request, status, body, b"application/json")
 
 
-def _json(request: IRequest, payload: Any) -> bytes:
-    return _json_body(request, 200, json.dumps(payload).encode())
+def _json(request: IRequest, payload: Any, status: int = 200) -> bytes:
+    """Answer as Starlette's ``JSONResponse`` (vLLM-Omni's routes all answer with one)."""
+    return _json_body(request, status, render_json(payload))
+
+
+#: The talker stage's ``max_model_len`` (stage 0 of vLLM-Omni's Qwen3-TTS stage config), which
+#: ``AsyncOmni`` takes its ``model_config`` from.
+MAX_MODEL_LEN = 4096
+
+
+def _model_card(name: str, now: int) -> dict[str, Any]:
+    """VLLM's ``ModelCard`` for the base model, fields in its order, one ``ModelPermission``."""
+    permission = {
+        "id": f"modelperm-{uuid.uuid4().hex}",
+        "object": "model_permission",
+        "created": now,
+        "allow_create_engine": False,
+        "allow_sampling": True,
+        "allow_logprobs": True,
+        "allow_search_indices": False,
+        "allow_view": True,
+        "allow_fine_tuning": False,
+        "organization": "*",
+        "group": None,
+        "is_blocking": False,
+    }
+    return {
+        "id": name,
+        "object": "model",
+        "created": now,
+        "owned_by": "vllm",
+        "root": name,
+        "parent": None,
+        "max_model_len": MAX_MODEL_LEN,
+        "permission": [permission],
+    }
 
 
 def _apply_error(request: IRequest, error: APIError) -> bytes:
@@ -115,20 +147,13 @@ class _Routes:
 
     @app.route("/health", methods=["GET"])
     def health(self, request: IRequest) -> bytes:
-        return _json(request, {"status": "healthy"})
+        # vLLM's own /health (an empty 200) comes first in the app and shadows vLLM-Omni's.
+        return _routing.respond(request, 200, b"", None)
 
     @app.route("/v1/models", methods=["GET"])
     def models(self, request: IRequest) -> bytes:
-        name = self._upstream.model_name
-        model = {
-            "id": name,
-            "object": "model",
-            "created": int(self._upstream.reactor.seconds()),
-            "owned_by": "vllm",
-            "root": name,
-            "parent": None,
-        }
-        return _json(request, {"object": "list", "data": [model]})
+        card = _model_card(self._upstream.model_name, int(self._upstream.reactor.seconds()))
+        return _json(request, {"object": "list", "data": [card]})
 
     @app.route("/v1/audio/voices", methods=["GET"])
     def list_voices(self, request: IRequest) -> bytes:
@@ -168,33 +193,26 @@ class _Routes:
 
     @app.handle_errors(HTTPException)
     def routing_error(self, request: IRequest, failure: Failure) -> bytes:
-        # Klein would answer these with werkzeug's HTML pages.
+        # DemoRoot routes as Starlette first, so werkzeug should not refuse anything; if it
+        # does, answer in Starlette's shape rather than with werkzeug's HTML page.
         exception = failure.value
         assert isinstance(exception, HTTPException)
-        status = exception.code or 500
-        if status == 405:
-            allowed = ", ".join(sorted(getattr(exception, "valid_methods", None) or []))
-            error = APIError(
-                "Method Not Allowed",
-                status=405,
-                type="MethodNotAllowedError",
-                headers={b"allow": allowed.encode("ascii")},
-            )
-        elif status == 404:
-            error = not_found("Not Found")
-        else:
-            error = APIError(exception.name, status=status, type="BadRequestError")
-        return _apply_error(request, error)
+        return _routing.detail(request, exception.code or 500, exception.name)
 
     @app.handle_errors(Exception)
     def internal_error(self, request: IRequest, failure: Failure) -> bytes:
         log.failure("demo upstream failed on {uri}", failure, uri=request.uri)
-        error = APIError(
-            f"{type(failure.value).__name__}: {failure.getErrorMessage()}",
-            status=500,
-            type="InternalServerError",
-        )
-        return _apply_error(request, error)
+        exception = failure.value
+        assert exception is not None
+        status, body = _routing.unexpected_error(exception)
+        if body is None:
+            return _routing.respond(request, status, b"", None)
+        # Starlette's ServerErrorMiddleware re-raises after answering, and uvicorn then closes
+        # the connection.
+        channel = getattr(request, "channel", None)
+        if channel is not None and isinstance(request, Request):
+            request.notifyFinish().addBoth(lambda _: channel.loseConnection())
+        return _json_body(request, status, body)
 
 
 # --- embedding -----------------------------------------------------------------------------
@@ -211,10 +229,32 @@ class DemoRoot(Resource):
         self._stream = stream
 
     def render(self, request: IRequest) -> Any:
+        request.setHeader(b"server", _routing.SERVER)
         upgrade = (request.getHeader(b"upgrade") or b"").lower()
         if request.path == STREAM_PATH and b"websocket" in upgrade:
             return self._stream.render(request)
-        return self._routes.render(request)
+        # vLLM's CORSMiddleware runs before routing.
+        preflight = _routing.cors_preflight(request)
+        if preflight is not None:
+            return preflight
+        _routing.cors_simple(request)
+        path = _routing.route_path(request)
+        verdict, route = _routing.match(path, request.method.decode("latin-1"))
+        if verdict == "full":
+            return self._routes.render(request)
+        if route is not None:
+            allow = ", ".join(route.methods).encode("ascii")
+            return _routing.detail(request, 405, "Method Not Allowed", (b"allow", allow))
+        try:
+            location = _routing.redirect_target(request, path)
+        except UnicodeDecodeError as e:  # a query string not UTF-8, as Starlette decodes it
+            status, body = _routing.unexpected_error(e)
+            return _json_body(request, status, body or b"")
+        if location is not None:
+            return _routing.respond(
+                request, 307, b"", None, ((b"location", location.encode("latin-1")),)
+            )
+        return _routing.detail(request, 404, "Not Found")
 
 
 def _non_negative(name: str) -> Any:
