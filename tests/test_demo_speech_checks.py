@@ -265,3 +265,16 @@ def test_batch_route_answers_compact_json() -> None:
     response, body = demo.finish(d)
     assert response.code == 200
     assert body.startswith(b'{"id":"speech-batch-')
+
+
+def test_validation_errors_name_the_route_as_fastapi_does() -> None:
+    """FastAPI's endpoint context: vLLM's ``utils.py`` (``with_cancellation`` wraps the
+    route) and the line of the route's first decorator in
+    ``vllm_omni/entrypoints/openai/api_server.py`` @ 005fd8eae138 (1065 and 1115)."""
+    where = '/vllm/entrypoints/utils.py", line {}, in {}\n    POST {}'
+    assert where.format(1065, "create_speech", "/v1/audio/speech") in refusal()["message"]
+    with pytest.raises(APIError) as caught:
+        batch({})
+    assert where.format(1115, "create_speech_batch", "/v1/audio/speech/batch") in (
+        caught.value.message
+    )

@@ -23,7 +23,7 @@ from ._voices import VoiceRegistry
 MAX_BATCH_ITEMS = 32
 #: ``create_speech_batch``'s first decorator in ``api_server.py`` @ 005fd8eae138.
 BATCH_ENDPOINT = Endpoint(
-    function="create_speech_batch", line=0, method="POST", path="/v1/audio/speech/batch"
+    function="create_speech_batch", line=1115, method="POST", path="/v1/audio/speech/batch"
 )
 
 

@@ -55,7 +55,9 @@ LANGUAGES = (
 
 #: Where FastAPI says the route is: ``vllm_omni/entrypoints/openai/api_server.py`` @
 #: 005fd8eae138, the line of ``create_speech``'s first decorator (``@router.post(``).
-SPEECH_ENDPOINT = Endpoint(function="create_speech", line=0, method="POST", path="/v1/audio/speech")
+SPEECH_ENDPOINT = Endpoint(
+    function="create_speech", line=1065, method="POST", path="/v1/audio/speech"
+)
 
 
 @frozen
