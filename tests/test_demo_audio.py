@@ -257,7 +257,11 @@ def test_sse_streams_even_without_stream_true() -> None:
     received: list[bytes] = []
     treq.collect(result_of(d), received.append)
     demo.flush()
-    assert [e["type"] for e in sse_events(b"".join(received))] == ["speech.audio.delta"]
+    # wav: the header is a delta of its own, then the first frame's
+    # (_generate_audio_chunks, serving_speech.py @ 1a48fce52460).
+    events = sse_events(b"".join(received))
+    assert [e["type"] for e in events] == ["speech.audio.delta", "speech.audio.delta"]
+    assert len(base64.b64decode(events[0]["audio"])) == 44
 
 
 def test_rtf_zero_generates_as_fast_as_the_reactor_runs() -> None:

@@ -236,7 +236,16 @@ def test_batch_through_the_gateway(demo_gateway_port: int) -> None:
         info = soundfile.info(io.BytesIO(base64.b64decode(result["audio_data"])))
         assert info.samplerate == SAMPLE_RATE
         assert result["usage"]["output_tokens"] > 0
-    assert third == {"index": 2, "status": "error", "error": "Input text cannot be empty"}
+    # SpeechBatchItemResult.model_dump(): every key, the unset ones null
+    # (vllm_omni/entrypoints/openai/protocol/audio.py @ 0131cb556045).
+    assert third == {
+        "index": 2,
+        "status": "error",
+        "audio_data": None,
+        "media_type": None,
+        "error": "Input text cannot be empty",
+        "usage": None,
+    }
 
 
 def test_health_and_models_on_the_demo_upstream() -> None:

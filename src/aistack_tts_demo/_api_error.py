@@ -45,14 +45,3 @@ def render_json(payload: Any) -> bytes:
 
 def not_found(message: str, param: str | None = None) -> APIError:
     return APIError(message, status=404, type="NotFoundError", param=param)
-
-
-def json_object(raw: bytes) -> dict[str, Any]:
-    """A request body that must be one JSON object, or the ``APIError`` saying why it is not."""
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise APIError(f"The request body is not valid JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise APIError("The request body must be a JSON object")
-    return body

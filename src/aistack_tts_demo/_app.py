@@ -124,7 +124,10 @@ class _Routes:
 
     @app.route("/v1/audio/speech", methods=["POST"])
     def speech(self, request: Request) -> Deferred[bytes | None]:
-        speech = parse_speech_request(_body(request), self._voices, self._upstream.model_name)
+        content_type = (request.getHeader(b"content-type") or b"").decode("latin-1") or None
+        speech = parse_speech_request(
+            _body(request), content_type, self._voices, self._upstream.model_name
+        )
         generation = Generation(
             request,
             speech,
@@ -142,8 +145,10 @@ class _Routes:
 
     @app.route("/v1/audio/speech/batch", methods=["POST"])
     def speech_batch(self, request: IRequest) -> bytes:
-        answer = speech_batch(_body(request), self._voices, self._upstream.model_name)
-        return _json(request, answer)
+        content_type = (request.getHeader(b"content-type") or b"").decode("latin-1") or None
+        answer = speech_batch(_body(request), content_type, self._voices, self._upstream.model_name)
+        # The route answers JSONResponse(result.model_dump()): Starlette's compact JSON.
+        return _json_body(request, 200, render_json(answer))
 
     @app.route("/health", methods=["GET"])
     def health(self, request: IRequest) -> bytes:

@@ -1,82 +1,91 @@
 """``POST /v1/audio/speech/batch``: each item checked as a speech request and spoken whole.
 
 Beside ``aistack_tts_demo._generation``, at the same step: a plain function from the body to
-the batch's answer (no pacing, no request object).
+the batch's answer (no pacing, no request object). Mirrors ``create_speech_batch`` and its
+route (``serving_speech.py`` @ 1a48fce52460, ``api_server.py`` @ 005fd8eae138).
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
+import uuid
 from typing import Any
 
-from ._api_error import APIError, json_object, not_found
+from ._api_error import APIError
 from ._encode import CONTENT_TYPES, encode
-from ._speech import MODEL_NAME, parse_speech_request, usage
+from ._framework import Endpoint, json_request
+from ._speech import MODEL_NAME, check_model, speech_request, usage
+from ._speech_models import BatchSpeechRequest
 from ._synth import synthesize
 from ._voices import VoiceRegistry
 
-#: ``BatchSpeechRequest``: its shared defaults (each item may override them) and its limit.
-_BATCH_DEFAULTS = (
-    "voice",
-    "response_format",
-    "speed",
-    "task_type",
-    "language",
-    "instructions",
-    "ref_audio",
-    "ref_text",
-    "max_new_tokens",
-)
+#: ``tts_batch_max_items``' default.
 MAX_BATCH_ITEMS = 32
+#: ``create_speech_batch``'s first decorator in ``api_server.py`` @ 005fd8eae138.
+BATCH_ENDPOINT = Endpoint(
+    function="create_speech_batch", line=1115, method="POST", path="/v1/audio/speech/batch"
+)
 
 
-def speech_batch(raw: bytes, voices: VoiceRegistry, model_name: str = MODEL_NAME) -> Any:
+def _result(index: int, **fields: Any) -> dict[str, Any]:
+    """A ``SpeechBatchItemResult`` as ``model_dump`` gives it: every key, unset ones null."""
+    result: dict[str, Any] = {
+        "index": index,
+        "status": "error",
+        "audio_data": None,
+        "media_type": None,
+        "error": None,
+        "usage": None,
+    }
+    result.update(fields)
+    return result
+
+
+def speech_batch(
+    raw: bytes,
+    content_type: str | None,
+    voices: VoiceRegistry,
+    model_name: str = MODEL_NAME,
+) -> dict[str, Any]:
     """``POST /v1/audio/speech/batch``: each item spoken whole, results in order.
 
-    An item that fails its checks is an ``"error"`` result, not a failed batch, as in
-    vLLM-Omni; the audio is made at once (no pacing: the batch answers when all are done).
+    A body or an item that fails the schema fails the whole request (FastAPI's 400); an item
+    that fails the server's own checks is an ``"error"`` result.
     """
-    body = json_object(raw)
-    items = body.get("items")
-    if not isinstance(items, list) or not items:
-        raise APIError("items: List should have at least 1 item after validation", param="items")
-    if len(items) > MAX_BATCH_ITEMS:
+    batch = json_request(BatchSpeechRequest, raw, content_type, BATCH_ENDPOINT)
+    if len(batch.items) > MAX_BATCH_ITEMS:
+        # A ValueError the route turns into HTTPException(400): vLLM's handler names the
+        # status phrase as the type.
         raise APIError(
-            f"Batch contains {len(items)} items, exceeding the maximum of {MAX_BATCH_ITEMS}."
+            f"Batch contains {len(batch.items)} items, exceeding the maximum of {MAX_BATCH_ITEMS}.",
+            type="Bad Request",
         )
-    model = body.get("model")
-    if isinstance(model, str) and model and model != model_name:
-        raise not_found(f"The model `{model}` does not exist.", param="model")
+    check_model(batch.model, model_name)
     results: list[dict[str, Any]] = []
-    for index, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise APIError(f"items.{index}: Input should be a valid dictionary", param="items")
-        merged = {k: body[k] for k in _BATCH_DEFAULTS if body.get(k) is not None}
-        merged.update({k: v for k, v in item.items() if v is not None})
-        merged["stream"] = False
-        merged.pop("stream_format", None)
+    for index, item in enumerate(batch.items):
+        # No "default" voice here: only create_speech maps it to no voice.
         try:
-            speech = parse_speech_request(json.dumps(merged).encode(), voices, model_name)
+            speech = speech_request(batch.merged(item), voices)
         except APIError as e:
-            results.append({"index": index, "status": "error", "error": e.message})
+            results.append(_result(index, error=e.message))
             continue
         renderer = synthesize(speech.input, speech.voice, speech.speed)
-        data = encode(b"".join(renderer.frames()), speech.response_format)
+        frames = min(renderer.total_frames, speech.max_frames)
+        pcm = b"".join(frame for _, frame in zip(range(frames), renderer.frames(), strict=False))
+        data = encode(pcm, speech.response_format, speech.sample_rate)
         results.append(
-            {
-                "index": index,
-                "status": "success",
-                "audio_data": base64.b64encode(data).decode("ascii"),
-                "media_type": CONTENT_TYPES[speech.response_format].decode(),
-                "usage": usage(speech, renderer.total_frames),
-            }
+            _result(
+                index,
+                status="success",
+                audio_data=base64.b64encode(data).decode("ascii"),
+                media_type=CONTENT_TYPES[speech.response_format].decode(),
+                usage=usage(speech, frames),
+            )
         )
     succeeded = sum(1 for r in results if r["status"] == "success")
-    batch_id = hashlib.sha256(raw).hexdigest()[:32]
     return {
-        "id": f"speech-batch-{batch_id}",
+        # vLLM's random_uuid(): 32 hex digits.
+        "id": f"speech-batch-{uuid.uuid4().hex}",
         "results": results,
         "total": len(results),
         "succeeded": succeeded,

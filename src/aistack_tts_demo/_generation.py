@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping
+from itertools import islice
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -18,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 
-from ._encode import CONTENT_TYPES, encode
+from ._encode import CONTENT_TYPES, StreamResampler, encode
 from ._pacing import PacedFrames
 from ._speech import SpeechRequest, usage, usage_headers
 from ._synth import FRAME_SECONDS, synthesize, wav_header
@@ -31,17 +32,25 @@ CHUNK_FRAMES = 25
 
 
 def _sse_event(payload: Mapping[str, Any]) -> bytes:
-    """One event as vLLM-Omni sends it: an ``event:`` line and a ``data:`` line."""
+    """One event as vLLM-Omni sends it: an ``event:`` line and a ``data:`` line.
+
+    The JSON is compact (``json.dumps(..., separators=(",", ":"))`` in
+    ``_generate_audio_sse_events``, ``serving_speech.py`` @ 1a48fce52460).
+    """
     name = str(payload["type"]).encode()
-    return b"event: " + name + b"\ndata: " + json.dumps(payload).encode() + b"\n\n"
+    data = json.dumps(payload, separators=(",", ":")).encode()
+    return b"event: " + name + b"\ndata: " + data + b"\n\n"
 
 
 class Generation:
     """One utterance being made, a frame at a time by a ``PacedFrames``.
 
     Streamed, frames go out in vLLM-Omni's chunks: the first codec frame alone (behind the
-    WAV header), then ``chunk_frames`` at a time, the last chunk whatever is left. Otherwise
-    the frames are kept and the whole file, encoded, is the result of ``start()``'s Deferred.
+    WAV header, which is a write, or an SSE delta, of its own), then ``chunk_frames`` at a
+    time, the last chunk whatever is left. Otherwise the frames are kept and the whole file,
+    encoded, is the result of ``start()``'s Deferred. Generation stops at the request's
+    codec-frame budget (``max_new_tokens``), as the model's does, and the audio is resampled
+    to the requested ``sample_rate``.
     """
 
     def __init__(
@@ -58,13 +67,14 @@ class Generation:
         self._speech = speech
         self._chunk_frames = chunk_frames
         renderer = synthesize(speech.input, speech.voice, speech.speed)
-        self.total_frames = renderer.total_frames
+        self.total_frames = min(renderer.total_frames, speech.max_frames)
+        self._resampler = StreamResampler(speech.sample_rate)
         self._pacer = PacedFrames(
             clock=clock,
             first_chunk_delay=first_chunk_delay,
             frame_interval=frame_interval,
-            frames=renderer.frames(),
-            total_frames=renderer.total_frames,
+            frames=islice(renderer.frames(), self.total_frames),
+            total_frames=self.total_frames,
             on_frame=self._frame,
             on_finish=self._complete,
             on_abort=self._aborted,
@@ -94,15 +104,18 @@ class Generation:
             self._emit_kept(first=made == len(self._kept))
 
     def _emit_kept(self, first: bool) -> None:
-        data = b"".join(self._kept)
+        data = self._resampler.process(b"".join(self._kept))
         self._kept.clear()
         if first and self._speech.response_format == "wav":
-            data = wav_header(None) + data
+            # _generate_audio_chunks yields the header on its own, before the first audio.
+            self._write(wav_header(None, self._speech.sample_rate))
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
         if self._speech.sse:
-            audio = base64.b64encode(data).decode("ascii")
             delta = {
                 "type": "speech.audio.delta",
-                "audio": audio,
+                "audio": base64.b64encode(data).decode("ascii"),
                 "response_format": self._speech.response_format,
             }
             data = _sse_event(delta)
@@ -117,7 +130,9 @@ class Generation:
             voice=self._speech.voice.name,
         )
         if not self._speech.stream:
-            body = encode(b"".join(self._kept), self._speech.response_format)
+            body = encode(
+                b"".join(self._kept), self._speech.response_format, self._speech.sample_rate
+            )
             self._kept.clear()
             content_type = CONTENT_TYPES[self._speech.response_format]
             self._request.setHeader(b"content-type", content_type)

@@ -315,8 +315,8 @@ def synthesize(text: str, voice: VoiceProfile, speed: float = 1.0) -> Renderer:
 # --- WAV -----------------------------------------------------------------------------------
 
 
-def wav_header(data_bytes: int | None) -> bytes:
-    """A 44-byte PCM WAV header for 24 kHz mono 16-bit audio.
+def wav_header(data_bytes: int | None, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """A 44-byte PCM WAV header for mono 16-bit audio (24 kHz unless told).
 
     With ``data_bytes=None`` the RIFF and data sizes are 0xFFFFFFFF, as streaming servers
     send when the length is not known yet; readers then read to the end of the stream.
@@ -327,7 +327,7 @@ def wav_header(data_bytes: int | None) -> bytes:
         if not 0 <= data_bytes <= STREAMING_SIZE - 36:
             raise ValueError(f"a WAV file cannot hold {data_bytes} bytes of audio")
         riff_size, data_size = 36 + data_bytes, data_bytes
-    byte_rate = SAMPLE_RATE * CHANNELS * SAMPLE_WIDTH
+    byte_rate = sample_rate * CHANNELS * SAMPLE_WIDTH
     return b"".join(
         [
             struct.pack("<4sI4s", b"RIFF", riff_size, b"WAVE"),
@@ -337,7 +337,7 @@ def wav_header(data_bytes: int | None) -> bytes:
                 16,
                 1,  # PCM
                 CHANNELS,
-                SAMPLE_RATE,
+                sample_rate,
                 byte_rate,
                 CHANNELS * SAMPLE_WIDTH,
                 8 * SAMPLE_WIDTH,
