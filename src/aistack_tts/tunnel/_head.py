@@ -1,21 +1,15 @@
-"""The WebSocket tunnel's upstream end before a 101: where it connects, and what it answers.
+"""The WebSocket tunnel's upstream end before a 101: what it answers.
 
-A step below ``tunnel._session``: which requests are tunnelled, the endpoint and ``Host``
-of the upstream, and functions over its answer (split and parse the head, add
-``X-Request-Id``, say how the body of a non-101 answer is framed and start the client's
-response from the head). The head's grammar and the body's framing rules are the HTTP
+A step below ``tunnel._session``: functions over the upstream's answer (split and parse
+the head, add ``X-Request-Id``, say how the body of a non-101 answer is framed and start the
+client's response from the head). The head's grammar and the body's framing rules are the HTTP
 client's (``client._head``); only a 101 is an answer here and not there. No connection and
 no state here.
 """
 
 from __future__ import annotations
 
-from typing import Any
-from urllib.parse import urlsplit
-
 from attrs import field, frozen
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 
@@ -36,32 +30,6 @@ from aistack_tts.wire._http import NO_BODY_STATUS, client_response_headers
 #: client; a real one is a few hundred bytes, so more means a broken upstream, and the buffer
 #: stays bounded.
 MAX_HEAD_BYTES = MAX_UPSTREAM_HEAD
-
-
-@frozen
-class TunnelTarget:
-    """Where tunnels go: a stream endpoint to the upstream and the ``Host`` it answers to."""
-
-    endpoint: IStreamClientEndpoint
-    host: bytes
-    #: The upstream's URL (for the access log).
-    url: str = ""
-
-    @classmethod
-    def for_upstream(cls, reactor: Any, upstream: str, *, connect_timeout: float) -> TunnelTarget:
-        """A plain TCP endpoint (TLS for ``https``) to the upstream URL's host and port."""
-        parts = urlsplit(upstream)
-        hostname = parts.hostname or ""
-        secure = parts.scheme == "https"
-        port = parts.port or (443 if secure else 80)
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(
-            reactor, hostname, port, timeout=connect_timeout
-        )
-        if secure:
-            from twisted.internet.ssl import optionsForClientTLS
-
-            endpoint = wrapClientTLS(optionsForClientTLS(hostname), endpoint)
-        return cls(endpoint=endpoint, host=parts.netloc.encode("ascii"), url=upstream)
 
 
 class BadAnswer(ValueError):
