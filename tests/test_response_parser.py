@@ -287,7 +287,7 @@ def test_any_split_makes_the_same_events(case: bytes, cuts: list[int], eof: bool
     assert summary(events([p for p in pieces if p], eof=eof)) == summary(events([case], eof=eof))
 
 
-# --- a body only, past a head read elsewhere (the WebSocket tunnel's) ---------------------
+# --- the answer to an upgrade request that is not a 101 (the WebSocket tunnel's) ----------
 
 
 @pytest.mark.parametrize(
@@ -326,11 +326,18 @@ def test_any_split_makes_the_same_events(case: bytes, cuts: list[int], eof: bool
         ),
     ],
 )
-def test_for_body_frames_the_body_alone_never_reusable(
+def test_an_answer_to_an_upgrade_request_frames_its_body_never_reusable(
     length: int | None, chunked: bool, data: bytes, eof: bool, expected: list[object]
 ) -> None:
-    """Framed as after a head that said so, but its connection is never reused."""
+    """Not a 101: its body framed as its head says, but its connection is never reused."""
+    head = b"HTTP/1.1 426 Upgrade Required\r\n"
+    if length is not None:
+        head += b"Content-Length: %d\r\n" % length
+    if chunked:
+        head += b"Transfer-Encoding: chunked\r\n"
+    head += b"\r\n"
     for cut in range(len(data) + 1):
-        pieces = [p for p in (data[:cut], data[cut:]) if p]
-        parser = ResponseParser.for_body(length, chunked=chunked)
-        assert summary(events(pieces, eof=eof, parser=parser)) == expected, cut
+        pieces = [p for p in (head + data[:cut], data[cut:]) if p]
+        parser = ResponseParser(b"GET", upgrade=True)
+        found = events(pieces, eof=eof, parser=parser)
+        assert summary(found) == [("head", 426, length, chunked, False), *expected], cut
