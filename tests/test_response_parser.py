@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from aistack_tts.client._events import CONNECTION_CLOSED, NEED_DATA, Data, EndOfMessage, Failed
 from aistack_tts.client._head import Head, IncompleteResponse, UpstreamProtocolError
 from aistack_tts.client._parser import MAX_CHUNK_LINE, ResponseParser
+from aistack_tts.wire._http import MAX_CHUNK_SIZE, chunk_size, chunk_size_problem
 
 
 def events(
@@ -179,6 +180,18 @@ def test_chunk_sizes_are_hex_digits_only(size_line: bytes, shown: str) -> None:
     error = failure(HEAD + size_line + b"\r\nhello\r\n0\r\n\r\n")
     assert isinstance(error, UpstreamProtocolError)
     assert str(error) == f"a bad chunk-size line {shown}"
+
+
+def test_a_chunk_size_is_bounded_as_a_requests_is() -> None:
+    """One bound both ways (``wire._http.MAX_CHUNK_SIZE``): 16 hex digits past it were read as
+    a chunk that would never end; now they are a bad line, as a request's is a 400."""
+    assert chunk_size(b"%x" % MAX_CHUNK_SIZE) == MAX_CHUNK_SIZE
+    assert chunk_size(b"%x;ext" % MAX_CHUNK_SIZE) == MAX_CHUNK_SIZE
+    too_big = b"%x" % (MAX_CHUNK_SIZE + 1)
+    assert chunk_size(too_big) is None
+    assert chunk_size_problem(MAX_CHUNK_SIZE + 1) is not None
+    error = failure(HEAD + too_big + b"\r\nhello\r\n0\r\n\r\n")
+    assert str(error) == f"a bad chunk-size line '{too_big.decode()}'"
 
 
 def test_chunk_line_is_bounded() -> None:

@@ -15,16 +15,15 @@ read as for a call.
 
 Framing as a proxy must read it: heads bounded at ``MAX_UPSTREAM_HEAD`` together (interim
 heads included); no body for HEAD, 204 and 304 whatever the headers say; Content-Length
-bodies exact; chunk-size lines of hex digits only (``int(x, 16)`` would take ``0x``, ``_``
-and spaces), bounded, each chunk followed by CRLF; trailers bounded and dropped; a body
-without either ends only on a clean close and never leaves the connection reusable.
+bodies exact; chunk-size lines as ``wire._http.chunk_size`` reads them (hex digits only,
+the size bounded as a request's is), each chunk followed by CRLF; trailers bounded and
+dropped; a body without either ends only on a clean close and never leaves the connection
+reusable.
 """
 
 from __future__ import annotations
 
-import re
-
-from aistack_tts.wire._http import NO_BODY_STATUS
+from aistack_tts.wire._http import NO_BODY_STATUS, chunk_size
 
 from ._events import (
     CONNECTION_CLOSED,
@@ -49,9 +48,6 @@ from ._head import (
 MAX_CHUNK_LINE = 4 * 1024
 #: The most trailer bytes after the last chunk (they are read and dropped, as Twisted did).
 MAX_TRAILERS = 16 * 1024
-
-#: RFC 9112 section 7.1: ``chunk-size [ chunk-ext ] CRLF``, the size in hex digits only.
-_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[\t\x20-\x7e\x80-\xff]*)?")
 
 
 (
@@ -307,10 +303,9 @@ class ResponseParser:
                 if FIELD_LINE.fullmatch(line) is None:
                     return self._fail(UpstreamProtocolError(f"a bad trailer line {shown(line)}"))
                 continue
-            match = _CHUNK_LINE.fullmatch(line)
-            if match is None:
+            size = chunk_size(line)
+            if size is None:
                 return self._fail(UpstreamProtocolError(f"a bad chunk-size line {shown(line)}"))
-            size = int(match.group(1), 16)
             self._sized = True
             if size == 0:
                 self._state, self._left = _TRAILERS, 0
@@ -354,11 +349,10 @@ class ResponseParser:
                         )
                     break
                 line = bytes(buf[pos:end])
-                match = _CHUNK_LINE.fullmatch(line)
-                if match is None:
+                chunk = chunk_size(line)
+                if chunk is None:
                     fault = UpstreamProtocolError(f"a bad chunk-size line {shown(line)}")
                     break
-                chunk = int(match.group(1), 16)
                 if chunk == 0:
                     if self._pos > start:
                         break  # the bytes before the last chunk go first
