@@ -20,6 +20,8 @@ from typing import Final
 
 from attrs import define
 
+from aistack_tts.wire._http import HOP_BY_HOP
+
 #: The most response-head bytes (status line, header lines and their line ends, 1xx interim
 #: responses included) the gateway reads from the upstream. nginx answers 502 beyond its
 #: ``proxy_buffer_size`` (4 or 8 KiB); this is generous for any TTS server.
@@ -37,20 +39,11 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 _DIGITS = re.compile(rb"[0-9]+")
 
-#: Response headers that describe the connection, not the message (Twisted's ``connHeaders``):
-#: never in ``Head.headers``.
-CONNECTION_HEADERS: Final = frozenset(
-    {
-        b"content-length",
-        b"connection",
-        b"keep-alive",
-        b"te",
-        b"trailers",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-connection",
-    }
-)
+#: Response headers about the connection and the framing, not the message, never in
+#: ``Head.headers``: the hop-by-hop ones (``wire._http.HOP_BY_HOP``, the one table of them)
+#: and Content-Length (given as ``Head.length``). The parser reads those it needs
+#: (Connection, Keep-Alive, Transfer-Encoding, Content-Length) from here.
+CONNECTION_HEADERS: Final = HOP_BY_HOP | {b"content-length"}
 
 
 class UpstreamProtocolError(Exception):

@@ -13,7 +13,12 @@ from collections.abc import Iterable
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 
-#: RFC 9110 section 7.6.1 plus the de-facto ones; compared lower-case.
+#: Headers that are the connection's, not the message's, never passed on either way (the one
+#: table of them: the HTTP client keeps them out of a response's headers too); lower-case.
+#: RFC 9110 section 7.6.1 names Connection, Proxy-Connection, Keep-Alive, TE,
+#: Transfer-Encoding and Upgrade; Trailer because the gateway drops trailers, so the fields
+#: it announces never come; the Proxy-* credentials are the gateway's hop's (RFC 9110
+#: section 11.7). ``Trailers`` (RFC 2616's misspelling, kept in Twisted's table) is no header.
 HOP_BY_HOP: frozenset[bytes] = frozenset(
     {
         b"connection",
