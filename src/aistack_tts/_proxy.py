@@ -27,12 +27,7 @@ from ._config import (
     ConfigError,
     GatewayConfig,
 )
-from ._errors import (
-    Draining,
-    GatewayError,
-    MethodNotAllowed,
-    RequestTooLarge,
-)
+from ._errors import Draining, GatewayError, RequestTooLarge, method_not_allowed
 from .call._admission import Verdict, admit, preflight, refusal
 from .call._context import CallContext, InFlight
 from .call._exchange import _Exchange
@@ -50,7 +45,7 @@ from .server._routes import build_resource
 from .server._site import GatewaySite
 from .tunnel._session import WebSocketTunnel
 from .wire._descriptors import RateLimitedWarning
-from .wire._http import ALLOW_HEADER, ALLOWED_METHODS, is_websocket_request
+from .wire._http import ALLOWED_METHODS, is_websocket_request
 
 _log = Logger()
 
@@ -296,10 +291,7 @@ class TTSProxy:
                 headers=[(b"Retry-After", b"1")],
             )
         if request.method not in ALLOWED_METHODS:
-            raise MethodNotAllowed(
-                f"method {request.method.decode('latin-1')} is not allowed here",
-                headers=[ALLOW_HEADER],
-            )
+            raise method_not_allowed(request.method)
         # The request factory refuses large bodies on arrival; this catches the same when the
         # resource is mounted in someone else's Site, before anything goes upstream.
         content = request.content
