@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from aistack_tts._config import Origin
 from aistack_tts.call._admission import Admission, Verdict, admit, refusal
 from aistack_tts.call._slot import RetryAfter
 from aistack_tts.call._upstreams import Grant, Upstream
@@ -18,7 +19,7 @@ class FakeSlots:
         self.free = free
         self.down = all_down
         self.taken = 0
-        self.upstream = Upstream("http://gpu", b"http://gpu", None)  # type: ignore[arg-type]
+        self.upstream = Upstream(Origin.parse("http://gpu"), None)  # type: ignore[arg-type]
 
     def try_take(self, exclude: Sequence[Upstream] = ()) -> Grant | None:
         if not self.free:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from twisted.internet.defer import DeferredSemaphore
 from twisted.internet.task import Clock
 
+from aistack_tts._config import Origin
 from aistack_tts.call._slot import GPUSlot
 from aistack_tts.call._upstreams import Grant, Upstream, UpstreamPool, WaitTimedOut
 
@@ -12,11 +13,7 @@ from aistack_tts.call._upstreams import Grant, Upstream, UpstreamPool, WaitTimed
 def make_pool(n: int = 3, tokens: int = 1) -> tuple[Clock, UpstreamPool]:
     clock = Clock()
     upstreams = [
-        Upstream(
-            f"http://gpu{i}:8091",
-            b"http://gpu%d:8091" % i,
-            GPUSlot(DeferredSemaphore(tokens), clock),
-        )
+        Upstream(Origin.parse(f"http://gpu{i}:8091"), GPUSlot(DeferredSemaphore(tokens), clock))
         for i in range(n)
     ]
     return clock, UpstreamPool(upstreams, clock)

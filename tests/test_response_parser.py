@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from aistack_tts.client._events import CONNECTION_CLOSED, NEED_DATA, Data, EndOfMessage, Failed
 from aistack_tts.client._head import Head, IncompleteResponse, UpstreamProtocolError
 from aistack_tts.client._parser import MAX_CHUNK_LINE, ResponseParser
+from aistack_tts.wire._http import MAX_CHUNK_SIZE, chunk_size, chunk_size_problem
 
 
 def events(
@@ -181,6 +182,18 @@ def test_chunk_sizes_are_hex_digits_only(size_line: bytes, shown: str) -> None:
     assert str(error) == f"a bad chunk-size line {shown}"
 
 
+def test_a_chunk_size_is_bounded_as_a_requests_is() -> None:
+    """One bound both ways (``wire._http.MAX_CHUNK_SIZE``): 16 hex digits past it were read as
+    a chunk that would never end; now they are a bad line, as a request's is a 400."""
+    assert chunk_size(b"%x" % MAX_CHUNK_SIZE) == MAX_CHUNK_SIZE
+    assert chunk_size(b"%x;ext" % MAX_CHUNK_SIZE) == MAX_CHUNK_SIZE
+    too_big = b"%x" % (MAX_CHUNK_SIZE + 1)
+    assert chunk_size(too_big) is None
+    assert chunk_size_problem(MAX_CHUNK_SIZE + 1) is not None
+    error = failure(HEAD + too_big + b"\r\nhello\r\n0\r\n\r\n")
+    assert str(error) == f"a bad chunk-size line '{too_big.decode()}'"
+
+
 def test_chunk_line_is_bounded() -> None:
     """A chunk-size line that never ends is refused at ``MAX_CHUNK_LINE``, not buffered."""
     error = failure(HEAD + b"5;" + b"x" * MAX_CHUNK_LINE)
@@ -287,7 +300,7 @@ def test_any_split_makes_the_same_events(case: bytes, cuts: list[int], eof: bool
     assert summary(events([p for p in pieces if p], eof=eof)) == summary(events([case], eof=eof))
 
 
-# --- a body only, past a head read elsewhere (the WebSocket tunnel's) ---------------------
+# --- the answer to an upgrade request that is not a 101 (the WebSocket tunnel's) ----------
 
 
 @pytest.mark.parametrize(
@@ -326,11 +339,18 @@ def test_any_split_makes_the_same_events(case: bytes, cuts: list[int], eof: bool
         ),
     ],
 )
-def test_for_body_frames_the_body_alone_never_reusable(
+def test_an_answer_to_an_upgrade_request_frames_its_body_never_reusable(
     length: int | None, chunked: bool, data: bytes, eof: bool, expected: list[object]
 ) -> None:
-    """Framed as after a head that said so, but its connection is never reused."""
+    """Not a 101: its body framed as its head says, but its connection is never reused."""
+    head = b"HTTP/1.1 426 Upgrade Required\r\n"
+    if length is not None:
+        head += b"Content-Length: %d\r\n" % length
+    if chunked:
+        head += b"Transfer-Encoding: chunked\r\n"
+    head += b"\r\n"
     for cut in range(len(data) + 1):
-        pieces = [p for p in (data[:cut], data[cut:]) if p]
-        parser = ResponseParser.for_body(length, chunked=chunked)
-        assert summary(events(pieces, eof=eof, parser=parser)) == expected, cut
+        pieces = [p for p in (head + data[:cut], data[cut:]) if p]
+        parser = ResponseParser(b"GET", upgrade=True)
+        found = events(pieces, eof=eof, parser=parser)
+        assert summary(found) == [("head", 426, length, chunked, False), *expected], cut

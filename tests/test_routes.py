@@ -14,6 +14,17 @@ def answer(raw: bytes, **kwargs: object) -> tuple[Harness, bytes]:
     return h, h.request(raw).received()
 
 
+def test_a_routes_405_is_the_proxied_routes() -> None:
+    """One 405 (``_errors.method_not_allowed``): Klein's for /healthz is the proxied route's."""
+    answers = []
+    for target in (b"/healthz", b"/v1/audio/speech"):
+        _h, raw = answer(b"PUT %s HTTP/1.1\r\nHost: gw\r\n\r\n" % target)
+        status, headers, _ = parse_response(raw)
+        answers.append((status, headers[b"allow"], envelope(raw)))
+    assert answers[0] == answers[1]
+    assert answers[0][0] == 405
+
+
 @pytest.mark.parametrize(
     "target",
     [b"/", b"/v1/models", b"/v1/audio", b"/v1/audio/", b"/v1/audiox/speech", b"/favicon.ico"],

@@ -8,6 +8,7 @@ import hashlib
 import pytest
 
 from support.harness import Harness, upstream_request
+from support.tunnel import HANDSHAKE
 from support.wire import dechunk, envelope, parse_response
 
 
@@ -89,6 +90,24 @@ def test_response_headers_come_back_unchanged_minus_hop_by_hop() -> None:
     assert headers[b"server"] == [b"vllm"], "the upstream's Server replaces the gateway's"
     assert b"x-private" not in headers
     assert b"keep-alive" not in headers
+
+
+def test_one_hop_by_hop_table_for_a_calls_response_and_a_refused_upgrade() -> None:
+    """``Trailer`` (the gateway drops trailers) stays at the gateway both ways; ``Trailers``
+    is no header (RFC 2616's misspelling in Twisted's table, which a call's client had
+    dropped while the tunnel passed it on) and reaches the client both ways now."""
+    extra = b"Trailer: X-T\r\nTrailers: X-U\r\nProxy-Authenticate: Basic\r\nX-Keep: yes\r\n"
+    response = b"HTTP/1.1 403 Forbidden\r\n" + extra + b"Content-Length: 2\r\n\r\nno"
+    _h, _sent, raw = roundtrip(b"GET /v1/audio/voices HTTP/1.1\r\nHost: gw\r\n\r\n", response)
+    h = Harness()
+    client = h.request(HANDSHAKE)
+    h.upstream().send(response)
+    for got in (raw, client.received()):
+        status, headers, body = parse_response(got)
+        assert (status, body) == (403, b"no")
+        assert (headers[b"trailers"], headers[b"x-keep"]) == ([b"X-U"], [b"yes"])
+        assert b"trailer" not in headers
+        assert b"proxy-authenticate" not in headers
 
 
 def test_gzip_passes_through_untouched() -> None:

@@ -1,5 +1,5 @@
 """The WebSocket tunnel's pure parts: which requests upgrade, the handshake written upstream,
-the answer head split and parsed, and where frames end (with Hypothesis)."""
+the answer head read by the HTTP client's parser, and where frames end (with Hypothesis)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.web.http_headers import Headers
 
+from aistack_tts.client._events import NEED_DATA, Failed
+from aistack_tts.client._head import MAX_UPSTREAM_HEAD, Head, UpstreamProtocolError
+from aistack_tts.client._parser import ResponseParser
 from aistack_tts.tunnel._frames import FrameBoundary, close_frame
-from aistack_tts.tunnel._head import MAX_HEAD_BYTES, BadAnswer, parse_head, split_head
 from aistack_tts.wire._http import wants_websocket, websocket_handshake
 from support.tunnel import (
     KEY,
@@ -65,52 +67,87 @@ def test_handshake_keeps_the_websocket_headers_and_drops_hop_by_hop() -> None:
     )
 
 
-def test_split_head_waits_for_the_blank_line_and_keeps_what_follows() -> None:
-    assert split_head(b"HTTP/1.1 101 OK\r\nUpgrade: websocket\r\n") is None
-    assert split_head(SWITCHING + b"frame") == (SWITCHING, b"frame")
+def answer(pieces: list[bytes]) -> tuple[Head | Failed | None, bytes]:
+    """What the tunnel's parser makes of ``pieces``: the head (or failure) and the bytes after."""
+    parser = ResponseParser(b"GET", upgrade=True)
+    for piece in pieces:
+        parser.receive_data(piece)
+        event = parser.next_event()
+        if event is not NEED_DATA:
+            assert isinstance(event, Head | Failed)
+            return event, parser.rest()
+    return None, b""
 
 
-def test_split_head_accepts_bare_lf_line_ends_as_the_http_client_does() -> None:
+def test_the_answer_waits_for_the_blank_line_and_keeps_what_follows() -> None:
+    assert answer([b"HTTP/1.1 101 OK\r\nUpgrade: websocket\r\n"]) == (None, b"")
+    head, rest = answer([SWITCHING[:10], SWITCHING[10:] + b"frame"])
+    assert isinstance(head, Head)
+    assert (head.status, head.raw, rest) == (101, SWITCHING, b"frame")
+
+
+def test_the_answer_accepts_bare_lf_line_ends_as_the_http_client_does() -> None:
     bare = b"HTTP/1.1 101 OK\nUpgrade: websocket\n\n"
-    assert split_head(bare + b"frame") == (bare, b"frame")
     mixed = b"HTTP/1.1 101 OK\r\nUpgrade: websocket\n\r\n"
-    assert split_head(mixed + b"frame") == (mixed, b"frame")
-    assert split_head(b"HTTP/1.1 101 OK\nUpgrade: websocket\n") is None
+    for raw in (bare, mixed):
+        head, rest = answer([raw + b"frame"])
+        assert isinstance(head, Head)
+        assert (head.raw, rest) == (b"HTTP/1.1 101 OK\r\nUpgrade: websocket\r\n\r\n", b"frame")
+    assert answer([b"HTTP/1.1 101 OK\nUpgrade: websocket\n"]) == (None, b"")
 
 
-def test_split_head_bounds_what_is_left_of_the_limit() -> None:
-    head = b"HTTP/1.1 103 Early Hints\r\n\r\n"
-    assert split_head(head, MAX_HEAD_BYTES - len(head) + 1) == (head, b"")
-    with pytest.raises(BadAnswer):
-        split_head(head, len(head) - 1)
+def test_interim_answers_are_skipped_and_count_against_the_one_limit() -> None:
+    hints = b"HTTP/1.1 103 Early Hints\r\n\r\n"
+    head, _rest = answer([hints + SWITCHING])
+    assert isinstance(head, Head)
+    assert head.status == 101
+    failed, _rest = answer([hints * (MAX_UPSTREAM_HEAD // len(hints) + 1) + SWITCHING])
+    assert isinstance(failed, Failed)
+    assert "over the gateway's limit" in str(failed.error)
 
 
 def test_a_bare_lf_head_is_parsed_and_kept_with_crlf() -> None:
     """RFC 9112 section 2.2: a recipient may take a bare LF; what the gateway sends on uses
     CRLF, so the client gets a well-formed 101."""
-    head = parse_head(b"HTTP/1.1 101 Switching Protocols\nUpgrade: websocket\r\nX-A: 1\n\n")
+    head, _ = answer([b"HTTP/1.1 101 Switching Protocols\nUpgrade: websocket\r\nX-A: 1\n\n"])
+    assert isinstance(head, Head)
     assert (head.status, head.reason) == (101, b"Switching Protocols")
     assert head.raw == b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nX-A: 1\r\n\r\n"
-    assert head.headers.getRawHeaders(b"x-a") == [b"1"]
+    assert head.headers == [(b"Upgrade", b"websocket"), (b"X-A", b"1")]
 
 
-def test_split_head_bounds_the_buffer() -> None:
-    with pytest.raises(BadAnswer):
-        split_head(b"HTTP/1.1 101 OK\r\n" + b"X: y\r\n" * (MAX_HEAD_BYTES // 6))
-    # A head that ends just past the limit is refused too.
-    with pytest.raises(BadAnswer):
-        split_head(b"x" * MAX_HEAD_BYTES + b"\r\n\r\n")
+def test_the_answer_head_is_bounded() -> None:
+    for pieces in (
+        [b"HTTP/1.1 101 OK\r\n" + b"X: y\r\n" * (MAX_UPSTREAM_HEAD // 6)],
+        # A head that ends just past the limit is refused too.
+        [b"x" * MAX_UPSTREAM_HEAD + b"\r\n\r\n"],
+    ):
+        failed, _ = answer(pieces)
+        assert isinstance(failed, Failed)
+        assert isinstance(failed.error, UpstreamProtocolError)
 
 
-def test_parse_head() -> None:
-    head = parse_head(SWITCHING)
+def test_the_answer_head_keeps_every_field_line() -> None:
+    head, _ = answer([SWITCHING])
+    assert isinstance(head, Head)
     assert (head.status, head.reason, head.raw) == (
         101,
         b"Switching Protocols (as it is)",
         SWITCHING,
     )
-    assert head.headers.getRawHeaders(b"sec-websocket-accept") == [b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="]
-    assert parse_head(b"HTTP/1.1 404\r\n\r\n").reason == b""
+    assert (b"Sec-WebSocket-Accept", b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=") in head.headers
+    assert (b"CONNECTION", b"Upgrade") in head.headers, "the 101's own hop-by-hop headers too"
+    refused, _ = answer([b"HTTP/1.1 404\r\n\r\n"])
+    assert isinstance(refused, Head)
+    assert refused.reason == b""
+
+
+def test_only_an_upgrade_request_takes_a_101() -> None:
+    parser = ResponseParser(b"GET")
+    parser.receive_data(SWITCHING)
+    failed = parser.next_event()
+    assert isinstance(failed, Failed)
+    assert "asked for no upgrade" in str(failed.error)
 
 
 @pytest.mark.parametrize(
@@ -123,9 +160,10 @@ def test_parse_head() -> None:
         b"HTTP/1.1 101 OK\r\n folded: x\r\n\r\n",
     ],
 )
-def test_parse_head_refuses_what_is_not_http(raw: bytes) -> None:
-    with pytest.raises(BadAnswer):
-        parse_head(raw)
+def test_an_answer_that_is_not_http_fails(raw: bytes) -> None:
+    failed, _ = answer([raw])
+    assert isinstance(failed, Failed)
+    assert isinstance(failed.error, UpstreamProtocolError)
 
 
 # --- frame boundaries -----------------------------------------------------------------------

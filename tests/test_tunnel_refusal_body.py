@@ -8,6 +8,8 @@ import pytest
 from twisted.internet.error import ConnectionDone
 
 from aistack_tts.call._events import AbortClient, AnswerWith, Ending, Finish
+from aistack_tts.client._events import Failed
+from aistack_tts.client._parser import ResponseParser
 from aistack_tts.tunnel._events import (
     CloseUpstream,
     Connected,
@@ -48,33 +50,33 @@ def relayed(effects: list[Effect]) -> bytes:
     [
         (
             b"HTTP/1.1 400 Bad\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-            "BadAnswer: unsupported Transfer-Encoding 'gzip, chunked'",
+            "UpstreamProtocolError: unsupported Transfer-Encoding 'gzip, chunked'",
         ),
         (
             b"HTTP/1.1 400 Bad\r\nTransfer-Encoding: identity\r\n\r\n",
-            "BadAnswer: unsupported Transfer-Encoding 'identity'",
+            "UpstreamProtocolError: unsupported Transfer-Encoding 'identity'",
         ),
         (
             b"HTTP/1.1 400 Bad\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
-            "BadAnswer: both Transfer-Encoding and Content-Length in its response",
+            "UpstreamProtocolError: both Transfer-Encoding and Content-Length in its response",
         ),
         (
             b"HTTP/1.1 400 Bad\r\nContent-Length: 5, 6\r\n\r\n",
-            "BadAnswer: invalid Content-Length '5, 6'",
+            "UpstreamProtocolError: invalid Content-Length '5, 6'",
         ),
         (
             b"HTTP/1.1 400 Bad\r\nContent-Length: 0x5\r\n\r\n",
-            "BadAnswer: invalid Content-Length '0x5'",
+            "UpstreamProtocolError: invalid Content-Length '0x5'",
         ),
         (
             b"HTTP/1.1 400 Bad\r\nX-A: a\x01b\r\nContent-Length: 0\r\n\r\n",
-            "BadAnswer: control character 0x01 in the value of its header 'X-A'",
+            "UpstreamProtocolError: control character 0x01 in the value of its header 'X-A'",
         ),
         (
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nX-A: a\x00b\r\n\r\n",
-            "BadAnswer: control character 0x00 in the value of its header 'X-A'",
+            "UpstreamProtocolError: control character 0x00 in the value of its header 'X-A'",
         ),
-        (b"HTTP/1.1 099 Odd\r\n\r\n", "BadAnswer: bad status line 'HTTP/1.1 099 Odd'"),
+        (b"HTTP/1.1 099 Odd\r\n\r\n", "UpstreamProtocolError: bad status line 'HTTP/1.1 099 Odd'"),
     ],
 )
 def test_a_head_the_http_client_refuses_is_refused_before_anything_is_relayed(
@@ -88,6 +90,33 @@ def test_a_head_the_http_client_refuses_is_refused_before_anything_is_relayed(
     assert isinstance(answer, AnswerWith)
     assert (answer.error.type, answer.error.message) == ("upstream_error", message)
     assert finish == Finish("upstream_error", message, ending=Ending.ENVELOPE)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5, 6\r\n\r\n",
+    ],
+)
+def test_a_status_without_a_body_is_still_refused_for_framing_a_call_refuses(head: bytes) -> None:
+    """One parser for both: a call's client refuses these heads, so the tunnel does now too
+    (its own head reader had not looked at the framing of a 204 or 304)."""
+    effects = refused(head)
+    assert effects[0] == CloseUpstream(abort=True)
+    assert isinstance(effects[1], AnswerWith)
+    assert effects[1].error.type == "upstream_error"
+    parser = ResponseParser(b"GET")
+    parser.receive_data(head)
+    assert isinstance(parser.next_event(), Failed)
+
+
+def test_a_status_without_a_body_is_relayed_with_none() -> None:
+    effects = refused(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n")
+    start = effects[0]
+    assert isinstance(start, StartRelay)
+    assert (start.head.status, start.chunked, start.body) == (304, False, False)
+    assert relayed(effects) == b""
 
 
 def test_repeated_equal_lengths_are_one_length() -> None:
@@ -238,6 +267,7 @@ def test_a_refusal_framed_two_ways_gets_the_502_envelope() -> None:
     error = envelope(client.received())
     assert (parse_response(client.received())[0], error["type"]) == (502, "upstream_error")
     assert (
-        error["message"] == "BadAnswer: both Transfer-Encoding and Content-Length in its response"
+        error["message"]
+        == "UpstreamProtocolError: both Transfer-Encoding and Content-Length in its response"
     )
     assert_released_once(h, slot)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet.error import ConnectionDone, ConnectionLost
 
-from aistack_tts.tunnel._head import MAX_HEAD_BYTES
+from aistack_tts.client._head import MAX_UPSTREAM_HEAD as MAX_HEAD_BYTES
 from aistack_tts.tunnel._session import WebSocketTunnel
 from support.logs import LogCapture
 from support.tunnel import (
@@ -123,7 +123,7 @@ def test_a_broken_answer_gives_502(answer: bytes) -> None:
     assert up.aborted
     error = envelope(client.received())
     assert (parse_response(client.received())[0], error["type"]) == (502, "upstream_error")
-    assert error["message"].startswith("BadAnswer: ")
+    assert error["message"].startswith("UpstreamProtocolError: ")
     assert_released_once(h, slot)
 
 
@@ -138,7 +138,7 @@ def test_interim_answers_count_against_the_one_head_limit() -> None:
     assert up.aborted
     error = envelope(client.received())
     assert (parse_response(client.received())[0], error["type"]) == (502, "upstream_error")
-    assert "longer than 65536 bytes" in error["message"]
+    assert "over the gateway's limit of 65536 bytes" in error["message"]
     assert_released_once(h, slot)
 
 

@@ -8,6 +8,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from attrs import field, frozen
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
 
 DEFAULT_LISTEN = "tcp:8000:interface=127.0.0.1"
 #: vLLM-Omni's documented port for the Qwen3-TTS server.
@@ -29,34 +31,87 @@ class ConfigError(ValueError):
     """A configuration value that cannot work; its message is one line for the operator."""
 
 
-def parse_upstream(url: str) -> bytes:
-    """Validate an upstream base URL; return it as bytes without a trailing slash."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as e:
-        raise ConfigError(f"upstream URL {url!r} is not a valid URL ({e})") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(
-            f"upstream URL {url!r} must look like http://HOST:PORT (http or https, with a host)"
+#: The port an upstream URL without one is reached on.
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@frozen
+class Origin:
+    """One upstream server as the gateway reaches it: its URL, parsed once (``Origin.parse``).
+
+    The HTTP client, the WebSocket tunnel and the readiness probe all take it from here: where
+    to connect (``endpoint``, TLS for ``https``), the ``Host`` value that names it, and the
+    base that request-targets are appended to.
+    """
+
+    #: The URL as it was configured (for logs and the access log).
+    url: str
+    scheme: str
+    #: As ``urlsplit`` gives it: lower-case, IPv6 without brackets.
+    hostname: str
+    port: int
+    #: The ``Host`` header value: the host (bracketed for IPv6), ``:port`` unless the default.
+    host: bytes
+    #: The URL without a trailing slash: a request-target is appended to it byte-exact.
+    base: bytes
+
+    @property
+    def tls(self) -> bool:
+        """Whether connections to it are TLS (``https``)."""
+        return self.scheme == "https"
+
+    @classmethod
+    def parse(cls, url: str) -> Origin:
+        """Validate an upstream base URL; raises ``ConfigError`` in one line for the operator."""
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as e:
+            raise ConfigError(f"upstream URL {url!r} is not a valid URL ({e})") from None
+        if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
+            raise ConfigError(
+                f"upstream URL {url!r} must look like http://HOST:PORT (http or https, with a host)"
+            )
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ConfigError(
+                f"upstream URL {url!r} must not carry a query, fragment or credentials"
+            )
+        if port == 0:
+            raise ConfigError(f"upstream URL {url!r} has port 0")
+        if parts.path.strip("/"):
+            # The request's own path (/v1/audio/...) is appended as it came: a base with a
+            # path, as OpenAI base URLs are written, would send every call to /v1/v1/audio/...
+            origin = f"{parts.scheme}://{parts.netloc}"
+            raise ConfigError(
+                f"upstream URL {url!r} has a path ({parts.path!r}): give the server's origin "
+                f"only, e.g. {origin} (requests keep their own /v1/audio/... path)"
+            )
+        try:
+            base = url.rstrip("/").encode("ascii")
+        except UnicodeEncodeError:
+            raise ConfigError(f"upstream URL {url!r} must be ASCII (punycode the host)") from None
+        hostname = parts.hostname
+        default = DEFAULT_PORTS[parts.scheme]
+        port = port or default
+        host = f"[{hostname}]" if ":" in hostname else hostname
+        if port != default:
+            host = f"{host}:{port}"
+        return cls(url, parts.scheme, hostname, port, host.encode("ascii"), base)
+
+    def endpoint(self, reactor: Any, *, timeout: float, tls: bool = True) -> IStreamClientEndpoint:
+        """A client endpoint to it on ``reactor``, reusable: TLS-wrapped for ``https``.
+
+        ``tls=False``: a plain TCP connect whatever the scheme (the readiness probe's).
+        """
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(
+            reactor, self.hostname, self.port, timeout=timeout
         )
-    if parts.query or parts.fragment or parts.username or parts.password:
-        raise ConfigError(f"upstream URL {url!r} must not carry a query, fragment or credentials")
-    if port == 0:
-        raise ConfigError(f"upstream URL {url!r} has port 0")
-    if parts.path.strip("/"):
-        # The request's own path (/v1/audio/...) is appended as it came: a base with a path,
-        # as OpenAI base URLs are written, would send every call to /v1/v1/audio/...
-        origin = f"{parts.scheme}://{parts.netloc}"
-        raise ConfigError(
-            f"upstream URL {url!r} has a path ({parts.path!r}): give the server's origin only, "
-            f"e.g. {origin} (requests keep their own /v1/audio/... path)"
-        )
-    try:
-        encoded = url.rstrip("/").encode("ascii")
-    except UnicodeEncodeError:
-        raise ConfigError(f"upstream URL {url!r} must be ASCII (punycode the host)") from None
-    return encoded
+        if tls and self.tls:
+            # Imported here: pyOpenSSL is only needed once an https upstream is configured.
+            from twisted.internet.ssl import optionsForClientTLS
+
+            endpoint = wrapClientTLS(optionsForClientTLS(self.hostname), endpoint)
+        return endpoint
 
 
 def _positive_seconds(name: str) -> Callable[[Any, Any, float], None]:
@@ -85,13 +140,14 @@ def _upstreams(value: str | Sequence[str]) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
-def _check_upstreams(_instance: Any, _attribute: Any, value: tuple[str, ...]) -> None:
+def _check_upstreams(instance: Any, _attribute: Any, value: tuple[str, ...]) -> None:
     if not value:
         raise ConfigError("upstream needs at least one URL, e.g. http://127.0.0.1:8091")
-    for url in value:
-        parse_upstream(url)
+    origins = tuple(Origin.parse(url) for url in value)
     if len(set(value)) != len(value):
         raise ConfigError(f"upstream URLs must differ: {', '.join(value)}")
+    # Parsed once, here, as the URLs are checked: ``GatewayConfig.origins`` holds the result.
+    object.__setattr__(instance, "origins", origins)
 
 
 @frozen
@@ -204,6 +260,8 @@ class GatewayConfig:
     demo: bool = False
     metrics: bool = True
     health: bool = True
+    #: The ``upstream`` URLs parsed, in order: made by their validation, not given.
+    origins: tuple[Origin, ...] = field(init=False, eq=False, repr=False)
 
     @property
     def exempt_rules(self) -> tuple[ExemptRule, ...]:

@@ -32,6 +32,7 @@ from twisted.web.iweb import IRequest
 
 from .client._head import UpstreamProtocolError
 from .wire._descriptors import OUT_OF_DESCRIPTORS, describe_exhaustion
+from .wire._http import ALLOW_HEADER
 
 AISTACK = "aistack"
 QWEN3_TTS = "qwen3-tts"
@@ -92,6 +93,16 @@ class NotFound(GatewayError):
 class MethodNotAllowed(GatewayError):
     status = 405
     type = "method_not_allowed"
+
+
+def method_not_allowed(method: bytes) -> MethodNotAllowed:
+    """The 405 for ``method``, with the ``Allow`` of the methods the gateway proxies.
+
+    The one place it is made: the proxied route's method check and a route's (Klein's) alike.
+    """
+    return MethodNotAllowed(
+        f"method {method.decode('latin-1')} is not allowed here", headers=[ALLOW_HEADER]
+    )
 
 
 class RequestTimeout(GatewayError):

@@ -26,14 +26,8 @@ from ._config import (
     DEFAULT_WS_IDLE_TIMEOUT,
     ConfigError,
     GatewayConfig,
-    parse_upstream,
 )
-from ._errors import (
-    Draining,
-    GatewayError,
-    MethodNotAllowed,
-    RequestTooLarge,
-)
+from ._errors import Draining, GatewayError, RequestTooLarge, method_not_allowed
 from .call._admission import Verdict, admit, preflight, refusal
 from .call._context import CallContext, InFlight
 from .call._exchange import _Exchange
@@ -49,10 +43,9 @@ from .server._connections import ConnectionRegistry
 from .server._drain import Drain
 from .server._routes import build_resource
 from .server._site import GatewaySite
-from .tunnel._head import TunnelTarget
 from .tunnel._session import WebSocketTunnel
 from .wire._descriptors import RateLimitedWarning
-from .wire._http import ALLOW_HEADER, ALLOWED_METHODS, is_websocket_request
+from .wire._http import ALLOWED_METHODS, is_websocket_request
 
 _log = Logger()
 
@@ -137,8 +130,8 @@ class TTSProxy:
         self.exempt = config.exempt_rules
         self.pool = UpstreamPool(
             [
-                Upstream(url, parse_upstream(url), GPUSlot(semaphore, reactor))
-                for url, semaphore in zip(config.upstream, semaphores, strict=True)
+                Upstream(origin, GPUSlot(semaphore, reactor))
+                for origin, semaphore in zip(config.origins, semaphores, strict=True)
             ],
             reactor,
             cooldown=down_cooldown,
@@ -146,8 +139,8 @@ class TTSProxy:
         #: The first upstream's slot (the only one, with a single upstream).
         self.slot = self.pool.upstreams[0].slot
         #: Where WebSocket sessions are tunnelled: a plain TCP (TLS for https) endpoint each.
-        self._ws_targets = {
-            u: TunnelTarget.for_upstream(reactor, u.url, connect_timeout=config.connect_timeout)
+        self._ws_endpoints = {
+            u: u.origin.endpoint(reactor, timeout=config.connect_timeout)
             for u in self.pool.upstreams
         }
         self._pool: ConnectionPool | None = None
@@ -170,7 +163,7 @@ class TTSProxy:
         self.metrics_route = MetricsResource(self.metrics.registry) if metrics else None
         self.health_routes = health
         self.readiness = [
-            ReadinessProbe(reactor, url, config.connect_timeout) for url in config.upstream
+            ReadinessProbe(reactor, origin, config.connect_timeout) for origin in config.origins
         ]
         #: What each call takes from the gateway.
         self.context = CallContext(
@@ -298,10 +291,7 @@ class TTSProxy:
                 headers=[(b"Retry-After", b"1")],
             )
         if request.method not in ALLOWED_METHODS:
-            raise MethodNotAllowed(
-                f"method {request.method.decode('latin-1')} is not allowed here",
-                headers=[ALLOW_HEADER],
-            )
+            raise method_not_allowed(request.method)
         # The request factory refuses large bodies on arrival; this catches the same when the
         # resource is mounted in someone else's Site, before anything goes upstream.
         content = request.content
@@ -329,8 +319,11 @@ class TTSProxy:
 
     def _start(self, request: Request, grant: Grant, websocket: bool) -> Deferred[None]:
         if websocket:
-            target = self._ws_targets[grant.upstream]
-            return WebSocketTunnel(self.context, request, grant.hold, target).start()
+            upstream = grant.upstream
+            endpoint = self._ws_endpoints[upstream]
+            return WebSocketTunnel(
+                self.context, request, grant.hold, upstream.origin, endpoint
+            ).start()
         return _Exchange(self.context, request, grant.upstream, grant.hold).start()
 
     def _queue(self, request: Request, websocket: bool) -> Deferred[None]:

@@ -14,6 +14,8 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
+from aistack_tts._config import Origin
+
 from ._slot import GPUSlot, RetryAfter, SlotHold
 
 #: How long an upstream that refused a connection is skipped.
@@ -22,12 +24,21 @@ DEFAULT_DOWN_COOLDOWN = 5.0
 
 @define(eq=False)
 class Upstream:
-    """One upstream server (one GPU) and its slot."""
+    """One upstream server (one GPU): its ``Origin`` (parsed by the configuration) and its slot."""
 
-    url: str
-    base: bytes
+    origin: Origin
     slot: GPUSlot
     down_until: float = 0.0
+
+    @property
+    def url(self) -> str:
+        """Its URL as configured (for logs and the access log)."""
+        return self.origin.url
+
+    @property
+    def base(self) -> bytes:
+        """Its URL without a trailing slash: request-targets are appended to it."""
+        return self.origin.base
 
     def is_up(self, now: float) -> bool:
         """Not in a cool-down after a refused connection."""

@@ -17,10 +17,11 @@ factory, the request method it is built on) had to be reached into for a strict 
 Connection-named headers and a close-delimited body's truth, and could change with any
 upgrade.
 
-What this client does per request: one cached, parsed origin per upstream (endpoint and
-``Host``), the request-target sent exactly as given (no ``urlunparse``: ``/x?`` and ``/x;``
-stay), head and a small body in one send, one request in flight per connection, the pooled
-connection reused only after complete framing with nothing trailing. Cancelling the
+What this client does per request: one cached route per upstream origin (the
+configuration's ``Origin``, parsed once, and its endpoint), the request-target sent exactly
+as given (no ``urlunparse``: ``/x?`` and ``/x;`` stay), head and a small body in one send,
+one request in flight per connection, the pooled connection reused only after complete
+framing with nothing trailing. Cancelling the
 returned Deferred aborts the connection (or the connect attempt). A request on a pooled
 connection that was closed before any response byte is sent again on a fresh connection,
 once, whatever its method, when its body can be sent again: the upstream closed an idle
@@ -31,11 +32,9 @@ it did not start the call, and the client did not cause the failure.
 from __future__ import annotations
 
 from typing import IO, Any
-from urllib.parse import urlsplit
 
 from attrs import frozen
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Cooperator
@@ -46,20 +45,20 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
+from aistack_tts._config import ConfigError, Origin
+
 from ._connection import UpstreamConnection
 from ._pool import ConnectionPool
 from ._request import ClientRequest, SpooledBody, can_resend, request_head, whole_body
 
-_DEFAULT_PORT = {"http": 80, "https": 443}
-
 
 @frozen
-class Origin:
-    """One upstream as the client reaches it: pool key, endpoint, ``Host`` value."""
+class Route:
+    """One upstream origin as the client reaches it: pool key, ``Origin``, its endpoint."""
 
     key: bytes
+    origin: Origin
     endpoint: IStreamClientEndpoint
-    host: bytes
 
 
 class _ConnectionFactory(Factory):
@@ -91,29 +90,23 @@ class LeanAgent:
         self._reactor = reactor
         self.pool = pool
         self._connect_timeout = connect_timeout
-        self._origins: dict[bytes, Origin] = {}
+        self._routes: dict[bytes, Route] = {}
 
-    def origin(self, origin: bytes) -> Origin:
-        """The parsed ``origin`` (``scheme://host:port``), made once per upstream."""
-        known = self._origins.get(origin)
+    def route(self, origin: bytes) -> Route:
+        """The route to ``origin`` (``scheme://host:port``), made once per upstream.
+
+        Any URL may come (an embedder hands an ``IAgent`` what it likes): it is parsed by the
+        configuration's own ``Origin.parse``.
+        """
+        known = self._routes.get(origin)
         if known is not None:
             return known
-        parts = urlsplit(origin.decode("ascii"))
-        if parts.scheme not in _DEFAULT_PORT or not parts.hostname:
-            raise SchemeNotSupported(f"unsupported upstream URL {origin!r}")
-        hostname = parts.hostname
-        port = parts.port or _DEFAULT_PORT[parts.scheme]
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(
-            self._reactor, hostname, port, timeout=self._connect_timeout
-        )
-        if parts.scheme == "https":
-            from twisted.internet.ssl import optionsForClientTLS
-
-            endpoint = wrapClientTLS(optionsForClientTLS(hostname), endpoint)
-        host = f"[{hostname}]" if ":" in hostname else hostname
-        if port != _DEFAULT_PORT[parts.scheme]:
-            host = f"{host}:{port}"
-        known = self._origins[origin] = Origin(origin, endpoint, host.encode("ascii"))
+        try:
+            parsed = Origin.parse(origin.decode("ascii"))
+        except (ConfigError, UnicodeDecodeError):
+            raise SchemeNotSupported(f"unsupported upstream URL {origin!r}") from None
+        endpoint = parsed.endpoint(self._reactor, timeout=self._connect_timeout)
+        known = self._routes[origin] = Route(origin, parsed, endpoint)
         return known
 
     def request(
@@ -124,22 +117,20 @@ class LeanAgent:
         bodyProducer: IBodyProducer | None = None,
     ) -> Deferred[IResponse]:
         """Send one request upstream; the Deferred fires with the response head."""
-        origin_bytes, target = split_url(uri)
+        origin, target = split_url(uri)
         try:
-            origin = self.origin(origin_bytes)
+            route = self.route(origin)
             whole = whole_body(bodyProducer)
             length = None if bodyProducer is None else bodyProducer.length
-            head = request_head(method, target, origin.host, headers, length)
+            head = request_head(method, target, route.origin.host, headers, length)
         except Exception:
             return fail()
         request = ClientRequest(method, uri, headers if headers is not None else Headers())
-        return _Attempt(self, origin, head, whole, bodyProducer, request).start()
+        return _Attempt(self, route, head, whole, bodyProducer, request).start()
 
-    def connect(self, origin: Origin) -> Deferred[UpstreamConnection]:
-        """A new connection to ``origin`` (the pool gets it back after its response)."""
-        connected: Deferred[Any] = origin.endpoint.connect(
-            _ConnectionFactory(origin.key, self.pool)
-        )
+    def connect(self, route: Route) -> Deferred[UpstreamConnection]:
+        """A new connection along ``route`` (the pool gets it back after its response)."""
+        connected: Deferred[Any] = route.endpoint.connect(_ConnectionFactory(route.key, self.pool))
         return connected
 
 
@@ -152,25 +143,25 @@ class _Attempt:
         "_cancelled",
         "_connecting",
         "_head",
-        "_origin",
         "_producer",
         "_request",
         "_result",
         "_retry_spent",
+        "_route",
         "_sent",
     )
 
     def __init__(
         self,
         agent: LeanAgent,
-        origin: Origin,
+        route: Route,
         head: bytes,
         body: bytes | None,
         producer: IBodyProducer | None,
         request: ClientRequest,
     ) -> None:
         self._agent = agent
-        self._origin = origin
+        self._route = route
         self._head = head
         self._body = body
         self._producer = producer
@@ -183,7 +174,7 @@ class _Attempt:
         self._result: Deferred[IResponse] = Deferred(self._cancel)
 
     def start(self) -> Deferred[IResponse]:
-        connection = self._agent.pool.take(self._origin.key)
+        connection = self._agent.pool.take(self._route.key)
         if connection is not None:
             self._send(connection)
         else:
@@ -191,7 +182,7 @@ class _Attempt:
         return self._result
 
     def _connect(self) -> None:
-        connecting = self._connecting = self._agent.connect(self._origin)
+        connecting = self._connecting = self._agent.connect(self._route)
         connecting.addCallbacks(self._connected, self._connect_failed)
 
     def _connected(self, connection: UpstreamConnection) -> None:

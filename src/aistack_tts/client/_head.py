@@ -5,11 +5,11 @@ LF) into a ``Head``, or ``None`` for an interim 1xx (100 Continue, 103 Early Hin
 raises ``UpstreamProtocolError`` saying what is wrong: status line and field lines as RFC
 9112 writes them (no obs-fold, no space before the colon, no control characters in values),
 only ``chunked`` as a transfer coding, never both Transfer-Encoding and Content-Length,
-Content-Length repeated only with equal values, no 101 (the client asked for no upgrade).
-Bare LF line ends and an empty reason phrase are HTTP/1.1 and pass. ``ResponseParser``
-(``client._parser``) finds the heads, bounds them and frames the body. The WebSocket
-tunnel's answer head (``tunnel._head``, where a 101 is the answer asked for) is checked with
-the same ``STATUS_LINE``, ``FIELD_LINE`` and ``body_framing``.
+Content-Length repeated only with equal values, no 101 unless the request asked for an
+upgrade. Bare LF line ends and an empty reason phrase are HTTP/1.1 and pass.
+``ResponseParser`` (``client._parser``) finds the heads, bounds them and frames the body;
+the WebSocket tunnel reads its handshake's answer with it too (``upgrade=True``: a 101 is
+the answer asked for, and the head is kept whole, as it is sent on).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from typing import Final
 
 from attrs import define
+
+from aistack_tts.wire._http import HOP_BY_HOP
 
 #: The most response-head bytes (status line, header lines and their line ends, 1xx interim
 #: responses included) the gateway reads from the upstream. nginx answers 502 beyond its
@@ -37,20 +39,11 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 _DIGITS = re.compile(rb"[0-9]+")
 
-#: Response headers that describe the connection, not the message (Twisted's ``connHeaders``):
-#: never in ``Head.headers``.
-CONNECTION_HEADERS: Final = frozenset(
-    {
-        b"content-length",
-        b"connection",
-        b"keep-alive",
-        b"te",
-        b"trailers",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-connection",
-    }
-)
+#: Response headers about the connection and the framing, not the message, never in
+#: ``Head.headers``: the hop-by-hop ones (``wire._http.HOP_BY_HOP``, the one table of them)
+#: and Content-Length (given as ``Head.length``). The parser reads those it needs
+#: (Connection, Keep-Alive, Transfer-Encoding, Content-Length) from here.
+CONNECTION_HEADERS: Final = HOP_BY_HOP | {b"content-length"}
 
 
 class UpstreamProtocolError(Exception):
@@ -73,7 +66,8 @@ class Head:
 
     status: int
     reason: bytes
-    #: Every field line but the ``CONNECTION_HEADERS``, as ``(name as sent, value)``.
+    #: Every field line but the ``CONNECTION_HEADERS`` (all of them for an answer to an
+    #: upgrade request), as ``(name as sent, value)``.
     headers: list[tuple[bytes, bytes]]
     #: The body's Content-Length (0 when the response can have no body), else ``None``.
     length: int | None
@@ -87,6 +81,9 @@ class Head:
     minor: int = 1
     #: How long the upstream keeps the connection idle: ``Keep-Alive: timeout=N``.
     keep_alive_timeout: float | None = None
+    #: An answer to an upgrade request (``upgrade=True``): the head's bytes with CRLF line ends
+    #: (a 101 goes to the client as it came), and ``headers`` holds every field line.
+    raw: bytes = b""
 
 
 def head_end(buffer: bytes | bytearray, start: int = 0, stop: int | None = None) -> int:
@@ -119,8 +116,14 @@ def content_length(values: Sequence[bytes]) -> int:
     return lengths.pop()
 
 
-def parse_head(lines: list[bytes]) -> Head | None:
-    """The head in ``lines`` (LF already split off); ``None`` for an interim 1xx."""
+def parse_head(lines: list[bytes], *, upgrade: bool = False) -> Head | None:
+    """The head in ``lines`` (LF already split off); ``None`` for an interim 1xx.
+
+    ``upgrade``: the request asked to switch protocols (the WebSocket tunnel's handshake), so
+    a 101 is a final head, with no body framing (the connection is the new protocol's after
+    it); every field line is kept in ``headers``, the head's bytes in ``raw``, and the
+    connection is never reused.
+    """
     status_line = lines[0][:-1] if lines[0].endswith(b"\r") else lines[0]
     match = STATUS_LINE.fullmatch(status_line)
     if match is None:
@@ -139,18 +142,38 @@ def parse_head(lines: list[bytes]) -> Head | None:
         lower = name.lower()
         if lower in CONNECTION_HEADERS:
             fields.setdefault(lower, []).append(value)
-        else:
-            headers.append((name, value))
+            if not upgrade:
+                continue
+        headers.append((name, value))
     if status < 200:
-        if status == 101:
+        if status != 101:
+            return None  # 100 Continue, 103 Early Hints: nothing the client asked for
+        if not upgrade:
             raise UpstreamProtocolError(
                 "a 101 Switching Protocols answer to a request that asked for no upgrade"
             )
-        return None  # 100 Continue, 103 Early Hints: nothing the client asked for
     connection = frozenset(
         t.strip().lower() for v in fields.get(b"connection", ()) for t in v.split(b",")
     ) - {b""}
     transfer_encoding = fields.get(b"transfer-encoding")
+    if status == 101:
+        length, chunked = None, False
+    else:
+        length, chunked = body_framing(transfer_encoding, fields.get(b"content-length"))
+    if upgrade:
+        # Sent on as it came, with CRLF line ends whatever it came with.
+        crlf = b"\r\n".join(line[:-1] if line.endswith(b"\r") else line for line in lines)
+        return Head(
+            status,
+            reason or b"",
+            headers,
+            length,
+            chunked,
+            False,
+            connection,
+            int(version),
+            raw=crlf + b"\r\n\r\n",
+        )
     if version == b"1":
         keep_alive = b"close" not in connection
     else:
@@ -159,7 +182,6 @@ def parse_head(lines: list[bytes]) -> Head | None:
         keep_alive = (
             b"keep-alive" in connection and b"close" not in connection and not transfer_encoding
         )
-    length, chunked = body_framing(transfer_encoding, fields.get(b"content-length"))
     keep_alive_values = fields.get(b"keep-alive")
     return Head(
         status,

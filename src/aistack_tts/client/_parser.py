@@ -8,21 +8,22 @@ another request), ``CONNECTION_CLOSED`` (a clean close before any byte) and ``Fa
 ``UpstreamProtocolError`` or ``IncompleteResponse`` that ends the exchange; the parser stays
 failed there). After ``relay_framing`` a chunked body comes as ``Framed`` (checked framing
 and data, as they came) instead of ``Data``: a relay to a chunked client need not take the
-chunks apart and frame them again. ``ResponseParser.for_body`` starts past a head read
-elsewhere: the WebSocket tunnel frames the body of a refused upgrade with it.
+chunks apart and frame them again. The WebSocket tunnel reads the answer to its handshake
+with it too (``upgrade=True``): a 101 is then a final ``Head`` and the parser stops there
+(``rest`` gives the bytes after it, the new protocol's); any other answer and its body are
+read as for a call.
 
 Framing as a proxy must read it: heads bounded at ``MAX_UPSTREAM_HEAD`` together (interim
 heads included); no body for HEAD, 204 and 304 whatever the headers say; Content-Length
-bodies exact; chunk-size lines of hex digits only (``int(x, 16)`` would take ``0x``, ``_``
-and spaces), bounded, each chunk followed by CRLF; trailers bounded and dropped; a body
-without either ends only on a clean close and never leaves the connection reusable.
+bodies exact; chunk-size lines as ``wire._http.chunk_size`` reads them (hex digits only,
+the size bounded as a request's is), each chunk followed by CRLF; trailers bounded and
+dropped; a body without either ends only on a clean close and never leaves the connection
+reusable.
 """
 
 from __future__ import annotations
 
-import re
-
-from aistack_tts.wire._http import NO_BODY_STATUS
+from aistack_tts.wire._http import NO_BODY_STATUS, chunk_size
 
 from ._events import (
     CONNECTION_CLOSED,
@@ -48,17 +49,27 @@ MAX_CHUNK_LINE = 4 * 1024
 #: The most trailer bytes after the last chunk (they are read and dropped, as Twisted did).
 MAX_TRAILERS = 16 * 1024
 
-#: RFC 9112 section 7.1: ``chunk-size [ chunk-ext ] CRLF``, the size in hex digits only.
-_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[\t\x20-\x7e\x80-\xff]*)?")
 
-
-(_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _CLOSE, _END, _DONE, _FAILED) = (
-    range(10)
-)
+(
+    _HEAD,
+    _LENGTH,
+    _CHUNK_SIZE,
+    _CHUNK_DATA,
+    _CHUNK_END,
+    _TRAILERS,
+    _CLOSE,
+    _END,
+    _DONE,
+    _FAILED,
+    _UPGRADED,
+) = range(11)
 
 
 class ResponseParser:
-    """One response to a ``method`` request, fed with ``receive_data``, read with ``next_event``."""
+    """One response to a ``method`` request, fed with ``receive_data``, read with ``next_event``.
+
+    ``upgrade``: the request asked to switch protocols (``parse_head``'s ``upgrade``).
+    """
 
     __slots__ = (
         "_buf",
@@ -73,10 +84,12 @@ class ResponseParser:
         "_scan",
         "_sized",
         "_state",
+        "_upgrade",
     )
 
-    def __init__(self, method: bytes) -> None:
+    def __init__(self, method: bytes, *, upgrade: bool = False) -> None:
         self._no_body = method == b"HEAD"
+        self._upgrade = upgrade
         #: Unread bytes start at ``_pos``: the bytes of one read, or (while a head or a
         #: framing line waits for its end) a bytearray the reads are appended to, so a head
         #: that arrives a byte at a time is not copied once per byte.
@@ -97,18 +110,6 @@ class ResponseParser:
         #: A chunk-size line was read: too late for ``relay_framing``.
         self._sized = False
 
-    @classmethod
-    def for_body(cls, length: int | None, *, chunked: bool) -> ResponseParser:
-        """A parser past a head read elsewhere, for its body only; never reusable after it.
-
-        ``length`` and ``chunked`` are as ``Head`` has them. The WebSocket tunnel reads its
-        answer head itself (a 101 is what it asked for) and frames the body of any other
-        answer with this.
-        """
-        parser = cls(b"GET")
-        parser._frame_body(length, chunked)
-        return parser
-
     @property
     def started(self) -> bool:
         """Whether any byte of the response has arrived."""
@@ -118,6 +119,14 @@ class ResponseParser:
     def trailing(self) -> bool:
         """Bytes arrived after the end of the message (the connection must not be reused)."""
         return self._state == _DONE and len(self._buf) > self._pos
+
+    def rest(self) -> bytes:
+        """The bytes after a 101's head (the new protocol's first), once; then ``b""``."""
+        if self._state != _UPGRADED:
+            return b""
+        rest = bytes(memoryview(self._buf)[self._pos :])
+        self._buf, self._pos = b"", 0
+        return rest
 
     def relay_framing(self) -> bool:
         """From now on give a chunked body as ``Framed`` events; False if it is too late.
@@ -158,7 +167,7 @@ class ResponseParser:
         if state == _END:
             self._state = _DONE
             return EndOfMessage(self._keep_alive and not self._eof and len(self._buf) == self._pos)
-        if state == _DONE:
+        if state in (_DONE, _UPGRADED):
             return NEED_DATA
         if state == _FAILED:
             return self._event
@@ -202,11 +211,15 @@ class ResponseParser:
         lines = bytes(buf[pos:end]).split(b"\n")
         del lines[-2:]  # the blank line, and the nothing after its LF
         try:
-            head = parse_head(lines)
+            head = parse_head(lines, upgrade=self._upgrade)
         except UpstreamProtocolError as e:
             return self._fail(e)
         if head is None:
             return None
+        if head.status == 101:
+            # Only when an upgrade was asked for: the bytes after it are not HTTP.
+            self._state = _UPGRADED
+            return head
         if self._no_body or head.status in NO_BODY_STATUS:
             # Whatever the headers say (RFC 9110 section 6.4.1); bytes that follow anyway make
             # the connection unusable (EndOfMessage says so).
@@ -290,10 +303,9 @@ class ResponseParser:
                 if FIELD_LINE.fullmatch(line) is None:
                     return self._fail(UpstreamProtocolError(f"a bad trailer line {shown(line)}"))
                 continue
-            match = _CHUNK_LINE.fullmatch(line)
-            if match is None:
+            size = chunk_size(line)
+            if size is None:
                 return self._fail(UpstreamProtocolError(f"a bad chunk-size line {shown(line)}"))
-            size = int(match.group(1), 16)
             self._sized = True
             if size == 0:
                 self._state, self._left = _TRAILERS, 0
@@ -337,11 +349,10 @@ class ResponseParser:
                         )
                     break
                 line = bytes(buf[pos:end])
-                match = _CHUNK_LINE.fullmatch(line)
-                if match is None:
+                chunk = chunk_size(line)
+                if chunk is None:
                     fault = UpstreamProtocolError(f"a bad chunk-size line {shown(line)}")
                     break
-                chunk = int(match.group(1), 16)
                 if chunk == 0:
                     if self._pos > start:
                         break  # the bytes before the last chunk go first

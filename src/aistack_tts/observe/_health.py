@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 from attrs import define, field
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
+
+from aistack_tts._config import Origin
 
 
 class _QuietFactory(Factory):
@@ -29,16 +29,21 @@ class ReadinessProbe:
     """Says whether a TCP connection to the upstream can be made right now.
 
     A connect is the cheapest honest probe: it does not touch the GPU, and it is what fails
-    when the Qwen3-TTS stack is down. Concurrent checks share one probe.
+    when the Qwen3-TTS stack is down (no TLS handshake, even to an ``https`` upstream).
+    Concurrent checks share one probe.
     """
 
     reactor: Any
-    upstream: str
+    origin: Origin
     timeout: float
     cache_seconds: float = CACHE_SECONDS
+    _endpoint: IStreamClientEndpoint = field(init=False)
     _answer: bool | None = field(default=None, init=False)
     _answered_at: float = field(default=0.0, init=False)
     _waiting: list[Deferred[bool]] | None = field(default=None, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._endpoint = self.origin.endpoint(self.reactor, timeout=self.timeout, tls=False)
 
     def check(self) -> Deferred[bool]:
         """Fires with whether the upstream accepted a connection (recently)."""
@@ -50,10 +55,7 @@ class ReadinessProbe:
             self._waiting.append(answer)
             return answer
         self._waiting = [answer]
-        parts = urlsplit(self.upstream)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        endpoint = HostnameEndpoint(self.reactor, parts.hostname or "", port, timeout=self.timeout)
-        connecting = endpoint.connect(_QuietFactory())
+        connecting = self._endpoint.connect(_QuietFactory())
         connecting.addCallbacks(self._connected, self._failed)
         return answer
 

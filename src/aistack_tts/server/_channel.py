@@ -9,7 +9,8 @@ GPU owes the server behind it and its other clients:
   under ``MIN_BODY_RATE`` on average after that grace; a connection with no request under way
   is closed after ``keepalive_timeout``. A request that is being served has no client deadline
   (the call's own ``--idle-timeout`` watches it).
-- Framing a trusted proxy enforces (RFC 9112, the rules are ``server._request_rules``): ``chunked``
+- Framing a trusted proxy enforces (RFC 9112, the rules are ``server._request_rules``, the
+  chunk size's ``wire._http``, as for responses): ``chunked``
   is the only transfer coding, an HTTP/1.1 request has exactly one valid ``Host``, a folded
   header line is refused, a chunk size no body can have is a 400 and a chunk that takes the
   body over ``--max-body`` a 413 as soon as its size line is in; ``close`` anywhere in any
@@ -56,11 +57,11 @@ from aistack_tts._errors import (
     early_answer,
 )
 from aistack_tts.observe._accesslog import REQUEST_ID, AccessLog, ensure_request_id
+from aistack_tts.wire._http import chunk_size_problem
 from aistack_tts.wire._socket_state import WatchedReading
 
 from ._connections import ConnectionRegistry
 from ._request_rules import (
-    chunk_size_problem,
     host_problem,
     is_folded,
     transfer_coding_problem,

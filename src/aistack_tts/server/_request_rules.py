@@ -18,11 +18,6 @@ from aistack_tts.wire._http import connection_tokens
 #: ``Host`` = uri-host [ ":" port ] (RFC 9110 section 7.2): an IP literal or a reg-name.
 _HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(:[0-9]*)?")
 
-#: The largest chunk size that can be real: no body is as long as the largest file offset
-#: (nginx refuses what overflows its ``off_t`` the same way). Twisted reads any number of hex
-#: digits, so ``ffffffffffffffffffff`` was a chunk that would never end.
-MAX_CHUNK_SIZE = 2**63 - 1
-
 
 def wants_close(headers: Headers) -> bool:
     """Whether a request's ``Connection`` headers hold ``close`` (RFC 9112 section 9.6).
@@ -65,11 +60,3 @@ def host_problem(version: bytes, hosts: list[bytes]) -> str | None:
     if not _HOST.fullmatch(hosts[0]):
         return f"the Host header {hosts[0].decode('latin-1')!r} is not a valid host[:port]"
     return None
-
-
-def chunk_size_problem(size: int) -> str | None:
-    """What is wrong with a declared chunk size: one past ``MAX_CHUNK_SIZE`` is not real."""
-    if size <= MAX_CHUNK_SIZE:
-        return None
-    # Not the number itself: its line may be a kilobyte of hex digits.
-    return f"a chunk size of {len(f'{size:x}')} hex digits is larger than any request body can be"

@@ -28,17 +28,17 @@ from aistack_tts._errors import (
     GatewayError,
     GPUBusy,
     InvalidRequest,
-    MethodNotAllowed,
     NotFound,
     NotReady,
     apply_error,
     internal_error,
+    method_not_allowed,
     write_error,
 )
 from aistack_tts.observe._accesslog import AccessLog, tag_response
 from aistack_tts.observe._health import ReadinessProbe
 from aistack_tts.observe._metrics import MetricsResource
-from aistack_tts.wire._http import ALLOW_HEADER
+from aistack_tts.wire._http import ALLOWED_METHODS
 from aistack_tts.wire._send_now import send_now
 
 from ._target import PREFIX, check_target, is_audio_target
@@ -73,8 +73,9 @@ class Gateway(Protocol):
         """Proxy one request (raising a ``GatewayError`` when the gateway answers itself)."""
 
 
-#: The methods of the ``/v1/audio/`` route (Klein adds HEAD, and OPTIONS, to them).
-_PROXIED = frozenset((b"GET", b"POST", b"DELETE"))
+#: The methods of the ``/v1/audio/`` route, the ones the gateway proxies (Klein adds HEAD, and
+#: OPTIONS, to them).
+_PROXIED = frozenset(ALLOWED_METHODS)
 
 
 class _Rest(BaseConverter):
@@ -140,10 +141,7 @@ class _Routes:
         code = getattr(failure.value, "code", 404)
         error: GatewayError
         if code == 405:
-            error = MethodNotAllowed(
-                f"method {request.method.decode('latin-1')} is not allowed here",
-                headers=[ALLOW_HEADER],
-            )
+            error = method_not_allowed(request.method)
         else:
             error = NotFound(f"no route for {request.path.decode('latin-1')}")
         return self.answer_error(request, error)

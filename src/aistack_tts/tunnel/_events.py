@@ -11,8 +11,7 @@ from attrs import frozen
 
 from aistack_tts._errors import GatewayError
 from aistack_tts.call._events import AbortClient, AnswerWith, Bug, ClientLeft, Cut, Finish, Stalled
-
-from ._head import AnswerHead
+from aistack_tts.client._head import Head
 
 # Events: what happened, told by the shell.
 
@@ -97,7 +96,7 @@ class Open:
     The bytes the client sent after its handshake come back as ``ClientData``.
     """
 
-    head: AnswerHead
+    head: Head
     rest: bytes
 
 
@@ -105,7 +104,7 @@ class Open:
 class StartRelay:
     """Another status: start the client's response from ``head``; a body follows if ``body``."""
 
-    head: AnswerHead
+    head: Head
     chunked: bool
     body: bool
 

@@ -1,163 +1,54 @@
-"""The WebSocket tunnel's upstream end before a 101: where it connects, and what it answers.
+"""The upstream's answer to a WebSocket handshake, as the client gets it.
 
-A step below ``tunnel._session``: which requests are tunnelled, the endpoint and ``Host``
-of the upstream, and functions over its answer (split and parse the head, add
-``X-Request-Id``, say how the body of a non-101 answer is framed and start the client's
-response from the head). The head's grammar and the body's framing rules are the HTTP
-client's (``client._head``); only a 101 is an answer here and not there. No connection and
-no state here.
+A step below ``tunnel._session``: the answer is read by the HTTP client's own parser
+(``client._parser.ResponseParser`` with ``upgrade=True``), so its grammar, bounds and body
+framing are a call's; what is here says how it goes on: a 101's bytes with ``X-Request-Id``
+added, or the client's response started from another status. No connection and no state.
 """
 
 from __future__ import annotations
 
-from typing import Any
-from urllib.parse import urlsplit
-
-from attrs import field, frozen
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 
-from aistack_tts.client._head import (
-    FIELD_LINE,
-    MAX_UPSTREAM_HEAD,
-    STATUS_LINE,
-    UpstreamProtocolError,
-    body_framing,
-    field_line_error,
-    head_end,
-    shown,
-)
+from aistack_tts.client._head import Head
 from aistack_tts.observe._accesslog import REQUEST_ID
-from aistack_tts.wire._http import NO_BODY_STATUS, client_response_headers
+from aistack_tts.wire._http import client_response_headers
 
-#: The most the upstream's answer head (status line and headers) may take, as for the HTTP
-#: client; a real one is a few hundred bytes, so more means a broken upstream, and the buffer
-#: stays bounded.
-MAX_HEAD_BYTES = MAX_UPSTREAM_HEAD
+_REQUEST_ID = REQUEST_ID.lower()
 
 
-@frozen
-class TunnelTarget:
-    """Where tunnels go: a stream endpoint to the upstream and the ``Host`` it answers to."""
-
-    endpoint: IStreamClientEndpoint
-    host: bytes
-    #: The upstream's URL (for the access log).
-    url: str = ""
-
-    @classmethod
-    def for_upstream(cls, reactor: Any, upstream: str, *, connect_timeout: float) -> TunnelTarget:
-        """A plain TCP endpoint (TLS for ``https``) to the upstream URL's host and port."""
-        parts = urlsplit(upstream)
-        hostname = parts.hostname or ""
-        secure = parts.scheme == "https"
-        port = parts.port or (443 if secure else 80)
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(
-            reactor, hostname, port, timeout=connect_timeout
-        )
-        if secure:
-            from twisted.internet.ssl import optionsForClientTLS
-
-            endpoint = wrapClientTLS(optionsForClientTLS(hostname), endpoint)
-        return cls(endpoint=endpoint, host=parts.netloc.encode("ascii"), url=upstream)
+def _request_ids(head: Head) -> list[bytes]:
+    """The values of the upstream's own ``X-Request-Id`` headers."""
+    return [value for name, value in head.headers if name.lower() == _REQUEST_ID]
 
 
-class BadAnswer(ValueError):
-    """The upstream's answer to a WebSocket handshake is not a usable HTTP response head."""
-
-
-@frozen
-class AnswerHead:
-    """The upstream's status line and headers, and the bytes they came as."""
-
-    raw: bytes
-    status: int
-    reason: bytes
-    headers: Headers = field(eq=False)
-
-
-def split_head(buffer: bytes, limit: int = MAX_HEAD_BYTES) -> tuple[bytes, bytes] | None:
-    """``(head, rest)`` once ``buffer`` holds a whole head, else ``None``.
-
-    A head ends at a blank line, its line ends CRLF or a bare LF (as the HTTP client reads
-    them, RFC 9112 section 2.2). Raises ``BadAnswer`` when the head is, or would be, longer
-    than ``limit``: what is left of ``MAX_HEAD_BYTES`` after any interim heads before it.
-    """
-    end = head_end(buffer, 0, limit)
-    if end < 0:
-        if len(buffer) >= limit:
-            raise BadAnswer(
-                f"the answer head (with any interim ones) is longer than {MAX_HEAD_BYTES} bytes"
-            )
-        return None
-    return buffer[:end], buffer[end:]
-
-
-def parse_head(raw: bytes) -> AnswerHead:
-    """Parse a response head (status line, header lines, blank line); raise ``BadAnswer``.
-
-    The head is kept with CRLF line ends whatever it came with, as it is sent on as it is.
-    """
-    lines = [line[:-1] if line.endswith(b"\r") else line for line in raw.split(b"\n")[:-2]]
-    status_line = lines[0]
-    match = STATUS_LINE.fullmatch(status_line)
-    if match is None:
-        raise BadAnswer(f"bad status line {shown(status_line)}")
-    _version, status, reason = match.groups()
-    headers = Headers()
-    for line in lines[1:]:
-        field = FIELD_LINE.fullmatch(line)
-        if field is None:
-            raise BadAnswer(str(field_line_error(line)))
-        name, value = field.groups()
-        headers.addRawHeader(name, value)
-    crlf = b"\r\n".join(lines) + b"\r\n\r\n"
-    return AnswerHead(crlf, int(status), reason or b"", headers)
-
-
-def with_request_id(head: AnswerHead, request_id: bytes) -> bytes:
+def with_request_id(head: Head, request_id: bytes) -> bytes:
     """``head``'s bytes, with ``X-Request-Id`` added unless the upstream sent its own."""
-    if head.headers.hasHeader(REQUEST_ID):
+    if _request_ids(head):
         return head.raw
     return head.raw[:-2] + REQUEST_ID + b": " + request_id + b"\r\n\r\n"
 
 
-def head_for_client(head: AnswerHead, request: Request) -> bytes:
+def head_for_client(head: Head, request: Request) -> bytes:
     """The bytes of a 101 ``head`` for the client, and its ``X-Request-Id`` noted on ``request``.
 
     The client's id comes back on the 101 too (or the upstream's own, if it set one).
     """
-    own = head.headers.getRawHeaders(REQUEST_ID)
+    own = _request_ids(head)
     if own:
         request.responseHeaders.setRawHeaders(REQUEST_ID, own)
     ours = (request.responseHeaders.getRawHeaders(REQUEST_ID) or [b"-"])[0]
     return with_request_id(head, ours)
 
 
-def answer_framing(head: AnswerHead) -> tuple[int | None, bool] | None:
-    """``(Content-Length, chunked)`` of the body after ``head``; ``None`` when it has none.
-
-    As ``Head`` has them (neither: everything until the upstream closes). Raises
-    ``BadAnswer`` for framing a proxy cannot relay, as the HTTP client refuses it.
-    """
-    if head.status in NO_BODY_STATUS:
-        return None
-    try:
-        length, chunked = body_framing(
-            head.headers.getRawHeaders(b"transfer-encoding"),
-            head.headers.getRawHeaders(b"content-length"),
-        )
-    except UpstreamProtocolError as e:
-        raise BadAnswer(str(e)) from None
-    return None if length == 0 else (length, chunked)
-
-
-def start_response(request: Request, head: AnswerHead, *, chunked: bool) -> None:
+def start_response(request: Request, head: Head, *, chunked: bool) -> None:
     """Start the client's response as the upstream's ``head`` (``chunked``: its body is)."""
     request.setResponseCode(head.status, head.reason)
-    client_response_headers(head.headers, request.responseHeaders)
+    headers = Headers()
+    for name, value in head.headers:
+        headers.addRawHeader(name, value)
+    client_response_headers(headers, request.responseHeaders)
     if chunked:
         # twisted.web frames the body for the client itself.
         request.responseHeaders.removeHeader(b"content-length")

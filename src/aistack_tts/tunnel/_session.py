@@ -13,7 +13,7 @@ This module is the shell of the tunnel step: it turns what Twisted reports into 
 ``tunnel._session_core`` (which decides, without I/O) and applies the effects it
 returns. Every way out is the machine's one ``Finish``, applied as ``CallRecord.finish``, the
 only place that releases the slot. The parts it moves bytes with are a step below:
-``tunnel._head`` (the endpoint, the answer head) and ``tunnel._sides``
+``tunnel._head`` (the answer head) and ``tunnel._sides``
 (the two connections, their producers, the hand-over).
 """
 
@@ -23,12 +23,13 @@ from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IProtocol
+from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from aistack_tts._config import Origin
 from aistack_tts._errors import GatewayError, describe, error_for_upstream_failure, failure_cause
 from aistack_tts.call._context import CallContext, IInFlightCall
 from aistack_tts.call._events import (
@@ -65,7 +66,7 @@ from ._events import (
     WriteClient,
     WriteUpstream,
 )
-from ._head import TunnelTarget, head_for_client, start_response
+from ._head import head_for_client, start_response
 from ._session_core import Phase, TunnelMachine
 from ._sides import (
     ClientProtocol,
@@ -86,13 +87,20 @@ class WebSocketTunnel:
     """One WebSocket session, from slot taken to slot released, on every path exactly once."""
 
     def __init__(
-        self, context: CallContext, request: Request, hold: SlotHold, target: TunnelTarget
+        self,
+        context: CallContext,
+        request: Request,
+        hold: SlotHold,
+        origin: Origin,
+        endpoint: IStreamClientEndpoint,
     ) -> None:
         self._context = context
         self._request = request
         self._clock = context.clock
-        self._target = target
-        self._record = CallRecord(context, request, hold, self, target.url)
+        #: The upstream (its ``Host``) and the endpoint to it (TLS for https) made from it.
+        self._origin = origin
+        self._endpoint = endpoint
+        self._record = CallRecord(context, request, hold, self, origin.url)
         self._machine = TunnelMachine(context.idle_timeout, context.ws_idle_timeout)
         self._watchdog = Watchdog(self._clock, context.idle_timeout, self._stalled)
         self._connecting: Deferred[IProtocol] | None = None
@@ -126,7 +134,7 @@ class WebSocketTunnel:
         """Connect to the upstream; the returned Deferred fires when an HTTP answer is done."""
         self._request.notifyFinish().addErrback(lambda _: self._client_left())
         self._watchdog.touch("upstream")
-        connecting = self._target.endpoint.connect(
+        connecting = self._endpoint.connect(
             UpstreamFactory(self._upstream_data, self._upstream_lost)
         )
         self._connecting = connecting
@@ -217,7 +225,7 @@ class WebSocketTunnel:
             case SendHandshake():
                 self.upstream.transport.write(
                     websocket_handshake(
-                        request.method, request.uri, self._target.host, request.requestHeaders
+                        request.method, request.uri, self._origin.host, request.requestHeaders
                     )
                 )
             case CancelConnect():

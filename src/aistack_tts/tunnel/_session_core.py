@@ -5,9 +5,9 @@ reports (the connect, bytes from either side, either side's end, the watchdog, t
 cut) into ``Event`` values, hands them to ``TunnelMachine.handle`` and applies the ``Effect``
 values it returns, in order (both are in ``tunnel._events``). No transport, no
 clock, no Deferred: time arrives as ``Stalled``, failures arrive already classified
-(``ConnectFailed``). The machine reads the upstream's answer head, follows frame boundaries
-both ways (for the idle close frame and to say who closed), and reads the body of an
-answer that is not a 101 with the HTTP client's own framing (``ResponseParser.for_body``).
+(``ConnectFailed``). The machine reads the upstream's answer, head and (when it is not a
+101) body, with the HTTP client's own parser (``ResponseParser`` with ``upgrade=True``),
+and follows frame boundaries both ways (for the idle close frame and to say who closed).
 
 Phases: ``connecting`` → ``handshake`` (request written, waiting for the head) → ``open``
 (after a 101) or ``relaying`` (another status, its body going to the client) → ``done``.
@@ -36,7 +36,8 @@ from aistack_tts.call._events import (
     Finish,
     Stalled,
 )
-from aistack_tts.client._events import Data, EndOfMessage, Failed
+from aistack_tts.client._events import NEED_DATA, Data, EndOfMessage, Failed
+from aistack_tts.client._head import Head
 from aistack_tts.client._parser import ResponseParser
 from aistack_tts.observe._outcome import Outcome, cut_outcome
 
@@ -59,14 +60,6 @@ from ._events import (
     WriteUpstream,
 )
 from ._frames import IDLE_CLOSE, Frames, close_frame
-from ._head import (
-    MAX_HEAD_BYTES,
-    AnswerHead,
-    BadAnswer,
-    answer_framing,
-    parse_head,
-    split_head,
-)
 
 NO_HANDSHAKE_ANSWER = "the Qwen3-TTS upstream did not answer the handshake in time"
 
@@ -91,11 +84,8 @@ class TunnelMachine:
         #: Whether the gateway itself cut the connect attempt short: a stall or a cut.
         self.timed_out = False
         self._cut: GatewayError | None = None
-        self._buffer = b""
-        #: The answer-head bytes read so far, interim heads included (bounded together).
-        self._head_bytes = 0
-        #: Frames the body of an answer that is not a 101.
-        self._body: ResponseParser | None = None
+        #: Reads the upstream's answer: its head (interim ones too), then any other body.
+        self._parser = ResponseParser(b"GET", upgrade=True)
         self._status: int | None = None
         self.frames = Frames()
         self.bytes_out = 0
@@ -142,7 +132,8 @@ class TunnelMachine:
     def _handshake(self, event: Event) -> list[Effect]:
         match event:
             case UpstreamData(data):
-                self._buffer += data
+                if data:  # b"" would say the upstream closed (Twisted never delivers it)
+                    self._parser.receive_data(data)
                 return self._read_head()
             case UpstreamLost(why):
                 error = UpstreamError(f"ResponseNeverReceived: {why}")
@@ -162,28 +153,23 @@ class TunnelMachine:
         return []
 
     def _read_head(self) -> list[Effect]:
-        while True:
-            try:
-                split = split_head(self._buffer, MAX_HEAD_BYTES - self._head_bytes)
-                if split is None:
-                    return []
-                raw, self._buffer = split
-                self._head_bytes += len(raw)
-                head = parse_head(raw)
-            except BadAnswer as e:
-                return [CloseUpstream(abort=True), *self._answer_error(UpstreamError(describe(e)))]
-            if 100 <= head.status < 200 and head.status != 101:
-                continue  # an interim answer (100 Continue, 103): the real one follows
-            self._status = head.status
-            if head.status == 101:
-                return self._open_tunnel(head)
-            return self._relay(head)
+        head = self._parser.next_event()  # interim answers (100, 103) are skipped
+        if head is NEED_DATA:
+            return []
+        if isinstance(head, Failed):
+            error = UpstreamError(describe(head.error))
+            return [CloseUpstream(abort=True), *self._answer_error(error)]
+        assert isinstance(head, Head)
+        self._status = head.status
+        if head.status == 101:
+            return self._open_tunnel(head)
+        return self._relay(head)
 
     # After a 101: the tunnel.
 
-    def _open_tunnel(self, head: AnswerHead) -> list[Effect]:
+    def _open_tunnel(self, head: Head) -> list[Effect]:
         self.phase = Phase.OPEN
-        rest, self._buffer = self._buffer, b""
+        rest = self._parser.rest()
         self.bytes_out += len(rest)
         self.frames.to_client_feed(rest)
         return [Open(head, rest)]
@@ -239,19 +225,11 @@ class TunnelMachine:
 
     # Another answer: relayed as an HTTP response.
 
-    def _relay(self, head: AnswerHead) -> list[Effect]:
-        try:
-            framing = answer_framing(head)
-        except BadAnswer as e:
-            return [CloseUpstream(abort=True), *self._answer_error(UpstreamError(describe(e)))]
+    def _relay(self, head: Head) -> list[Effect]:
         self.phase = Phase.RELAYING
-        if framing is None:
+        if head.length == 0:  # none, or a status that has none (204, 304)
             return [StartRelay(head, chunked=False, body=False), *self._relayed()]
-        length, chunked = framing
-        self._body = ResponseParser.for_body(length, chunked=chunked)
-        started = StartRelay(head, chunked=chunked, body=True)
-        rest, self._buffer = self._buffer, b""
-        return [started, *self._read_body(rest)] if rest else [started]
+        return [StartRelay(head, chunked=head.chunked, body=True), *self._body_events()]
 
     def _relaying(self, event: Event) -> list[Effect]:
         match event:
@@ -276,12 +254,14 @@ class TunnelMachine:
 
     def _read_body(self, data: bytes) -> list[Effect]:
         """Relay what ``data`` (``b""``: the upstream closed) completes of the answer's body."""
-        body = self._body
-        assert body is not None
-        body.receive_data(data)
+        self._parser.receive_data(data)
+        return self._body_events()
+
+    def _body_events(self) -> list[Effect]:
+        """Relay what the bytes read so far complete of the answer's body."""
         effects: list[Effect] = []
         while True:
-            event = body.next_event()
+            event = self._parser.next_event()
             if isinstance(event, Data):
                 self.bytes_out += len(event.data)
                 effects.append(WriteClient(event.data, relayed=True))

@@ -1,17 +1,24 @@
 """HTTP as the gateway speaks it: its constants, and header hygiene both ways.
 
 What a transparent proxy must not pass on (hop-by-hop and Connection-named headers), the
-methods it proxies, the statuses without a body, and the WebSocket handshake test.
+methods it proxies, the statuses without a body, what a chunk size may be (both ways), and
+the WebSocket handshake test.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 
-#: RFC 9110 section 7.6.1 plus the de-facto ones; compared lower-case.
+#: Headers that are the connection's, not the message's, never passed on either way (the one
+#: table of them: the HTTP client keeps them out of a response's headers too); lower-case.
+#: RFC 9110 section 7.6.1 names Connection, Proxy-Connection, Keep-Alive, TE,
+#: Transfer-Encoding and Upgrade; Trailer because the gateway drops trailers, so the fields
+#: it announces never come; the Proxy-* credentials are the gateway's hop's (RFC 9110
+#: section 11.7). ``Trailers`` (RFC 2616's misspelling, kept in Twisted's table) is no header.
 HOP_BY_HOP: frozenset[bytes] = frozenset(
     {
         b"connection",
@@ -38,6 +45,13 @@ ALLOW_HEADER = (b"Allow", b", ".join(ALLOWED_METHODS))
 #: Statuses that never have a body, so never a Content-Length (RFC 9110 section 8.6).
 NO_BODY_STATUS = frozenset({204, 304})
 
+#: The largest chunk size that can be real, in a request or a response: no body is as long as
+#: the largest file offset (nginx refuses what overflows its ``off_t`` the same way).
+MAX_CHUNK_SIZE = 2**63 - 1
+#: RFC 9112 section 7.1: ``chunk-size [ chunk-ext ]``, the size in hex digits only
+#: (``int(x, 16)`` would take ``0x``, ``_`` and spaces), at most 16 of them.
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[\t\x20-\x7e\x80-\xff]*)?")
+
 #: How much the client's transport may hold unsent before it pauses the upstream. Twisted's
 #: default (64 KiB) is one upstream read, so the upstream was paused and resumed after nearly
 #: every chunk; this bounds memory per stream just the same, at a few chunks.
@@ -45,6 +59,31 @@ CLIENT_SEND_BUFFER = 512 * 1024
 
 #: Retry-After for a 503 upstream_unavailable: the stack is down, not busy.
 RETRY_UNAVAILABLE_S = 5
+
+
+def chunk_size(line: bytes) -> int | None:
+    """The size a chunk-size line (its CRLF cut off) declares; ``None`` if it is not one.
+
+    Not one: not hex digits (and an extension) as RFC 9112 writes them, more than 16 digits,
+    or a size past ``MAX_CHUNK_SIZE``.
+    """
+    match = _CHUNK_LINE.fullmatch(line)
+    if match is None:
+        return None
+    size = int(match.group(1), 16)
+    return size if size <= MAX_CHUNK_SIZE else None
+
+
+def chunk_size_problem(size: int) -> str | None:
+    """What is wrong with a declared chunk size: one past ``MAX_CHUNK_SIZE`` is not real.
+
+    For a size another parser read: twisted.web's, of a request's chunk-size line, takes any
+    number of hex digits, so ``ffffffffffffffffffff`` was a chunk that would never end.
+    """
+    if size <= MAX_CHUNK_SIZE:
+        return None
+    # Not the number itself: its line may be a kilobyte of hex digits.
+    return f"a chunk size of {len(f'{size:x}')} hex digits is larger than any request body can be"
 
 
 def connection_tokens(headers: Headers) -> frozenset[bytes]:
