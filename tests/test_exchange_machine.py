@@ -10,6 +10,7 @@ a call always ends once its request and its body have.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -47,21 +48,21 @@ from aistack_tts.call._exchange_core import (
     Effect,
     Event,
     ExchangeMachine,
-    FailedOver,
-    NoFailOver,
+    MarkDown,
     Phase,
     Response,
     Send,
     Start,
     StartResponse,
     StopUpstream,
-    TryFailOver,
+    TakeSpare,
 )
 
 IDLE = 30.0
-TIMEOUTS = {"idle_timeout": IDLE, "connect_timeout": 5.0}
+TIMEOUTS: dict[str, Any] = {"idle_timeout": IDLE, "connect_timeout": 5.0}
 UNAVAILABLE = UpstreamUnavailable("cannot reach the Qwen3-TTS upstream")
 REFUSED = CallFailed(True, UNAVAILABLE, "ConnectionRefusedError: refused")
+SPARE = CallFailed(True, UNAVAILABLE, "ConnectionRefusedError: refused", spare=True)
 BROKEN = UpstreamError("ResponseNeverReceived: ConnectionLost")
 FAILED = CallFailed(False, BROKEN, "ResponseNeverReceived: ConnectionLost")
 DRAIN = Draining("the gateway is shutting down")
@@ -72,9 +73,8 @@ EVENTS: dict[str, Event] = {
     "start": Start(),
     "response": Response(200),
     "refused": REFUSED,
+    "refused_spare": SPARE,
     "failed": FAILED,
-    "failed_over": FailedOver(),
-    "no_fail_over": NoFailOver(),
     "body_whole": BodyEnded(),
     "body_broken": BodyEnded(TRUNCATED),
     "client_left": ClientLeft(),
@@ -104,10 +104,9 @@ def stop_both(outcome: str, cause: str) -> list[Effect]:
 TABLE: dict[tuple[Phase, str], list[Effect]] = {
     (Phase.CONNECTING, "start"): [],
     (Phase.CONNECTING, "response"): [StartResponse(200)],
-    (Phase.CONNECTING, "refused"): [TryFailOver()],
+    (Phase.CONNECTING, "refused"): [MarkDown(), *answer(UNAVAILABLE, REFUSED.cause)],
+    (Phase.CONNECTING, "refused_spare"): [MarkDown(), TakeSpare(), Send()],
     (Phase.CONNECTING, "failed"): answer(BROKEN, FAILED.cause),
-    (Phase.CONNECTING, "failed_over"): [],
-    (Phase.CONNECTING, "no_fail_over"): [],
     (Phase.CONNECTING, "body_whole"): [],
     (Phase.CONNECTING, "body_broken"): [],
     (Phase.CONNECTING, "client_left"): [CancelCall()],
@@ -118,9 +117,8 @@ TABLE: dict[tuple[Phase, str], list[Effect]] = {
     (Phase.STREAMING, "start"): [],
     (Phase.STREAMING, "response"): [],
     (Phase.STREAMING, "refused"): [],
+    (Phase.STREAMING, "refused_spare"): [],
     (Phase.STREAMING, "failed"): [],
-    (Phase.STREAMING, "failed_over"): [],
-    (Phase.STREAMING, "no_fail_over"): [],
     (Phase.STREAMING, "body_whole"): [Finish("ok", None, ending=Ending.BODY)],
     (Phase.STREAMING, "body_broken"): [
         AbortClient(),
@@ -179,24 +177,17 @@ STORIES: dict[str, tuple[list[Event], Event, list[Effect]]] = {
         FAILED,
         [Finish("client_abort", LEFT_BEFORE_HEAD)],
     ),
-    "fail_over_sends_again": ([Start(), REFUSED], FailedOver(), [Send()]),
-    "no_fail_over_answers_503": (
-        [Start(), REFUSED],
-        NoFailOver(),
-        answer(UNAVAILABLE, REFUSED.cause),
-    ),
-    "left_while_failing_over": ([Start(), REFUSED], ClientLeft(), []),
-    "left_while_failing_over_never_sends": (
-        [Start(), REFUSED, ClientLeft()],
-        FailedOver(),
+    "no_fail_over_when_the_client_left": (
+        [Start(), ClientLeft()],
+        SPARE,
         [Finish("client_abort", LEFT_BEFORE_HEAD)],
     ),
-    "the_next_upstream_answers": (
-        [Start(), REFUSED, FailedOver()],
-        Response(201),
-        [StartResponse(201)],
+    "the_next_upstream_answers": ([Start(), SPARE], Response(201), [StartResponse(201)]),
+    "the_next_upstream_refuses_too": (
+        [Start(), SPARE],
+        REFUSED,
+        [MarkDown(), *answer(UNAVAILABLE, REFUSED.cause)],
     ),
-    "the_next_upstream_refuses_too": ([Start(), REFUSED, FailedOver()], REFUSED, [TryFailOver()]),
     "a_second_stall_cancels_nothing": ([Start(), Stalled("upstream")], Stalled("upstream"), []),
 }
 
@@ -251,11 +242,17 @@ def test_classify_refused_may_fail_over() -> None:
     assert failed.refused
     assert failed.error.type == "upstream_unavailable"
     assert failed.cause.startswith("ConnectionRefusedError")
+    assert not failed.spare, "no spare unless the shell found one"
+    assert classify(Failure(ConnectionRefusedError("no")), spare=lambda: True, **TIMEOUTS).spare
 
 
 def test_classify_cancelled_is_not_refused() -> None:
     """A cancelled call is no reason to try another upstream."""
-    failed = classify(Failure(CancelledError()), **TIMEOUTS)
+
+    def asked() -> bool:
+        raise AssertionError("a call that may not fail over needs no spare")
+
+    failed = classify(Failure(CancelledError()), spare=asked, **TIMEOUTS)
     assert not failed.refused
     assert failed.error.type == "upstream_error"
 
@@ -311,15 +308,14 @@ def test_any_events_end_at_most_once(events: list[Event]) -> None:
 class World:
     """What Twisted promises the shell, as a model: which events can come next.
 
-    A request sent is answered once (a cancelled one only fails); a fail-over question is
-    answered at once; a relayed body ends once. The client, the watchdog, the drain and a bug
+    A request sent is answered once (a cancelled one only fails; a refused one may have a
+    spare); a relayed body ends once. The client, the watchdog, the drain and a bug
     can come at any time.
     """
 
     def __init__(self) -> None:
         self.out = False
         self.cancelled = False
-        self.deciding = False
         self.body = False
 
     def apply(self, effects: list[Effect]) -> None:
@@ -330,17 +326,13 @@ class World:
             elif isinstance(effect, CancelCall):
                 assert self.out, "a cancel needs a request out"
                 self.cancelled = True
-            elif isinstance(effect, TryFailOver):
-                self.deciding = True
             elif isinstance(effect, StartResponse):
                 self.body = True
 
     def next_events(self) -> list[Event]:
-        if self.deciding:
-            return [FailedOver(), NoFailOver()]
         events: list[Event] = [ClientLeft(), Stalled("upstream"), Cut(DRAIN), Bug("bug")]
         if self.out:
-            events += [FAILED] if self.cancelled else [Response(200), REFUSED, FAILED]
+            events += [FAILED] if self.cancelled else [Response(200), REFUSED, SPARE, FAILED]
         if self.body:
             events += [BodyEnded(), BodyEnded(TRUNCATED), Stalled("client")]
         return events
@@ -348,15 +340,11 @@ class World:
     def happened(self, event: Event) -> None:
         if isinstance(event, Response | CallFailed):
             self.out = False
-        elif isinstance(event, FailedOver | NoFailOver):
-            self.deciding = False
         elif isinstance(event, BodyEnded):
             self.body = False
 
     def settle(self) -> list[Event]:
         """What still comes once nothing else happens: the answers and ends still owed."""
-        if self.deciding:
-            return [NoFailOver()]
         if self.out:
             return [FAILED]
         if self.body:

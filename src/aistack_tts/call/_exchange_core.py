@@ -4,8 +4,9 @@ The core of the call step: ``call._exchange`` is its shell, which turns what Twi
 reports (the agent's answer, the body's end, the client leaving, the watchdog, the drain's cut)
 into ``Event`` values, hands them to ``ExchangeMachine.handle`` and applies the ``Effect``
 values it returns, in order. No transport, no clock, no Deferred: time arrives as ``Stalled``,
-failures arrive already classified (``CallFailed``), and the upstream pool stays in the shell
-(the machine says ``TryFailOver``; the shell answers ``FailedOver`` or ``NoFailOver``).
+failures arrive already classified (``CallFailed``, which says whether a spare upstream is
+free), and the upstream pool stays in the shell. Fail-over is decided here, in one step: a
+refused call marks its upstream down and, if there is a spare, moves to it and sends again.
 
 Phases: ``connecting`` (a request is out or about to be, no response head yet) →
 ``streaming`` (the head went to the client, the body flows) → ``done``. Exactly one ``Finish``
@@ -68,23 +69,16 @@ class CallFailed:
     """The request failed before a response head, classified by the shell.
 
     ``refused``: nothing reached the upstream (refused, DNS, connect timeout), so another
-    upstream may take the call. ``error`` and ``cause`` say it to the client and the access
-    event, unless the gateway stopped the call itself (then the machine knows better).
+    upstream may take the call; ``spare``: the shell found one that is up, not tried yet and
+    free (with a slot token for a call that holds one). ``error`` and ``cause`` say it to the
+    client and the access event, unless the gateway stopped the call itself (then the machine
+    knows better).
     """
 
     refused: bool
     error: GatewayError
     cause: str
-
-
-@frozen
-class FailedOver:
-    """The shell took another upstream (and its slot) for the call: send again."""
-
-
-@frozen
-class NoFailOver:
-    """No other upstream is free and up: the failure stands."""
+    spare: bool = False
 
 
 @frozen
@@ -94,18 +88,7 @@ class BodyEnded:
     broken: str | None = None
 
 
-Event = (
-    Start
-    | Response
-    | CallFailed
-    | FailedOver
-    | NoFailOver
-    | BodyEnded
-    | ClientLeft
-    | Stalled
-    | Cut
-    | Bug
-)
+Event = Start | Response | CallFailed | BodyEnded | ClientLeft | Stalled | Cut | Bug
 
 
 # Effects: what the shell does, in the order given.
@@ -129,8 +112,13 @@ class CancelCall:
 
 
 @frozen
-class TryFailOver:
-    """Mark the upstream down and look for another; answer ``FailedOver`` or ``NoFailOver``."""
+class MarkDown:
+    """The upstream refused the connection: the pool skips it for its cool-down."""
+
+
+@frozen
+class TakeSpare:
+    """Move the call (and its slot) to the spare upstream ``CallFailed`` said is free."""
 
 
 @frozen
@@ -142,7 +130,8 @@ Effect = (
     Send
     | StartResponse
     | CancelCall
-    | TryFailOver
+    | MarkDown
+    | TakeSpare
     | StopUpstream
     | AbortClient
     | AnswerWith
@@ -159,8 +148,6 @@ class ExchangeMachine:
         self._started = False
         #: A request is out and has not answered yet.
         self._calling = False
-        #: The failure a fail-over may still undo, while the shell looks for another upstream.
-        self._deciding: CallFailed | None = None
         # Why the gateway stops the call itself, before the head; the first one cancels.
         self._client_gone = False
         self._timed_out = False
@@ -181,12 +168,6 @@ class ExchangeMachine:
             case Start() if not self._started:
                 self._started = True
                 return self._attempt()
-            case FailedOver() if self._deciding is not None:
-                self._deciding = None
-                return self._attempt()
-            case NoFailOver() if self._deciding is not None:
-                failed, self._deciding = self._deciding, None
-                return self._failed(failed)
             case Response(status) if self._calling and not self._stopping:
                 self._calling = False
                 self.phase = Phase.STREAMING
@@ -194,12 +175,15 @@ class ExchangeMachine:
             case CallFailed() if self._calling:
                 self._calling = False
                 if event.refused and not self._stopping:
-                    self._deciding = event
-                    return [TryFailOver()]
+                    # Nothing reached the upstream: it is skipped for a while, and the call
+                    # goes to a spare one if there is one.
+                    if event.spare:
+                        return [MarkDown(), TakeSpare(), *self._attempt()]
+                    return [MarkDown(), *self._failed(event)]
                 return self._failed(event)
             case ClientLeft() | Stalled() | Cut():
-                # The first reason cancels the request that is out; its failure (or, between
-                # attempts, the next Start or fail-over answer) then ends the call.
+                # The first reason cancels the request that is out; its failure (or, before
+                # the first attempt, the Start) then ends the call.
                 first = not self._stopping
                 if isinstance(event, ClientLeft):
                     self._client_gone = True
@@ -210,7 +194,6 @@ class ExchangeMachine:
                 return [CancelCall()] if self._calling and first else []
             case Bug(why):
                 self._calling = False
-                self._deciding = None
                 if self._client_gone:
                     return self._finish(Outcome.INTERNAL_ERROR, why, fired=False)
                 return self._answer(internal_error(), GATEWAY_FAILED)
