@@ -1,13 +1,17 @@
-"""What both call cores share: the events every call is told and the effects every call ends with.
+"""What both call cores share: the events every call is told, the effects it ends with, the loop.
 
 The lowest step of the two sans-IO cores, ``call._exchange_core`` (an HTTP call) and
 ``tunnel._session_core`` (a WebSocket session): the client leaving, the watchdog, the
-drain's cut and a bug are told alike, and both end with the same ``Finish``.
+drain's cut and a bug are told alike, and both end with the same ``Finish``. Both shells feed
+their core through the same ``EffectLoop``, so neither core is ever entered from inside itself.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable, Iterable
 from enum import StrEnum
+from typing import Generic, TypeVar
 
 from attrs import frozen
 
@@ -83,3 +87,40 @@ class Finish:
     cause: str | None
     fired: bool = True
     ending: Ending = Ending.NONE
+
+
+# The loop both shells run.
+
+EventT = TypeVar("EventT")
+EffectT = TypeVar("EffectT")
+
+
+class EffectLoop(Generic[EventT, EffectT]):
+    """Feeds a core one event at a time and applies the effects it returns, in order.
+
+    Applying an effect may raise an event at once (cancelling a Deferred runs its errback,
+    aborting a connection may report it lost): that event waits until the whole batch is
+    applied and is fed then, so the core is never entered while one of its answers is only
+    half done. An exception leaves what is queued for the next ``feed``.
+    """
+
+    def __init__(
+        self, handle: Callable[[EventT], Iterable[EffectT]], apply: Callable[[EffectT], None]
+    ) -> None:
+        self._handle = handle
+        self._apply = apply
+        self._queue: deque[EventT] = deque()
+        self._running = False
+
+    def feed(self, event: EventT) -> None:
+        """Deliver ``event`` now, or (raised while effects are applied) once they are."""
+        self._queue.append(event)
+        if self._running:
+            return
+        self._running = True
+        try:
+            while self._queue:
+                for effect in self._handle(self._queue.popleft()):
+                    self._apply(effect)
+        finally:
+            self._running = False

@@ -49,6 +49,7 @@ from ._events import (
     Bug,
     ClientLeft,
     Cut,
+    EffectLoop,
     Ending,
     Finish,
     Stalled,
@@ -109,6 +110,7 @@ class _Exchange:
         self._request = request
         self._record = CallRecord(context, request, hold, self, upstream.url)
         self._machine = ExchangeMachine(context.idle_timeout)
+        self._loop: EffectLoop[Event, Effect] = EffectLoop(self._machine.handle, self._apply)
         self._watchdog = Watchdog(
             context.clock,
             context.idle_timeout,
@@ -142,10 +144,9 @@ class _Exchange:
     # What Twisted reports, as events.
 
     def _feed(self, event: Event) -> None:
-        # An effect may feed another event at once (a cancel fires the call's errback): its
-        # effects are applied then, inside; the machine has moved on already.
-        for effect in self._machine.handle(event):
-            self._apply(effect)
+        # An effect may raise another event at once (a cancel fires the call's errback): the
+        # loop feeds it once the effects before it are all applied.
+        self._loop.feed(event)
 
     def _got_response(self, response: IResponse) -> None:
         self._response = response

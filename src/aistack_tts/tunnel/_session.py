@@ -37,6 +37,7 @@ from aistack_tts.call._events import (
     Bug,
     ClientLeft,
     Cut,
+    EffectLoop,
     Ending,
     Finish,
     Stalled,
@@ -94,6 +95,7 @@ class WebSocketTunnel:
         self._target = target
         self._record = CallRecord(context, request, hold, self, target.url)
         self._machine = TunnelMachine(context.idle_timeout, context.ws_idle_timeout)
+        self._loop: EffectLoop[Event, Effect] = EffectLoop(self._machine.handle, self._apply)
         self._watchdog = Watchdog(self._clock, context.idle_timeout, self._stalled)
         self._connecting: Deferred[IProtocol] | None = None
         self._upstream_protocol: UpstreamProtocol | None = None
@@ -208,8 +210,9 @@ class WebSocketTunnel:
     # The effects, applied in order.
 
     def _feed(self, event: Event) -> None:
-        for effect in self._machine.handle(event):
-            self._apply(effect)
+        # Closing or aborting a side may report it lost at once: the loop feeds that once the
+        # effects before it are all applied.
+        self._loop.feed(event)
 
     def _apply(self, effect: Effect) -> None:
         request = self._request
@@ -286,7 +289,7 @@ class WebSocketTunnel:
         )
         transport.write(head)
         if early:
-            self._feed(ClientData(early))
+            self._feed(ClientData(early))  # fed once the Open is applied
         # The channel may have paused reading while it held bytes back.
         if self.upstream.producer is not None and not self.upstream.producer.paused:
             transport.resumeProducing()
