@@ -2,6 +2,7 @@
 
 ``EffectLoop`` is what both shells feed their core through: an event raised while effects are
 applied (a cancel runs its errback at once) is fed once the batch is applied, not inside it.
+The cores speak in values only: when the router's Deferred fires is each shell's business.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from twisted.internet.error import ConnectionDone, ConnectionLost
 
 from aistack_tts.call._events import EffectLoop
 from aistack_tts.call._exchange import _Exchange
@@ -17,7 +19,7 @@ from aistack_tts.tunnel._session import WebSocketTunnel
 from aistack_tts.tunnel._session_core import TunnelMachine
 from support.harness import Harness
 from support.logs import LogCapture
-from support.tunnel import CLIENT_FRAME, harness, opened
+from support.tunnel import CLIENT_FRAME, HANDSHAKE, SWITCHING, harness, opened
 
 GET = b"GET /v1/audio/voices HTTP/1.1\r\nHost: gw\r\n\r\n"
 
@@ -111,3 +113,61 @@ def test_the_early_client_bytes_are_fed_after_the_101(nested: list[object]) -> N
     h.reactor.advance(5)
     assert slot.releases == 1
     assert nested == []
+
+
+# What the router waits on: the shell's, not the core's.
+
+
+def in_flight(h: Harness) -> Any:
+    [call] = list(h.proxy.calls)
+    return call
+
+
+@pytest.mark.parametrize(
+    ("how", "fires"),
+    [
+        ("whole", True),
+        ("left_before_the_head", True),
+        ("truncated", False),
+    ],
+)
+def test_the_routers_deferred_fires_once_the_answer_is_ended_here(how: str, fires: bool) -> None:
+    """A response ended here (or a client gone before the head) lets the router go at once;
+    one cut short is let go when the connection drops (the router cancels it then)."""
+    h = Harness()
+    client = h.request(GET)
+    call = in_flight(h)
+    up = h.upstream()
+    if how == "left_before_the_head":
+        client.lose()
+    else:
+        up.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel")
+        if how == "whole":
+            up.send(b"lo")
+        else:
+            up.lose(ConnectionLost)  # the client is aborted
+    assert h.tokens == 1
+    assert call.done.called is fires
+    if not fires:
+        client.lose()  # the router cancels it
+        assert call.done.called
+
+
+@pytest.mark.parametrize(("answer", "fires"), [(b"refused", True), (b"switched", False)])
+def test_a_sessions_router_deferred_fires_only_for_an_http_answer(
+    answer: bytes, fires: bool
+) -> None:
+    h, slot = harness()
+    client = h.request(HANDSHAKE)
+    session = in_flight(h)
+    up = h.upstream()
+    if answer == b"refused":
+        up.send(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+    else:
+        up.send(SWITCHING)
+        up.lose(ConnectionDone)
+    assert slot.releases == 1
+    assert session.done.called is fires
+    if not fires:
+        client.lose()
+        assert session.done.called

@@ -97,7 +97,7 @@ def answer(error: GatewayError, cause: str) -> list[Effect]:
 
 
 def stop_both(outcome: str, cause: str) -> list[Effect]:
-    return [StopUpstream(), AbortClient(), Finish(outcome, cause, fired=False)]
+    return [StopUpstream(), AbortClient(), Finish(outcome, cause)]
 
 
 #: (phase, event) → effects, for every event in the two live phases.
@@ -122,11 +122,11 @@ TABLE: dict[tuple[Phase, str], list[Effect]] = {
     (Phase.STREAMING, "body_whole"): [Finish("ok", None, ending=Ending.BODY)],
     (Phase.STREAMING, "body_broken"): [
         AbortClient(),
-        Finish("upstream_error_mid_body", TRUNCATED, fired=False),
+        Finish("upstream_error_mid_body", TRUNCATED),
     ],
     (Phase.STREAMING, "client_left"): [
         StopUpstream(),
-        Finish("client_abort", LEFT_DURING_BODY, fired=False),
+        Finish("client_abort", LEFT_DURING_BODY),
     ],
     (Phase.STREAMING, "upstream_stalled"): stop_both(
         "upstream_stalled", stall_cause("upstream", IDLE)
@@ -154,7 +154,7 @@ STORIES: dict[str, tuple[list[Event], Event, list[Effect]]] = {
     "bug_after_the_client_left": (
         [Start(), ClientLeft()],
         Bug("ValueError: oops"),
-        [Finish("internal_error", "ValueError: oops", fired=False)],
+        [Finish("internal_error", "ValueError: oops")],
     ),
     "stall_answers_504": (
         [Start(), Stalled("upstream")],

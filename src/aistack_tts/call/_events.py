@@ -71,21 +71,16 @@ class Ending(StrEnum):
     BODY = "body"
     #: Write the envelope of the ``AnswerWith`` just before.
     ENVELOPE = "envelope"
-    #: Nothing: the client left, or was aborted.
+    #: Nothing: the client left, was aborted, or (after a 101) holds a tunnel that closed.
     NONE = "none"
 
 
 @frozen
 class Finish:
-    """The call is over: release the slot, end the response (``ending``), write the record.
-
-    ``fired``: whether the router's Deferred fires now; on the abort paths it is let go when
-    the client's connection drops.
-    """
+    """The call is over: release the slot, end the response (``ending``), write the record."""
 
     outcome: str
     cause: str | None
-    fired: bool = True
     ending: Ending = Ending.NONE
 
 

@@ -308,8 +308,19 @@ class _Exchange:
         self._record.finish(
             finish.outcome, bytes_out=bytes_out, cause=finish.cause, then=then, flush=flush
         )
-        if finish.fired and not self.done.called:
+        if self._lets_go(finish) and not self.done.called:
             self.done.callback(None)
+
+    def _lets_go(self, finish: Finish) -> bool:
+        """Whether the router's Deferred fires now, or when the client's connection drops.
+
+        It fires once the response is ended here (a whole body, an envelope), and for a client
+        that left before the head, which nothing more can reach; a response cut short (the
+        client aborted, or gone after the head) is let go when the connection drops.
+        """
+        if finish.ending is not Ending.NONE:
+            return True
+        return finish.outcome == Outcome.CLIENT_ABORT and self._bridge is None
 
     @property
     def _path(self) -> str:

@@ -195,7 +195,7 @@ class ExchangeMachine:
             case Bug(why):
                 self._calling = False
                 if self._client_gone:
-                    return self._finish(Outcome.INTERNAL_ERROR, why, fired=False)
+                    return self._finish(Outcome.INTERNAL_ERROR, why)
                 return self._answer(internal_error(), GATEWAY_FAILED)
         return []
 
@@ -271,15 +271,8 @@ class ExchangeMachine:
         return [AnswerWith(error), *self._finish(error.type, cause, ending=Ending.ENVELOPE)]
 
     def _finish(
-        self,
-        outcome: str,
-        cause: str | None,
-        *,
-        fired: bool | None = None,
-        ending: Ending = Ending.NONE,
+        self, outcome: str, cause: str | None, *, ending: Ending = Ending.NONE
     ) -> list[Effect]:
-        """The one way out. Once the head is out, the router is let go only by a whole body."""
-        if fired is None:
-            fired = self.phase is Phase.CONNECTING or ending is Ending.BODY
+        """The one way out."""
         self.phase = Phase.DONE
-        return [Finish(outcome, cause, fired=fired, ending=ending)]
+        return [Finish(outcome, cause, ending=ending)]

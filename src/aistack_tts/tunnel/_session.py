@@ -305,7 +305,10 @@ class WebSocketTunnel:
             then = self._end_relay
         bytes_out = self._machine.bytes_out
         self._record.finish(finish.outcome, bytes_out=bytes_out, cause=finish.cause, then=then)
-        if finish.fired and not self.done.called:
+        # The router's Deferred fires once an HTTP answer is ended here (an envelope, a refusal
+        # relayed whole); after a 101, and on the abort paths, it is let go when the client's
+        # connection drops.
+        if finish.ending is not Ending.NONE and not self.done.called:
             self.done.callback(None)
 
     def _end_relay(self) -> None:

@@ -126,7 +126,7 @@ class TunnelMachine:
                     return self._answer(self._cut, self._cut.message)
                 return self._answer(error, cause)
             case ClientLeft():
-                return [*self._finish(Outcome.CLIENT_ABORT, None, fired=False), CancelConnect()]
+                return [*self._finish(Outcome.CLIENT_ABORT, None), CancelConnect()]
             case Stalled():
                 self.timed_out = True
                 return [CancelConnect()]  # ConnectFailed answers 504
@@ -211,7 +211,7 @@ class TunnelMachine:
                 return [
                     CloseUpstream(abort=True),
                     AbortClient(),
-                    *self._finish(Outcome.INTERNAL_ERROR, why, fired=False),
+                    *self._finish(Outcome.INTERNAL_ERROR, why),
                 ]
         return []
 
@@ -234,7 +234,7 @@ class TunnelMachine:
         return [
             CloseClient(abort=abort),
             CloseUpstream(abort=abort),
-            *self._finish(outcome, cause, fired=False),
+            *self._finish(outcome, cause),
         ]
 
     # Another answer: relayed as an HTTP response.
@@ -306,13 +306,13 @@ class TunnelMachine:
         return [
             CloseUpstream(abort=True),
             AbortClient(),
-            *self._finish(outcome, cause, fired=False),
+            *self._finish(outcome, cause),
         ]
 
     # The ways out.
 
     def _left(self) -> list[Effect]:
-        return self._finish(Outcome.CLIENT_ABORT, None, fired=False)
+        return self._finish(Outcome.CLIENT_ABORT, None)
 
     def _answer_bug(self) -> list[Effect]:
         return self._answer_error(internal_error())
@@ -325,8 +325,8 @@ class TunnelMachine:
         return [AnswerWith(error), *self._finish(error.type, cause, ending=Ending.ENVELOPE)]
 
     def _finish(
-        self, outcome: str, cause: str | None, *, ending: Ending = Ending.NONE, fired: bool = True
+        self, outcome: str, cause: str | None, *, ending: Ending = Ending.NONE
     ) -> list[Effect]:
         """The one way out."""
         self.phase = Phase.DONE
-        return [Finish(outcome, cause, fired=fired, ending=ending)]
+        return [Finish(outcome, cause, ending=ending)]
