@@ -3,7 +3,8 @@
 The lowest step of the two sans-IO cores, ``call._exchange_core`` (an HTTP call) and
 ``tunnel._session_core`` (a WebSocket session): the client leaving, the watchdog, the
 drain's cut and a bug are told alike, and both end with the same ``Finish``. Both shells feed
-their core through the same ``EffectLoop``, so neither core is ever entered from inside itself.
+their core through the same ``EffectLoop``, so neither core is ever entered from inside itself,
+and both cores answer an event their phase cannot receive the same way (``Strictness``).
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable
 from enum import StrEnum
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from attrs import frozen
+from attrs import Factory, define, frozen
 
 from aistack_tts._errors import GatewayError
 
@@ -82,6 +83,43 @@ class Finish:
     outcome: str
     cause: str | None
     ending: Ending = Ending.NONE
+
+
+# What a core does with an event its phase cannot receive.
+
+
+class UnexpectedEvent(AssertionError):
+    """A core was told an event its phase cannot receive: a bug in its shell (strict mode)."""
+
+
+@define
+class Strictness:
+    """Whether the cores raise ``UnexpectedEvent`` or ignore an event they cannot receive.
+
+    Off in production, where such an event is ignored (the shells' callers are Twisted
+    callbacks, where an exception helps nobody). The test suite turns ``STRICT`` on; ``seen``
+    keeps what was raised, for an exception a Deferred may have swallowed.
+    """
+
+    on: bool = False
+    seen: list[str] = Factory(list)
+
+    def unexpected(self, core: str, phase: str, event: object) -> list[Any]:
+        """No effect, or (strict) ``UnexpectedEvent``."""
+        if not self.on:
+            return []
+        said = f"the {core} in phase {phase} cannot receive {event!r}"
+        self.seen.append(said)
+        raise UnexpectedEvent(said)
+
+
+#: The cores' setting, unless one is made with ``strict=``.
+STRICT = Strictness()
+
+
+def strictness(strict: bool | None) -> Strictness:
+    """A core's setting: ``STRICT`` unless the core was told (``strict``) itself."""
+    return STRICT if strict is None else Strictness(on=strict)
 
 
 # The loop both shells run.

@@ -10,17 +10,18 @@ refused call marks its upstream down and, if there is a spare, moves to it and s
 
 Phases: ``connecting`` (a request is out or about to be, no response head yet) →
 ``streaming`` (the head went to the client, the body flows) → ``done``. Exactly one ``Finish``
-ends a call; after it every event is answered with no effect. The shell may feed an event
-while it applies an effect (cancelling a Deferred fires it at once): the machine has already
-moved on when it returns, so such a nested event sees the new state.
+ends a call; after it the ends still owed (``RECEIVES``) have no effect. The shell feeds one
+event at a time (``call._events.EffectLoop``): one raised while it applies effects waits.
 
-Events that cannot happen in a phase (a body end before a head, a second answer to one
-request, a head after a cancel, since a cancelled Deferred only fails) are ignored rather
-than raised: the shell's callers are Twisted callbacks, where an exception helps nobody.
+``RECEIVES`` says what each phase can be told; within a phase, the request's own answer comes
+only while one is out, and once (a cancelled one only fails). Any other event is a bug of the
+shell's: ignored in production, raised in strict mode (``call._events.Strictness``, on in the
+tests).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 
 from attrs import frozen
@@ -34,7 +35,17 @@ from aistack_tts._errors import (
 )
 from aistack_tts.observe._outcome import Outcome, cut_outcome
 
-from ._events import AbortClient, AnswerWith, Bug, ClientLeft, Cut, Ending, Finish, Stalled
+from ._events import (
+    AbortClient,
+    AnswerWith,
+    Bug,
+    ClientLeft,
+    Cut,
+    Ending,
+    Finish,
+    Stalled,
+    strictness,
+)
 
 #: The access event's ``cause`` when the client left: before the head, or during the body.
 LEFT_BEFORE_HEAD = "the client closed the connection before the upstream answered"
@@ -139,11 +150,24 @@ Effect = (
 )
 
 
-class ExchangeMachine:
-    """The state of one proxied call and what each event makes of it."""
+#: What each phase can be told. After the ``Finish``: the client's connection dropping, and
+#: the body's end that stopping the upstream brings.
+RECEIVES: Mapping[Phase, tuple[type[Event], ...]] = {
+    Phase.CONNECTING: (Start, Response, CallFailed, ClientLeft, Stalled, Cut, Bug),
+    Phase.STREAMING: (BodyEnded, ClientLeft, Stalled, Cut, Bug),
+    Phase.DONE: (ClientLeft, BodyEnded),
+}
 
-    def __init__(self, idle_timeout: float) -> None:
+
+class ExchangeMachine:
+    """The state of one proxied call and what each event makes of it.
+
+    ``strict``: raise on an event the phase cannot receive (default: ``call._events.STRICT``).
+    """
+
+    def __init__(self, idle_timeout: float, *, strict: bool | None = None) -> None:
         self._idle_timeout = idle_timeout
+        self._strict = strictness(strict)
         self.phase = Phase.CONNECTING
         self._started = False
         #: A request is out and has not answered yet.
@@ -155,11 +179,16 @@ class ExchangeMachine:
 
     def handle(self, event: Event) -> list[Effect]:
         """What ``event`` changes: the effects for the shell to apply, in order."""
+        if not isinstance(event, RECEIVES[self.phase]):
+            return self._unexpected(event)
         if self.phase is Phase.CONNECTING:
             return self._connecting(event)
         if self.phase is Phase.STREAMING:
             return self._streaming(event)
         return []
+
+    def _unexpected(self, event: Event) -> list[Effect]:
+        return self._strict.unexpected("exchange", self.phase, event)
 
     # Before the head.
 
@@ -197,7 +226,8 @@ class ExchangeMachine:
                 if self._client_gone:
                     return self._finish(Outcome.INTERNAL_ERROR, why)
                 return self._answer(internal_error(), GATEWAY_FAILED)
-        return []
+        # A second Start, or an answer with no request out (or from a cancelled one).
+        return self._unexpected(event)
 
     @property
     def _stopping(self) -> bool:
@@ -252,7 +282,7 @@ class ExchangeMachine:
                 return self._stop_both(cut_outcome(error.type), error.message)
             case Bug(why):
                 return self._stop_both(Outcome.INTERNAL_ERROR, why)
-        return []
+        return self._unexpected(event)
 
     def _stop_both(self, outcome: str, cause: str) -> list[Effect]:
         """Close the upstream body and abort the client (a cut, a stall, a bug)."""
