@@ -7,11 +7,27 @@ from collections.abc import Iterator
 import pytest
 from twisted.internet.defer import Deferred
 
+from aistack_tts.call._events import STRICT
 from support.inprocess import Gateways, InProcessGateway
 from support.logs import Captured, capturing
 from support.reactor import blockon
 from support.websocket import Stacks
 from testbed.processes import UpstreamProcess, refusing_port, start_demo_gateway, stop_process
+
+
+@pytest.fixture(autouse=True)
+def strict_cores() -> Iterator[None]:
+    """Both cores raise on an event their phase cannot receive (production ignores it).
+
+    The test fails on one even where the exception went into a Deferred and no further.
+    """
+    STRICT.on = True
+    STRICT.seen.clear()
+    try:
+        yield
+    finally:
+        STRICT.on = False
+    assert not STRICT.seen, f"a core was told what its phase cannot receive: {STRICT.seen}"
 
 
 @pytest.fixture(scope="module")

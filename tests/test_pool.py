@@ -152,3 +152,21 @@ def test_wait_is_served_by_work_sharing_the_semaphore() -> None:
     assert len(result) == 1
     result[0].hold.release()
     assert shared.tokens == 1
+
+
+def test_spare_names_what_try_take_would_take_and_takes_nothing() -> None:
+    """The fail-over's question (is a spare free?) and its move agree, and asking is free."""
+    clock, pool = make_pool(3)
+    busy = pool.upstreams[1].slot.try_take()
+    pool.mark_down(pool.upstreams[2])
+    tried = [pool.upstreams[0]]
+    assert pool.spare(exclude=tried) is None, "gpu1 is busy, gpu2 down"
+    assert busy is not None
+    busy.release()
+    spare = pool.spare(exclude=tried)
+    assert [u.slot.free for u in pool.upstreams] == [True, True, True], "nothing taken"
+    grant = pool.try_take(exclude=tried)
+    assert grant is not None
+    assert grant.upstream is spare is pool.upstreams[1]
+    clock.advance(5)
+    assert pool.spare(exclude=[pool.upstreams[0], pool.upstreams[1]]) is pool.upstreams[2]

@@ -91,6 +91,25 @@ def test_slot_exempt_calls_pass_while_the_gpu_is_busy() -> None:
     assert parse_response(busy.received())[0] == 503
 
 
+def test_a_refused_slot_exempt_call_fails_over_while_both_gpus_are_busy() -> None:
+    """A slot-exempt call needs no free slot: it moves to the other GPU, and past both, 503."""
+    h, slots = two_gpus(slot_exempt=["GET:/v1/audio/voices"])
+    for slot in slots:
+        slot.acquire()
+    client = h.request(VOICES)
+    assert h.port() == 8091
+    h.refuse()
+    assert h.port() == 8092, "the same request was sent to the other GPU"
+    h.upstream().send(OK)
+    assert parse_response(client.received())[0] == 200
+    h.reactor.advance(5)
+    last = h.request(VOICES)
+    h.refuse()
+    h.refuse()
+    assert envelope(last.received())["type"] == "upstream_unavailable"
+    assert [s.tokens for s in slots] == [0, 0], "the other holders keep theirs"
+
+
 def test_slot_exempt_prefix_and_method() -> None:
     """A trailing * matches a prefix; the method must match too."""
     h = Harness(slot_exempt=["GET:/v1/audio/voices*"])

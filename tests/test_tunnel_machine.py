@@ -1,9 +1,11 @@
-"""The WebSocket session's core without a reactor: phase-by-event tables, stories, Hypothesis.
+"""The WebSocket session's core without a reactor: a phase table, stories, Hypothesis.
 
 ``TunnelMachine`` is fed events and returns effects; nothing here runs Twisted, a clock or a
-socket. The tables pin every cell (each live phase against every event), the stories pin the
-orders that matter (a cut or stall before the connect fails, a refusal ended by a close), and
-the properties hold for any sequence of events and any split of the bytes.
+socket. The table says, for each live phase against every event, where the session goes and
+how it ends, or that the phase cannot receive the event (strict mode raises; production
+ignores it); the stories pin the orders that matter (a cut or stall before the connect fails,
+a refusal ended by a close), and the properties hold for any sequence of events and any split
+of the bytes.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from aistack_tts.call._events import (
     Ending,
     Finish,
     Stalled,
+    UnexpectedEvent,
 )
 from aistack_tts.tunnel._events import (
     CancelConnect,
@@ -45,7 +48,8 @@ from aistack_tts.tunnel._events import (
     WriteUpstream,
 )
 from aistack_tts.tunnel._frames import close_frame
-from aistack_tts.tunnel._session_core import Phase, TunnelMachine
+from aistack_tts.tunnel._session_core import RECEIVES, Phase, TunnelMachine
+from support.cores import UNEXPECTED, Cell, Then, check_run, run, then
 
 SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
 REFUSED = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 10\r\n\r\n"
@@ -68,9 +72,9 @@ EVENTS: dict[str, Event] = {
 }
 
 
-def machine(phase: Phase) -> TunnelMachine:
+def machine(phase: Phase, *, strict: bool | None = None) -> TunnelMachine:
     """A machine brought to ``phase`` the way the shell would."""
-    m = TunnelMachine(idle_timeout=10.0, ws_idle_timeout=30.0)
+    m = TunnelMachine(idle_timeout=10.0, ws_idle_timeout=30.0, strict=strict)
     if phase is Phase.CONNECTING:
         return m
     m.handle(Connected())
@@ -89,55 +93,65 @@ def names(effects: list[Effect]) -> list[str]:
     return [f"Finish:{e.outcome}" if isinstance(e, Finish) else type(e).__name__ for e in effects]
 
 
-TABLE: dict[tuple[Phase, str], list[str]] = {
-    (Phase.CONNECTING, "connected"): ["SendHandshake"],
-    (Phase.CONNECTING, "connect_failed"): ["AnswerWith", "Finish:upstream_unavailable"],
-    (Phase.CONNECTING, "client_left"): ["Finish:client_abort", "CancelConnect"],
-    (Phase.CONNECTING, "stalled"): ["CancelConnect"],
-    (Phase.CONNECTING, "cut"): ["CancelConnect"],
-    (Phase.CONNECTING, "bug"): ["CloseUpstream", "AnswerWith", "Finish:internal_error"],
-    (Phase.HANDSHAKE, "upstream_lost"): ["AnswerWith", "Finish:upstream_error"],
-    (Phase.HANDSHAKE, "client_left"): ["CloseUpstream", "Finish:client_abort"],
-    (Phase.HANDSHAKE, "stalled"): ["CloseUpstream", "AnswerWith", "Finish:upstream_timeout"],
-    (Phase.HANDSHAKE, "cut"): ["CloseUpstream", "AnswerWith", "Finish:draining"],
-    (Phase.HANDSHAKE, "bug"): ["CloseUpstream", "AnswerWith", "Finish:internal_error"],
-    (Phase.OPEN, "upstream_data"): ["WriteClient"],
-    (Phase.OPEN, "client_data"): ["WriteUpstream"],
-    (Phase.OPEN, "upstream_lost"): ["CloseClient", "CloseUpstream", "Finish:ws_closed_by_upstream"],
-    (Phase.OPEN, "client_lost"): ["CloseClient", "CloseUpstream", "Finish:ws_closed_by_client"],
-    (Phase.OPEN, "stalled"): [
-        "WriteClient",
-        "WriteUpstream",
-        "CloseClient",
-        "CloseUpstream",
-        "Finish:ws_idle",
-    ],
-    (Phase.OPEN, "cut"): ["CloseClient", "CloseUpstream", "Finish:draining_cut"],
-    (Phase.OPEN, "bug"): ["CloseUpstream", "AbortClient", "Finish:internal_error"],
-    (Phase.RELAYING, "upstream_data"): ["WriteClient"],
-    (Phase.RELAYING, "upstream_lost"): [
-        "CloseUpstream",
-        "AbortClient",
-        "Finish:upstream_error_mid_body",
-    ],
-    (Phase.RELAYING, "client_left"): ["CloseUpstream", "Finish:client_abort"],
-    (Phase.RELAYING, "stalled"): ["CloseUpstream", "AbortClient", "Finish:upstream_stalled"],
-    (Phase.RELAYING, "cut"): ["CloseUpstream", "AbortClient", "Finish:draining_cut"],
-    (Phase.RELAYING, "bug"): ["CloseUpstream", "AbortClient", "Finish:internal_error"],
+C, H, W, R, D = Phase.CONNECTING, Phase.HANDSHAKE, Phase.OPEN, Phase.RELAYING, Phase.DONE
+
+#: (phase, event) → where the session goes (W: the open WebSocket) and how it ends; a cell
+#: not here cannot be received.
+TABLE: dict[tuple[Phase, str], Cell] = {
+    (C, "connected"): Then(H),
+    (C, "connect_failed"): Then(D, "upstream_unavailable"),
+    (C, "client_left"): Then(D, "client_abort"),
+    (C, "stalled"): Then(C),  # cancels; the attempt's failure answers 504
+    (C, "cut"): Then(C),  # cancels; the attempt's failure answers with the cut
+    (C, "bug"): Then(D, "internal_error"),
+    (H, "upstream_data"): Then(H),  # not a whole head yet
+    (H, "upstream_lost"): Then(D, "upstream_error"),
+    (H, "client_left"): Then(D, "client_abort"),
+    (H, "stalled"): Then(D, "upstream_timeout"),
+    (H, "cut"): Then(D, "draining"),
+    (H, "bug"): Then(D, "internal_error"),
+    (W, "upstream_data"): Then(W),
+    (W, "client_data"): Then(W),
+    (W, "upstream_lost"): Then(D, "ws_closed_by_upstream"),
+    (W, "client_lost"): Then(D, "ws_closed_by_client"),
+    (W, "stalled"): Then(D, "ws_idle"),
+    (W, "cut"): Then(D, "draining_cut"),
+    (W, "bug"): Then(D, "internal_error"),
+    (R, "upstream_data"): Then(R),
+    (R, "upstream_lost"): Then(D, "upstream_error_mid_body"),
+    (R, "client_left"): Then(D, "client_abort"),
+    (R, "stalled"): Then(D, "upstream_stalled"),
+    (R, "cut"): Then(D, "draining_cut"),
+    (R, "bug"): Then(D, "internal_error"),
+    # After the Finish: the ends still owed, and bytes past the answer.
+    (D, "connect_failed"): Then(D),
+    (D, "upstream_data"): Then(D),
+    (D, "upstream_lost"): Then(D),
+    (D, "client_lost"): Then(D),
+    (D, "client_left"): Then(D),
 }
 
 
 @pytest.mark.parametrize("event", sorted(EVENTS))
 @pytest.mark.parametrize("phase", list(Phase), ids=str)
 def test_every_phase_against_every_event(phase: Phase, event: str) -> None:
-    """Every cell: the effects in order; a cell not in the table is a no-op (done: all)."""
-    m = machine(phase)
-    assert names(m.handle(EVENTS[event])) == TABLE.get((phase, event), [])
+    """Every cell, in strict mode; one not in the table raises there and is a no-op in
+    production."""
+    cell = TABLE.get((phase, event), UNEXPECTED)
+    if cell == UNEXPECTED:
+        with pytest.raises(UnexpectedEvent):
+            machine(phase, strict=True).handle(EVENTS[event])
+        assert machine(phase, strict=False).handle(EVENTS[event]) == []
+        return
+    m = machine(phase, strict=True)
+    assert then(m, m.handle(EVENTS[event])) == cell
 
 
-def test_the_table_names_only_real_cells() -> None:
+def test_the_table_names_what_each_phase_receives() -> None:
     assert {event for _, event in TABLE} <= set(EVENTS)
-    assert all(phase is not Phase.DONE for phase, _ in TABLE)
+    for phase in Phase:
+        for name, event in EVENTS.items():
+            assert ((phase, name) in TABLE) is isinstance(event, RECEIVES[phase]), (phase, name)
 
 
 # --- stories ------------------------------------------------------------------------------
@@ -256,7 +270,6 @@ def test_a_session_is_put_down_to_who_said_goodbye_first() -> None:
     assert finish == Finish(
         "ws_closed_by_upstream",
         "the upstream sent the first close frame (code 1000)",
-        fired=False,  # after a 101 the router is let go when the connection drops
     )
 
 
@@ -281,35 +294,36 @@ _EVENT = st.one_of(
 
 
 def _run(events: list[Event]) -> list[list[Effect]]:
-    m = TunnelMachine(idle_timeout=10.0, ws_idle_timeout=30.0)
+    # Any sequence, possible or not: production ignores what a phase cannot receive.
+    m = TunnelMachine(idle_timeout=10.0, ws_idle_timeout=30.0, strict=False)
     return [m.handle(e) for e in events]
 
 
-@given(st.lists(_EVENT, max_size=30))
-def test_one_finish_at_most_last_and_nothing_after(events: list[Event]) -> None:
-    batches = _run(events)
-    flat = [e for batch in batches for e in batch]
-    finishes = [i for i, e in enumerate(flat) if isinstance(e, Finish)]
-    assert len(finishes) <= 1
-    if finishes:
-        [at] = finishes
-        after = flat[at + 1 :]
-        # Only the connect attempt may still be cancelled (the client left while connecting).
-        assert all(isinstance(e, CancelConnect) for e in after)
+def side_of(effect: object) -> str | None:
+    """The side an effect acts on."""
+    if isinstance(effect, SendHandshake | CancelConnect | WriteUpstream | CloseUpstream):
+        return "upstream"
+    if isinstance(effect, Open | StartRelay | WriteClient | CloseClient | AbortClient):
+        return "client"
+    return None
+
+
+def lets_go(effect: object) -> str | None:
+    """The side an effect closes: nothing may write to it afterwards."""
+    if isinstance(effect, CloseUpstream):
+        return "upstream"
+    if isinstance(effect, CloseClient | AbortClient):
+        return "client"
+    return None
 
 
 @given(st.lists(_EVENT, max_size=30))
-def test_no_write_to_a_side_after_its_close(events: list[Event]) -> None:
-    closed: set[str] = set()
-    for effect in (e for batch in _run(events) for e in batch):
-        if isinstance(effect, CloseUpstream):
-            closed.add("upstream")
-        elif isinstance(effect, CloseClient | AbortClient):
-            closed.add("client")
-        elif isinstance(effect, WriteUpstream | SendHandshake):
-            assert "upstream" not in closed
-        elif isinstance(effect, WriteClient):
-            assert "client" not in closed
+def test_one_finish_at_most_last_and_nothing_after_a_side_was_let_go(events: list[Event]) -> None:
+    """At most one Finish, the last effect of its batch, nothing after it; no write to a
+    side after its close."""
+    m = TunnelMachine(idle_timeout=10.0, ws_idle_timeout=30.0, strict=False)
+    finish = check_run(run(m, events), side_of, lets_go)
+    assert (finish is not None) is (m.phase is Phase.DONE)
 
 
 @given(st.lists(_EVENT, max_size=30))

@@ -160,7 +160,7 @@ def test_a_malformed_chunked_refusal_is_cut_after_what_it_relayed(
     assert effects[-3:] == [
         CloseUpstream(abort=True),
         AbortClient(),
-        Finish("upstream_error_mid_body", f"UpstreamProtocolError: {why}", fired=False),
+        Finish("upstream_error_mid_body", f"UpstreamProtocolError: {why}"),
     ]
 
 
@@ -185,7 +185,6 @@ def test_a_truncated_chunked_refusal_is_cut_where_it_stopped() -> None:
     assert effects[-1] == Finish(
         "upstream_error_mid_body",
         "IncompleteResponse: the connection closed 2 bytes short of the current chunk",
-        fired=False,
     )
 
 
@@ -197,7 +196,7 @@ def test_a_close_delimited_refusal_cut_by_a_reset_is_not_relayed_as_whole() -> N
     effects += m.handle(UpstreamLost("ConnectionLost: reset", clean=False))
     assert relayed(effects) == b"no "
     assert AbortClient() in effects
-    assert effects[-1] == Finish("upstream_error_mid_body", "ConnectionLost: reset", fired=False)
+    assert effects[-1] == Finish("upstream_error_mid_body", "ConnectionLost: reset")
 
 
 # --- any split ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@
   ``until``, ``listen_tracking``).
 - ``logs``: log capture, in process and from a gateway process's JSON log file.
 - ``raw_upstream``: a raw-TCP upstream in a thread, for what twisted.web cannot send.
+- ``cores``: what the two cores' tests say of a run (``Then``, ``UNEXPECTED``, ``check_run``).
 
 What the benchmarks use too (processes, the scriptable upstream, raw-socket clients) is the
 top-level ``testbed`` package. pytest puts ``tests/`` and the repository's root on

@@ -2,10 +2,11 @@
 
 The call step of a request's way, below ``aistack_tts._proxy``. The decisions are
 ``call._exchange_core``'s; this module does the I/O it asks for: the request through
-the ``IAgent``, the ``StreamBridge`` relaying the body, the ``Watchdog``, the upstream pool on
-a fail-over, and the ``CallRecord`` whose ``finish`` (the machine's one ``Finish``) releases
-the slot exactly once, before the response ends. What Twisted reports (a response, a
-``Failure``, the body's end, the client leaving) is classified here and fed in as events.
+the ``IAgent``, the ``StreamBridge`` relaying the body, the ``Watchdog``, the upstream pool
+(whether a spare is free, and the move to it on the machine's fail-over), and the
+``CallRecord`` whose ``finish`` (the machine's one ``Finish``) releases the slot exactly once,
+before the response ends. What Twisted reports (a response, a ``Failure``, the body's end, the
+client leaving) is classified here and fed in as events.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from ._events import (
     Bug,
     ClientLeft,
     Cut,
+    EffectLoop,
     Ending,
     Finish,
     Stalled,
@@ -59,14 +61,13 @@ from ._exchange_core import (
     Effect,
     Event,
     ExchangeMachine,
-    FailedOver,
-    NoFailOver,
+    MarkDown,
     Response,
     Send,
     Start,
     StartResponse,
     StopUpstream,
-    TryFailOver,
+    TakeSpare,
 )
 from ._record import CallRecord
 from ._slot import SlotHold
@@ -76,14 +77,25 @@ from ._watchdog import Watchdog
 _log = Logger()
 
 
-def classify(failure: Failure, *, idle_timeout: float, connect_timeout: float) -> CallFailed:
-    """What a request that failed before its head means: may it fail over, what to answer."""
+def classify(
+    failure: Failure,
+    *,
+    idle_timeout: float,
+    connect_timeout: float,
+    spare: Callable[[], bool] = lambda: False,
+) -> CallFailed:
+    """What a request that failed before its head means: may it fail over, what to answer.
+
+    ``spare`` says whether another upstream could take the call; asked only when it may.
+    """
+    refused = is_connect_failure(failure)
     return CallFailed(
-        refused=is_connect_failure(failure),
+        refused=refused,
         error=error_for_upstream_failure(failure, timed_out=False, retry_after=RETRY_UNAVAILABLE_S),
         cause=failure_cause(
             failure, timed_out=False, idle_timeout=idle_timeout, connect_timeout=connect_timeout
         ),
+        spare=refused and spare(),
     )
 
 
@@ -98,6 +110,7 @@ class _Exchange:
         self._request = request
         self._record = CallRecord(context, request, hold, self, upstream.url)
         self._machine = ExchangeMachine(context.idle_timeout)
+        self._loop: EffectLoop[Event, Effect] = EffectLoop(self._machine.handle, self._apply)
         self._watchdog = Watchdog(
             context.clock,
             context.idle_timeout,
@@ -131,10 +144,9 @@ class _Exchange:
     # What Twisted reports, as events.
 
     def _feed(self, event: Event) -> None:
-        # An effect may feed another event at once (a cancel fires the call's errback): its
-        # effects are applied then, inside; the machine has moved on already.
-        for effect in self._machine.handle(event):
-            self._apply(effect)
+        # An effect may raise another event at once (a cancel fires the call's errback): the
+        # loop feeds it once the effects before it are all applied.
+        self._loop.feed(event)
 
     def _got_response(self, response: IResponse) -> None:
         self._response = response
@@ -148,6 +160,7 @@ class _Exchange:
                 failure,
                 idle_timeout=context.idle_timeout,
                 connect_timeout=context.connect_timeout,
+                spare=lambda: self._spare() is not None,
             )
         )
 
@@ -178,8 +191,11 @@ class _Exchange:
                 # The agent aborts the connection (or the connect attempt); the call's errback
                 # feeds the failure back.
                 self._call.cancel()
-            case TryFailOver():
-                self._feed(self._fail_over())
+            case MarkDown():
+                self._context.pool.mark_down(self._upstream)
+                self._tried.append(self._upstream)
+            case TakeSpare():
+                self._take_spare()
             case StopUpstream():
                 if self._bridge is not None:
                     self._bridge.stop_upstream()
@@ -207,34 +223,39 @@ class _Exchange:
         call.addCallbacks(self._got_response, self._call_failed)
         call.addErrback(self._unexpected)
 
-    def _fail_over(self) -> FailedOver | NoFailOver:
+    def _spare(self) -> Upstream | None:
+        """Another upstream for the call: up, not tried yet, and free if the call holds a slot.
+
+        What ``TakeSpare`` then takes (nothing runs in between); ``None`` if there is none.
+        """
+        pool = self._context.pool
+        tried = [*self._tried, self._upstream]
+        if self._record.hold is None:
+            now = self._context.clock.seconds()
+            return next((u for u in pool.upstreams if u not in tried and u.is_up(now)), None)
+        return pool.spare(exclude=tried)
+
+    def _take_spare(self) -> None:
         """The upstream refused the connection (nothing was sent): take another GPU instead.
 
         Its slot token is given back and one on a free, reachable upstream taken in its place.
         """
-        pool = self._context.pool
-        pool.mark_down(self._upstream)
-        self._tried.append(self._upstream)
-        now = self._context.clock.seconds()
+        refused = self._tried[-1]
         if self._record.hold is None:
-            others = [u for u in pool.upstreams if u not in self._tried and u.is_up(now)]
-            if not others:
-                return NoFailOver()
-            upstream = others[0]
+            upstream = self._spare()
+            assert upstream is not None, "the spare upstream went away"
         else:
-            grant = pool.try_take(exclude=self._tried)
-            if grant is None:
-                return NoFailOver()
+            grant = self._context.pool.try_take(exclude=self._tried)
+            assert grant is not None, "the spare upstream's slot went away"
             self._record.swap_hold(grant.hold)
             upstream = grant.upstream
         _log.info(
             "upstream {refused} refused the connection; trying {next}",
-            refused=self._upstream.url,
+            refused=refused.url,
             next=upstream.url,
         )
         self._upstream = upstream
         self._record.upstream = upstream.url
-        return FailedOver()
 
     def _start_response(self) -> None:
         response = self._response
@@ -287,8 +308,19 @@ class _Exchange:
         self._record.finish(
             finish.outcome, bytes_out=bytes_out, cause=finish.cause, then=then, flush=flush
         )
-        if finish.fired and not self.done.called:
+        if self._lets_go(finish) and not self.done.called:
             self.done.callback(None)
+
+    def _lets_go(self, finish: Finish) -> bool:
+        """Whether the router's Deferred fires now, or when the client's connection drops.
+
+        It fires once the response is ended here (a whole body, an envelope), and for a client
+        that left before the head, which nothing more can reach; a response cut short (the
+        client aborted, or gone after the head) is let go when the connection drops.
+        """
+        if finish.ending is not Ending.NONE:
+            return True
+        return finish.outcome == Outcome.CLIENT_ABORT and self._bridge is None
 
     @property
     def _path(self) -> str:

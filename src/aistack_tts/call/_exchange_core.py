@@ -4,22 +4,24 @@ The core of the call step: ``call._exchange`` is its shell, which turns what Twi
 reports (the agent's answer, the body's end, the client leaving, the watchdog, the drain's cut)
 into ``Event`` values, hands them to ``ExchangeMachine.handle`` and applies the ``Effect``
 values it returns, in order. No transport, no clock, no Deferred: time arrives as ``Stalled``,
-failures arrive already classified (``CallFailed``), and the upstream pool stays in the shell
-(the machine says ``TryFailOver``; the shell answers ``FailedOver`` or ``NoFailOver``).
+failures arrive already classified (``CallFailed``, which says whether a spare upstream is
+free), and the upstream pool stays in the shell. Fail-over is decided here, in one step: a
+refused call marks its upstream down and, if there is a spare, moves to it and sends again.
 
 Phases: ``connecting`` (a request is out or about to be, no response head yet) →
 ``streaming`` (the head went to the client, the body flows) → ``done``. Exactly one ``Finish``
-ends a call; after it every event is answered with no effect. The shell may feed an event
-while it applies an effect (cancelling a Deferred fires it at once): the machine has already
-moved on when it returns, so such a nested event sees the new state.
+ends a call; after it the ends still owed (``RECEIVES``) have no effect. The shell feeds one
+event at a time (``call._events.EffectLoop``): one raised while it applies effects waits.
 
-Events that cannot happen in a phase (a body end before a head, a second answer to one
-request, a head after a cancel, since a cancelled Deferred only fails) are ignored rather
-than raised: the shell's callers are Twisted callbacks, where an exception helps nobody.
+``RECEIVES`` says what each phase can be told; within a phase, the request's own answer comes
+only while one is out, and once (a cancelled one only fails). Any other event is a bug of the
+shell's: ignored in production, raised in strict mode (``call._events.Strictness``, on in the
+tests).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 
 from attrs import frozen
@@ -33,7 +35,17 @@ from aistack_tts._errors import (
 )
 from aistack_tts.observe._outcome import Outcome, cut_outcome
 
-from ._events import AbortClient, AnswerWith, Bug, ClientLeft, Cut, Ending, Finish, Stalled
+from ._events import (
+    AbortClient,
+    AnswerWith,
+    Bug,
+    ClientLeft,
+    Cut,
+    Ending,
+    Finish,
+    Stalled,
+    strictness,
+)
 
 #: The access event's ``cause`` when the client left: before the head, or during the body.
 LEFT_BEFORE_HEAD = "the client closed the connection before the upstream answered"
@@ -68,23 +80,16 @@ class CallFailed:
     """The request failed before a response head, classified by the shell.
 
     ``refused``: nothing reached the upstream (refused, DNS, connect timeout), so another
-    upstream may take the call. ``error`` and ``cause`` say it to the client and the access
-    event, unless the gateway stopped the call itself (then the machine knows better).
+    upstream may take the call; ``spare``: the shell found one that is up, not tried yet and
+    free (with a slot token for a call that holds one). ``error`` and ``cause`` say it to the
+    client and the access event, unless the gateway stopped the call itself (then the machine
+    knows better).
     """
 
     refused: bool
     error: GatewayError
     cause: str
-
-
-@frozen
-class FailedOver:
-    """The shell took another upstream (and its slot) for the call: send again."""
-
-
-@frozen
-class NoFailOver:
-    """No other upstream is free and up: the failure stands."""
+    spare: bool = False
 
 
 @frozen
@@ -94,18 +99,7 @@ class BodyEnded:
     broken: str | None = None
 
 
-Event = (
-    Start
-    | Response
-    | CallFailed
-    | FailedOver
-    | NoFailOver
-    | BodyEnded
-    | ClientLeft
-    | Stalled
-    | Cut
-    | Bug
-)
+Event = Start | Response | CallFailed | BodyEnded | ClientLeft | Stalled | Cut | Bug
 
 
 # Effects: what the shell does, in the order given.
@@ -129,8 +123,13 @@ class CancelCall:
 
 
 @frozen
-class TryFailOver:
-    """Mark the upstream down and look for another; answer ``FailedOver`` or ``NoFailOver``."""
+class MarkDown:
+    """The upstream refused the connection: the pool skips it for its cool-down."""
+
+
+@frozen
+class TakeSpare:
+    """Move the call (and its slot) to the spare upstream ``CallFailed`` said is free."""
 
 
 @frozen
@@ -142,7 +141,8 @@ Effect = (
     Send
     | StartResponse
     | CancelCall
-    | TryFailOver
+    | MarkDown
+    | TakeSpare
     | StopUpstream
     | AbortClient
     | AnswerWith
@@ -150,17 +150,28 @@ Effect = (
 )
 
 
-class ExchangeMachine:
-    """The state of one proxied call and what each event makes of it."""
+#: What each phase can be told. After the ``Finish``: the client's connection dropping, and
+#: the body's end that stopping the upstream brings.
+RECEIVES: Mapping[Phase, tuple[type[Event], ...]] = {
+    Phase.CONNECTING: (Start, Response, CallFailed, ClientLeft, Stalled, Cut, Bug),
+    Phase.STREAMING: (BodyEnded, ClientLeft, Stalled, Cut, Bug),
+    Phase.DONE: (ClientLeft, BodyEnded),
+}
 
-    def __init__(self, idle_timeout: float) -> None:
+
+class ExchangeMachine:
+    """The state of one proxied call and what each event makes of it.
+
+    ``strict``: raise on an event the phase cannot receive (default: ``call._events.STRICT``).
+    """
+
+    def __init__(self, idle_timeout: float, *, strict: bool | None = None) -> None:
         self._idle_timeout = idle_timeout
+        self._strict = strictness(strict)
         self.phase = Phase.CONNECTING
         self._started = False
         #: A request is out and has not answered yet.
         self._calling = False
-        #: The failure a fail-over may still undo, while the shell looks for another upstream.
-        self._deciding: CallFailed | None = None
         # Why the gateway stops the call itself, before the head; the first one cancels.
         self._client_gone = False
         self._timed_out = False
@@ -168,11 +179,16 @@ class ExchangeMachine:
 
     def handle(self, event: Event) -> list[Effect]:
         """What ``event`` changes: the effects for the shell to apply, in order."""
+        if not isinstance(event, RECEIVES[self.phase]):
+            return self._unexpected(event)
         if self.phase is Phase.CONNECTING:
             return self._connecting(event)
         if self.phase is Phase.STREAMING:
             return self._streaming(event)
         return []
+
+    def _unexpected(self, event: Event) -> list[Effect]:
+        return self._strict.unexpected("exchange", self.phase, event)
 
     # Before the head.
 
@@ -181,12 +197,6 @@ class ExchangeMachine:
             case Start() if not self._started:
                 self._started = True
                 return self._attempt()
-            case FailedOver() if self._deciding is not None:
-                self._deciding = None
-                return self._attempt()
-            case NoFailOver() if self._deciding is not None:
-                failed, self._deciding = self._deciding, None
-                return self._failed(failed)
             case Response(status) if self._calling and not self._stopping:
                 self._calling = False
                 self.phase = Phase.STREAMING
@@ -194,12 +204,15 @@ class ExchangeMachine:
             case CallFailed() if self._calling:
                 self._calling = False
                 if event.refused and not self._stopping:
-                    self._deciding = event
-                    return [TryFailOver()]
+                    # Nothing reached the upstream: it is skipped for a while, and the call
+                    # goes to a spare one if there is one.
+                    if event.spare:
+                        return [MarkDown(), TakeSpare(), *self._attempt()]
+                    return [MarkDown(), *self._failed(event)]
                 return self._failed(event)
             case ClientLeft() | Stalled() | Cut():
-                # The first reason cancels the request that is out; its failure (or, between
-                # attempts, the next Start or fail-over answer) then ends the call.
+                # The first reason cancels the request that is out; its failure (or, before
+                # the first attempt, the Start) then ends the call.
                 first = not self._stopping
                 if isinstance(event, ClientLeft):
                     self._client_gone = True
@@ -210,11 +223,11 @@ class ExchangeMachine:
                 return [CancelCall()] if self._calling and first else []
             case Bug(why):
                 self._calling = False
-                self._deciding = None
                 if self._client_gone:
-                    return self._finish(Outcome.INTERNAL_ERROR, why, fired=False)
+                    return self._finish(Outcome.INTERNAL_ERROR, why)
                 return self._answer(internal_error(), GATEWAY_FAILED)
-        return []
+        # A second Start, or an answer with no request out (or from a cancelled one).
+        return self._unexpected(event)
 
     @property
     def _stopping(self) -> bool:
@@ -269,7 +282,7 @@ class ExchangeMachine:
                 return self._stop_both(cut_outcome(error.type), error.message)
             case Bug(why):
                 return self._stop_both(Outcome.INTERNAL_ERROR, why)
-        return []
+        return self._unexpected(event)
 
     def _stop_both(self, outcome: str, cause: str) -> list[Effect]:
         """Close the upstream body and abort the client (a cut, a stall, a bug)."""
@@ -288,15 +301,8 @@ class ExchangeMachine:
         return [AnswerWith(error), *self._finish(error.type, cause, ending=Ending.ENVELOPE)]
 
     def _finish(
-        self,
-        outcome: str,
-        cause: str | None,
-        *,
-        fired: bool | None = None,
-        ending: Ending = Ending.NONE,
+        self, outcome: str, cause: str | None, *, ending: Ending = Ending.NONE
     ) -> list[Effect]:
-        """The one way out. Once the head is out, the router is let go only by a whole body."""
-        if fired is None:
-            fired = self.phase is Phase.CONNECTING or ending is Ending.BODY
+        """The one way out."""
         self.phase = Phase.DONE
-        return [Finish(outcome, cause, fired=fired, ending=ending)]
+        return [Finish(outcome, cause, ending=ending)]

@@ -81,9 +81,14 @@ class GPUSlot:
     _spread: float = 0.0
     _holds: list[SlotHold] = field(factory=list)
 
+    @property
+    def free(self) -> bool:
+        """A token is free right now: ``try_take`` would take it."""
+        return self.semaphore.tokens > 0
+
     def try_take(self) -> SlotHold | None:
         """Take a token if one is free right now; ``None`` when the GPU is busy."""
-        if self.semaphore.tokens <= 0:
+        if not self.free:
             return None
         taken = self.semaphore.acquire()
         # With a free token DeferredSemaphore.acquire fires synchronously.

@@ -91,6 +91,14 @@ class UpstreamPool:
                 return Grant(upstream, hold)
         return None
 
+    def spare(self, exclude: Sequence[Upstream] = ()) -> Upstream | None:
+        """The upstream ``try_take(exclude)`` would take now, without taking its slot."""
+        now = self.clock.seconds()
+        for upstream in self._rotation():
+            if upstream not in exclude and upstream.is_up(now) and upstream.slot.free:
+                return upstream
+        return None
+
     def pick(self) -> Upstream:
         """An upstream for a call that needs no slot: the next reachable one."""
         now = self.clock.seconds()

@@ -38,6 +38,7 @@ from aistack_tts.call._events import (
     Bug,
     ClientLeft,
     Cut,
+    EffectLoop,
     Ending,
     Finish,
     Stalled,
@@ -102,6 +103,7 @@ class WebSocketTunnel:
         self._endpoint = endpoint
         self._record = CallRecord(context, request, hold, self, origin.url)
         self._machine = TunnelMachine(context.idle_timeout, context.ws_idle_timeout)
+        self._loop: EffectLoop[Event, Effect] = EffectLoop(self._machine.handle, self._apply)
         self._watchdog = Watchdog(self._clock, context.idle_timeout, self._stalled)
         self._connecting: Deferred[IProtocol] | None = None
         self._upstream_protocol: UpstreamProtocol | None = None
@@ -216,8 +218,9 @@ class WebSocketTunnel:
     # The effects, applied in order.
 
     def _feed(self, event: Event) -> None:
-        for effect in self._machine.handle(event):
-            self._apply(effect)
+        # Closing or aborting a side may report it lost at once: the loop feeds that once the
+        # effects before it are all applied.
+        self._loop.feed(event)
 
     def _apply(self, effect: Effect) -> None:
         request = self._request
@@ -294,7 +297,7 @@ class WebSocketTunnel:
         )
         transport.write(head)
         if early:
-            self._feed(ClientData(early))
+            self._feed(ClientData(early))  # fed once the Open is applied
         # The channel may have paused reading while it held bytes back.
         if self.upstream.producer is not None and not self.upstream.producer.paused:
             transport.resumeProducing()
@@ -310,7 +313,10 @@ class WebSocketTunnel:
             then = self._end_relay
         bytes_out = self._machine.bytes_out
         self._record.finish(finish.outcome, bytes_out=bytes_out, cause=finish.cause, then=then)
-        if finish.fired and not self.done.called:
+        # The router's Deferred fires once an HTTP answer is ended here (an envelope, a refusal
+        # relayed whole); after a 101, and on the abort paths, it is let go when the client's
+        # connection drops.
+        if finish.ending is not Ending.NONE and not self.done.called:
             self.done.callback(None)
 
     def _end_relay(self) -> None:

@@ -11,11 +11,15 @@ and follows frame boundaries both ways (for the idle close frame and to say who 
 
 Phases: ``connecting`` → ``handshake`` (request written, waiting for the head) → ``open``
 (after a 101) or ``relaying`` (another status, its body going to the client) → ``done``.
-Exactly one ``Finish`` ends a session; after it every event is answered with no effect.
+Exactly one ``Finish`` ends a session; after it the ends still owed (``RECEIVES``) have no
+effect. ``RECEIVES`` says what each phase can be told; any other event is a bug of the
+shell's: ignored in production, raised in strict mode (``call._events.Strictness``, on in the
+tests).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 
 from aistack_tts._errors import (
@@ -35,6 +39,7 @@ from aistack_tts.call._events import (
     Ending,
     Finish,
     Stalled,
+    strictness,
 )
 from aistack_tts.client._events import NEED_DATA, Data, EndOfMessage, Failed
 from aistack_tts.client._head import Head
@@ -74,11 +79,29 @@ class Phase(StrEnum):
     DONE = "done"
 
 
-class TunnelMachine:
-    """The state of one WebSocket session and what each event makes of it."""
+#: What each phase can be told. After the ``Finish``: the ends still owed (of the connect
+#: attempt cancelled, of either side closed, of the request twisted.web still holds) and bytes
+#: the upstream sent past the end of its answer.
+RECEIVES: Mapping[Phase, tuple[type[Event], ...]] = {
+    Phase.CONNECTING: (Connected, ConnectFailed, ClientLeft, Stalled, Cut, Bug),
+    Phase.HANDSHAKE: (UpstreamData, UpstreamLost, ClientLeft, Stalled, Cut, Bug),
+    Phase.OPEN: (UpstreamData, ClientData, UpstreamLost, ClientLost, Stalled, Cut, Bug),
+    Phase.RELAYING: (UpstreamData, UpstreamLost, ClientLeft, Stalled, Cut, Bug),
+    Phase.DONE: (ConnectFailed, UpstreamData, UpstreamLost, ClientLost, ClientLeft),
+}
 
-    def __init__(self, idle_timeout: float, ws_idle_timeout: float) -> None:
+
+class TunnelMachine:
+    """The state of one WebSocket session and what each event makes of it.
+
+    ``strict``: raise on an event the phase cannot receive (default: ``call._events.STRICT``).
+    """
+
+    def __init__(
+        self, idle_timeout: float, ws_idle_timeout: float, *, strict: bool | None = None
+    ) -> None:
         self._idle_timeout = idle_timeout
+        self._strict = strictness(strict)
         self._ws_idle_timeout = ws_idle_timeout
         self.phase = Phase.CONNECTING
         #: Whether the gateway itself cut the connect attempt short: a stall or a cut.
@@ -93,6 +116,8 @@ class TunnelMachine:
 
     def handle(self, event: Event) -> list[Effect]:
         """What ``event`` changes: the effects for the shell to apply, in order."""
+        if not isinstance(event, RECEIVES[self.phase]):
+            return self._strict.unexpected("tunnel", self.phase, event)
         match self.phase:
             case Phase.CONNECTING:
                 return self._connecting(event)
@@ -116,7 +141,7 @@ class TunnelMachine:
                     return self._answer(self._cut, self._cut.message)
                 return self._answer(error, cause)
             case ClientLeft():
-                return [*self._finish(Outcome.CLIENT_ABORT, None, fired=False), CancelConnect()]
+                return [CancelConnect(), *self._finish(Outcome.CLIENT_ABORT, None)]
             case Stalled():
                 self.timed_out = True
                 return [CancelConnect()]  # ConnectFailed answers 504
@@ -197,7 +222,7 @@ class TunnelMachine:
                 return [
                     CloseUpstream(abort=True),
                     AbortClient(),
-                    *self._finish(Outcome.INTERNAL_ERROR, why, fired=False),
+                    *self._finish(Outcome.INTERNAL_ERROR, why),
                 ]
         return []
 
@@ -220,7 +245,7 @@ class TunnelMachine:
         return [
             CloseClient(abort=abort),
             CloseUpstream(abort=abort),
-            *self._finish(outcome, cause, fired=False),
+            *self._finish(outcome, cause),
         ]
 
     # Another answer: relayed as an HTTP response.
@@ -286,13 +311,13 @@ class TunnelMachine:
         return [
             CloseUpstream(abort=True),
             AbortClient(),
-            *self._finish(outcome, cause, fired=False),
+            *self._finish(outcome, cause),
         ]
 
     # The ways out.
 
     def _left(self) -> list[Effect]:
-        return self._finish(Outcome.CLIENT_ABORT, None, fired=False)
+        return self._finish(Outcome.CLIENT_ABORT, None)
 
     def _answer_bug(self) -> list[Effect]:
         return self._answer_error(internal_error())
@@ -305,8 +330,8 @@ class TunnelMachine:
         return [AnswerWith(error), *self._finish(error.type, cause, ending=Ending.ENVELOPE)]
 
     def _finish(
-        self, outcome: str, cause: str | None, *, ending: Ending = Ending.NONE, fired: bool = True
+        self, outcome: str, cause: str | None, *, ending: Ending = Ending.NONE
     ) -> list[Effect]:
         """The one way out."""
         self.phase = Phase.DONE
-        return [Finish(outcome, cause, fired=fired, ending=ending)]
+        return [Finish(outcome, cause, ending=ending)]
