@@ -6,7 +6,7 @@ Starts ``testbed/upstream_server.py`` (with connection events) and ``twist aista
 --idle-timeout 0.3`` in front of it, both on 127.0.0.1, then sends ``--requests`` requests
 from ``--concurrency`` concurrent raw-socket clients. Each request is drawn (from ``--seed``)
 as an upstream behaviour (healthy most of the time; else one of the faults of
-``tests/test_real_sockets_faults.py``: reset before headers, reset mid-body, hang before
+``tests/real_sockets/test_faults.py``: reset before headers, reset mid-body, hang before
 headers, hang mid-body, bytes that are not HTTP, a 500 with a body, close after headers,
 Content-Length with fewer bytes) and a client behaviour (reads; aborts before headers; aborts
 mid-body with a reset; closes mid-body; reads slowly). With one GPU slot and several clients,

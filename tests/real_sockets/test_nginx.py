@@ -25,7 +25,7 @@ import pytest
 
 from testbed.processes import inherited_listener, stop_process, wait_listening
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 MODEL = "Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice"
 #: About 4 s of audio: at the demo's pace (rtf 0.5) about 2 s of generation.

@@ -9,7 +9,7 @@
   still gets its ``100 Continue``.
 - A client that leaves during its upload leaves one ``client_left`` access event.
 
-``tests/test_real_sockets_channel_rules.py`` checks the same against real processes.
+``tests/real_sockets/test_channel_rules.py`` checks the same against real processes.
 """
 
 from __future__ import annotations

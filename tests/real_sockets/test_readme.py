@@ -15,7 +15,7 @@ import pytest
 
 from testbed.processes import start_demo_gateway, stop_process
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.rst").read_text()
 
 pytestmark = pytest.mark.real_sockets

@@ -10,98 +10,19 @@ import io
 from typing import Any
 
 import pytest
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import Cooperator
-from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceived
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH
 
 from aistack_tts._config import DEFAULT_POOL_IDLE_TIMEOUT as POOL_IDLE_SECONDS
-from aistack_tts.client._agent import LeanAgent
 from aistack_tts.client._head import UpstreamProtocolError
-from aistack_tts.client._pool import ConnectionPool
 from aistack_tts.client._request import SpooledBody
-
-URL = b"http://127.0.0.1:8091/v1/audio/speech"
-
-
-class Recording(StringTransport):
-    """A StringTransport that keeps each ``write`` (to count sends)."""
-
-    def __init__(self) -> None:
-        super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", 8091))  # type: ignore[no-untyped-call]
-        self.writes: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
-        super().write(data)  # type: ignore[no-untyped-call]
-
-
-class Body(Protocol):
-    """A body protocol that keeps what it gets, and how the body ended."""
-
-    transport: Any
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.reason: Failure | None = None
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:  # noqa: B008
-        self.reason = reason
-
-
-class Client:
-    """A ``LeanAgent`` on a fake reactor, and its upstream connections."""
-
-    def __init__(self, max_idle: int = 2) -> None:
-        self.reactor = MemoryReactorClock()
-        self.pool = ConnectionPool(self.reactor, max_idle=max_idle)
-        self.agent = LeanAgent(self.reactor, self.pool, connect_timeout=5)
-        self.connections: list[tuple[Any, Any]] = []
-
-    def request(
-        self, method: bytes = b"GET", uri: bytes = URL, **kwargs: Any
-    ) -> Deferred[IResponse]:
-        return self.agent.request(method, uri, **kwargs)
-
-    def connect(self) -> tuple[Any, Any]:
-        """Complete the newest connection attempt."""
-        host, port, factory, timeout, _bind = self.reactor.tcpClients[len(self.connections)]
-        assert (host, port, timeout) == ("127.0.0.1", 8091, 5)
-        protocol: Any = factory.buildProtocol(IPv4Address("TCP", host, port))
-        transport = Recording()
-        protocol.makeConnection(transport)
-        self.connections.append((protocol, transport))
-        return protocol, transport
-
-    @property
-    def attempts(self) -> int:
-        return len(self.reactor.tcpClients)
-
-
-def result(d: Deferred[Any]) -> Any:
-    got: list[Any] = []
-    d.addBoth(got.append)
-    assert got, "the Deferred has not fired"
-    return got[0]
-
-
-def body_of(response: IResponse) -> Body:
-    body = Body()
-    response.deliverBody(body)
-    return body
-
-
-OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+from support.lean_client import OK, Client, body_of, deliver_ok, result
 
 
 def test_target_host_and_small_body_go_in_one_send() -> None:
@@ -303,14 +224,6 @@ def test_invalid_chunk_mid_body_fails_the_body_and_aborts() -> None:
     [inner] = body.reason.value.reasons  # type: ignore[union-attr]
     assert inner.check(UpstreamProtocolError)
     assert t.disconnected
-
-
-def deliver_ok(c: Client) -> tuple[Any, Any]:
-    d = c.request()
-    p, t = c.connect() if len(c.connections) < c.attempts else c.connections[-1]
-    p.dataReceived(OK)
-    body_of(result(d))
-    return p, t
 
 
 def test_unsolicited_bytes_on_an_idle_connection_close_it() -> None:

@@ -22,7 +22,7 @@ from twisted.web.client import ResponseNeverReceived
 from aistack_tts.client._agent import LeanAgent
 from aistack_tts.client._pool import ConnectionPool, keep_alive_expiry
 from aistack_tts.client._request import SpooledBody
-from test_client import OK, Client, Recording, body_of, deliver_ok, result
+from support.lean_client import OK, Client, Recording, body_of, deliver_ok, result
 
 ORIGIN = b"http://127.0.0.1:8091"
 EARLY_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok"

@@ -1,4 +1,4 @@
-"""The demo upstream's request validation (vLLM-Omni's answers); voices are in test_demo_voices."""
+"""The demo upstream's request validation (vLLM-Omni's answers); voices are in test_voices."""
 
 from __future__ import annotations
 
@@ -149,5 +149,5 @@ def test_body_that_is_not_a_json_object(raw: bytes) -> None:
     demo.error(demo.post("/v1/audio/speech", raw), 400)
 
 
-# Routing answers (404, 405, redirects, HEAD, CORS) are in tests/test_demo_routing.py;
-# the voices API is in tests/test_demo_voices.py.
+# Routing answers (404, 405, redirects, HEAD, CORS) are in tests/demo/test_routing.py;
+# the voices API is in tests/demo/test_voices.py.

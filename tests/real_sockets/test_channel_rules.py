@@ -6,7 +6,7 @@ gateway before the rule: ``Connection: keep-alive,close`` kept the connection op
 ``Content-Length`` turned the body into a second request, an absurd chunk size (or one over
 ``--max-body``) waited for the client timeout, ``Expect: 100-continue`` invited the body of a
 request about to get ``503 gpu_busy``, and an upload cut short left no access event.
-``tests/test_channel_rules.py`` has the in-memory tests of each rule.
+``tests/server/test_channel_rules.py`` has the in-memory tests of each rule.
 """
 
 from __future__ import annotations
