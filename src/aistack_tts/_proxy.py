@@ -215,13 +215,25 @@ class TTSProxy:
         )
 
     def resource(self) -> IResource:
-        """The ``IResource`` serving ``/v1/audio/*`` (and envelopes elsewhere) at a site root."""
+        """The gateway's ``IResource``, for the root of a ``Site`` (``site`` is the way).
+
+        It serves ``/v1/audio/*``, ``/metrics``, ``/healthz``, ``/readyz`` at those paths and
+        envelopes elsewhere; mounted below a root (``putChild``) it refuses every request.
+        """
         return build_resource(self)
 
-    def site(self) -> GatewaySite:
-        """A ``Site`` for ``resource`` that enforces the body limit while the body arrives."""
+    def site(self, root: IResource | None = None) -> GatewaySite:
+        """A ``Site`` for the gateway that enforces the body limit while the body arrives.
+
+        ``root``: the embedder's own resource tree (a ``Resource`` or a Klein app's
+        ``resource()``). The gateway's routes stay at their fixed paths from the site root
+        (``/v1/audio/*`` forwarded byte-exact, ``/metrics``, ``/healthz``, ``/readyz``);
+        every other path goes to ``root``. The body limit, the client connection rules and
+        the drain cover both. A ``root`` child at a gateway path is a ``ConfigError``.
+        """
+        resource = build_resource(self, root)
         return GatewaySite(
-            self.resource(),
+            resource,
             max_body=self.max_body,
             reactor=self.clock,
             access_log=self.access_log,
@@ -230,6 +242,7 @@ class TTSProxy:
             connections=self.connections,
             max_connections=self.max_connections,
             preflight=self.preflight,
+            owns=None if root is None else resource.owns,
         )
 
     def preflight(self, request: Request) -> GatewayError | None:

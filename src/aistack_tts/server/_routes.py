@@ -17,11 +17,12 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from twisted.web.resource import IResource, Resource
+from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET, Request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter
 
+from aistack_tts._config import ConfigError
 from aistack_tts._errors import (
     COMPOSE_HINT,
     Draining,
@@ -41,7 +42,7 @@ from aistack_tts.observe._metrics import MetricsResource
 from aistack_tts.wire._http import ALLOWED_METHODS
 from aistack_tts.wire._send_now import send_now
 
-from ._target import PREFIX, check_target, is_audio_target
+from ._target import PREFIX, check_target, is_audio_target, owns_target
 
 _log = Logger()
 
@@ -206,17 +207,38 @@ class _Guard(Resource):
     large share of a small request's CPU, BENCHMARKS.rst "Where the time goes") but keeps what Klein
     does for it: a ``GatewayError`` answered with its envelope, any other failure logged and
     answered with the internal envelope, the call cancelled when the client goes away.
+
+    With an embedder's ``root``, a target that is none of the gateway's paths (``owned``) is
+    that tree's, served as a plain ``Site`` would serve it. The gateway's routes are at fixed
+    paths from the site root: mounted below it (a ``putChild``) every request is refused.
     """
 
     isLeaf = True
 
-    def __init__(self, routes: _Routes, access_log: AccessLog) -> None:
+    def __init__(
+        self,
+        routes: _Routes,
+        access_log: AccessLog,
+        root: IResource | None = None,
+        owned: frozenset[bytes] = frozenset(),
+    ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._routes = routes
         self._klein = routes.app.resource()
         self._access_log = access_log
+        self._root = root
+        self._owned = owned
+        self._told_mount = False
+
+    def owns(self, target: bytes) -> bool:
+        """Whether ``target`` is the gateway's to answer (always, without a root)."""
+        return self._root is None or owns_target(target, self._owned)
 
     def render(self, request: Request) -> Any:
+        if request.prepath:
+            return self._mounted_below_root(request)
+        if self._root is not None and not owns_target(request.uri, self._owned):
+            return getChildForRequest(self._root, request).render(request)
         self._access_log.arrived(request)
         tag_response(request)
         try:
@@ -228,6 +250,22 @@ class _Guard(Resource):
         if proxied_directly(request):
             return self._forward(request)
         return self._klein.render(request)
+
+    def _mounted_below_root(self, request: Request) -> Any:
+        if not self._told_mount:
+            self._told_mount = True
+            mount = b"/" + b"/".join(request.prepath or []) + b"/"
+            _log.error(
+                "proxy.resource() is mounted at {mount}, below the site root: the gateway's "
+                "routes are at fixed paths from the root (/v1/audio/*, /metrics, /healthz, "
+                "/readyz); serve your own routes beside them with proxy.site(root=your_resource)",
+                mount=mount.decode("latin-1"),
+            )
+        tag_response(request)
+        error = GatewayError("the gateway is mounted below the site root; see its log")
+        self._access_log.answered(request, error)
+        write_error(request, error)
+        return NOT_DONE_YET
 
     def _forward(self, request: Request) -> Any:
         over: list[bool] = []
@@ -268,6 +306,36 @@ class _Guard(Resource):
         send_now(request.transport)
 
 
-def build_resource(proxy: Gateway) -> IResource:
-    """The gateway's root resource."""
-    return _Guard(_Routes(proxy), proxy.access_log)
+def gateway_paths(proxy: Gateway) -> frozenset[bytes]:
+    """The exact paths of the gateway's routes besides ``/v1/audio/*``: those it serves."""
+    paths = set()
+    if proxy.metrics_route is not None:
+        paths.add(b"/metrics")
+    if proxy.health_routes:
+        paths |= {b"/healthz", b"/readyz"}
+    return frozenset(paths)
+
+
+def check_root(root: IResource, owned: frozenset[bytes]) -> None:
+    """Refuse a ``root`` with a child where a gateway route is: it would never be reached."""
+    for path in sorted(owned | {PREFIX.rstrip(b"/")}):
+        node: object = root
+        for name in path.strip(b"/").split(b"/"):
+            children = getattr(node, "children", None)
+            if not isinstance(children, dict) or name not in children:
+                break
+            node = children[name]
+        else:
+            where = path.decode("ascii")
+            raise ConfigError(
+                f"site(root=...): the root's own {where} would never be reached, the gateway "
+                f"serves {where}; move it to another path"
+            )
+
+
+def build_resource(proxy: Gateway, root: IResource | None = None) -> _Guard:
+    """The gateway's root resource; with ``root``, the paths it does not own go to that tree."""
+    owned = gateway_paths(proxy)
+    if root is not None:
+        check_root(root, owned)
+    return _Guard(_Routes(proxy), proxy.access_log, root, owned)

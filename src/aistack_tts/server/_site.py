@@ -52,12 +52,16 @@ class GatewayRequest(server.Request):
         max_body: int,
         access_log: AccessLog | None = None,
         connections: ConnectionRegistry | None = None,
+        owns: Callable[[bytes], bool] | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(channel, *args, **kw)  # type: ignore[no-untyped-call]
         self.max_body = max_body
         self.access_log = access_log
         self.connections = connections
+        self._owns = owns
+        #: The request is for the embedder's own routes (``proxy.site(root=...)``).
+        self.app_route = False
         if access_log is not None:
             # The request line is in: what the client waits from, uploads included.
             access_log.arrived(self)
@@ -116,6 +120,12 @@ class GatewayRequest(server.Request):
         """Process the request, unless it was already refused."""
         if self.refused:
             return
+        if self._owns is not None and not self._owns(path):
+            # The embedder's route: as a plain Site serves it, form bodies parsed into
+            # ``args`` (Twisted reads the setting from here) and text/html by default.
+            self.app_route = True
+            self._parsePOSTFormSubmission = True
+            self.defaultContentType = b"text/html"
         super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]
 
     def process(self) -> None:
@@ -164,6 +174,7 @@ class GatewayRequestFactory:
     max_body: int
     access_log: AccessLog | None = None
     connections: ConnectionRegistry | None = None
+    owns: Callable[[bytes], bool] | None = None
 
     def __call__(self, channel: HTTPChannel) -> GatewayRequest:
         return GatewayRequest(
@@ -171,6 +182,7 @@ class GatewayRequestFactory:
             max_body=self.max_body,
             access_log=self.access_log,
             connections=self.connections,
+            owns=self.owns,
         )
 
 
@@ -178,6 +190,8 @@ class GatewaySite(server.Site):
     """A ``Site`` for the gateway: body limit on arrival, multipart left unparsed, quiet.
 
     Its open connections are in ``connections`` (a new registry unless one is given).
+    ``owns`` says which request-targets are the gateway's when ``resource`` also serves an
+    embedder's routes (``proxy.site(root=...)``); those others get Twisted's access log line.
     ``preflight`` (``ClientLimits.preflight``) answers a request with ``Expect: 100-continue``
     before its body is invited, when it would be refused at once anyway.
     """
@@ -197,11 +211,12 @@ class GatewaySite(server.Site):
         connections: ConnectionRegistry | None = None,
         max_connections: int | None = None,
         preflight: Callable[[server.Request], GatewayError | None] | None = None,
+        owns: Callable[[bytes], bool] | None = None,
     ) -> None:
         self.connections = ConnectionRegistry() if connections is None else connections
         super().__init__(  # type: ignore[no-untyped-call]
             resource,
-            requestFactory=GatewayRequestFactory(max_body, access_log, self.connections),
+            requestFactory=GatewayRequestFactory(max_body, access_log, self.connections, owns),
             reactor=reactor,
             # Voice-clone uploads are multipart: keep them as opaque bytes for the upstream.
             parsePOSTFormSubmission=False,
@@ -243,4 +258,9 @@ class GatewaySite(server.Site):
         return protocol
 
     def log(self, request: Any) -> None:
-        """No combined-log line: the gateway emits its own structured access event."""
+        """No combined-log line for the gateway's requests: it emits its own access event.
+
+        The embedder's routes get Twisted's line, as in a plain ``Site``.
+        """
+        if getattr(request, "app_route", False):
+            super().log(request)

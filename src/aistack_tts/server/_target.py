@@ -20,6 +20,17 @@ _BAD_BYTE = re.compile(rb"[\x00-\x20#\x7f-\xff]")
 _SEPARATOR = re.compile(rb"[/\\]")
 
 
+def owns_target(target: bytes, exact: frozenset[bytes]) -> bool:
+    """Whether the raw request-target names one of the gateway's routes (beside a root).
+
+    Its routes are at fixed paths from the site root: ``/v1/audio`` and everything below it,
+    and the ``exact`` paths (``/metrics``, ``/healthz``, ``/readyz`` when served). Compared as
+    the client sent them, not percent-decoded: ``/%6detrics`` is not ``/metrics``.
+    """
+    path = target.split(b"?", 1)[0]
+    return path.startswith(PREFIX) or path == PREFIX[:-1] or path in exact
+
+
 def is_audio_target(target: bytes) -> bool:
     """Whether the raw request-target names something under ``/v1/audio/``."""
     return target.startswith(PREFIX)
