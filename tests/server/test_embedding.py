@@ -255,3 +255,12 @@ def test_the_resource_at_an_own_sites_root_still_works() -> None:
     assert parse_response(h.request(GET % b"/metrics").received())[0] == 200
     h.request(GET % b"/v1/audio/voices")
     assert h.upstream().received().startswith(b"GET /v1/audio/voices HTTP/1.1\r\n")
+
+
+def test_a_target_that_climbs_out_of_v1_audio_is_refused_not_handed_to_the_root() -> None:
+    """``/v1/audio/../../asr`` is the gateway's (by its raw bytes): 400, never the root's /asr."""
+    h = embedded()
+    raw = h.request(GET % b"/v1/audio/%2e%2e/%2e%2e/asr").received()
+    assert parse_response(raw)[0] == 400
+    assert envelope(raw)["type"] == "invalid_request"
+    assert h.connection_attempts == 0
