@@ -20,7 +20,7 @@ from ._config import (
     ConfigError,
     GatewayConfig,
 )
-from .observe._jsonlog import use_json_lines
+from .observe._jsonlog import quiet_port_lines, use_json_lines
 from .server._listen import or_fail
 
 #: option name -> (environment variable, GatewayConfig field, parser, default, help)
@@ -174,8 +174,10 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         """Build and check the config; a bad value ends the program with one line."""
         self.config = or_fail("aistack-tts", self.build_config)
-        # Under twist, its JSON log format (the default off a terminal) becomes JSON lines.
+        # Under twist, its JSON log format (the default off a terminal) becomes JSON lines,
+        # and the start-up line alone says where the gateway listens.
         use_json_lines(getattr(self, "parent", None))
+        quiet_port_lines(getattr(self, "parent", None))
 
     def build_config(self) -> GatewayConfig:
         """Command line over environment over defaults; raises ``ConfigError``."""

@@ -151,6 +151,8 @@ def test_start_up_line_says_what_runs(demo: Gateway) -> None:
     assert line["listen"] == "tcp:0:interface=127.0.0.1"
     assert line["bound"] == f"127.0.0.1:{demo.port}"
     assert text.endswith(f"listen tcp:0:interface=127.0.0.1 on 127.0.0.1:{demo.port}")
+    # Twisted's own "GatewaySite starting on PORT" (and the demo's) are left out.
+    assert not [e for e in demo.lines() if " starting on " in e["message"]]
 
 
 def test_request_id_comes_back_on_200_envelope_early_answer_and_101(demo: Gateway) -> None:
