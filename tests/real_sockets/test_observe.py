@@ -319,3 +319,42 @@ def test_the_upstreams_own_request_id_and_the_timeout_that_fired(tmp_path: Path)
             assert "--idle-timeout" in event["cause"]
         finally:
             gateway.stop()
+
+
+def test_the_standalone_demo_upstream_writes_the_same_json_lines(tmp_path: Path) -> None:
+    """``twist aistack-tts-demo-upstream`` off a terminal: the gateway's JSON lines (one
+    object a line, ISO time, level, namespace, message), not Twisted's raw event JSON."""
+    command = aistack_command("http://127.0.0.1:9")
+    twist = command[: command.index("aistack-tts")]
+    log_path = tmp_path / "demo.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [*twist, "aistack-tts-demo-upstream", "--listen", "tcp:0:interface=127.0.0.1"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={k: v for k, v in os.environ.items() if not k.startswith("AISTACK_TTS_")},
+        )
+        try:
+            ports: set[int] = set()
+
+            def bound() -> bool:
+                ports.update(listening_ports(process.pid))
+                return bool(ports)
+
+            until(bound, "the demo's port")
+            [port] = ports
+            assert call(port, "GET", "/v1/audio/voices")[0] == 200
+            until(lambda: b"GET /v1/audio/voices" in log_path.read_bytes(), "its access line")
+        finally:
+            stop_process(process)
+    raw = log_path.read_bytes()
+    assert b"\x1e" not in raw
+    lines = [json.loads(line) for line in raw.decode().split("\n")[:-1]]
+    for line in lines:
+        assert {"time", "level", "namespace", "message"} <= line.keys(), line
+        assert "log_format" not in line, line
+        assert datetime.fromisoformat(line["time"]).tzinfo is not None
+    assert [e for e in lines if e["namespace"] == "aistack_tts_demo.access"]
+    # Its only line naming the port it bound: kept.
+    assert any(e["message"] == f"DemoUpstreamSite starting on {port}" for e in lines)

@@ -105,6 +105,9 @@ def json_lines_observer(out: IO[Any]) -> FileLogObserver:
 def use_json_lines(twist_options: Any) -> None:
     """Make ``twist``'s JSON log format (its default when stdout is not a terminal) JSON lines.
 
+    Public (``aistack_tts.use_json_lines``): a ``twist`` plugin's ``Options.postOptions``
+    calls it with ``getattr(self, "parent", None)`` (twist's own options), and its log lines
+    are then the gateway's: one JSON object per line, fields as this module's docstring says.
     ``twist`` has settled the format (``--log-format``, or by whether its log file is a tty)
     before it parses the plugin's options; it starts logging only after the service is made.
     Text stays Twisted's own. Nothing changes under other runners (``twistd``).
