@@ -276,15 +276,26 @@ def test_readyz_probes_and_the_demo_are_told_apart(demo: Gateway) -> None:
 
 
 def test_a_dead_upstream_is_named_with_its_cause(tmp_path: Path, refused_upstream: str) -> None:
-    """An upstream that refuses: the access event names it and the cause (the exception the
-    client's envelope names), counts the envelope's bytes; the fault is counted by upstream."""
+    """An upstream that refuses: a warning at start names it and the cause; the access event
+    names both (the exception the client's envelope names) at level error, counts the
+    envelope's bytes; the fault is counted by upstream."""
     dead = refused_upstream
     gateway = Gateway(aistack_command(dead), tmp_path)
     try:
+        # At start, once it listens: one warning naming the upstream and why.
+        def warned() -> list[dict[str, Any]]:
+            return [e for e in gateway.lines() if e["level"] == "warn"]
+
+        until(warned, "the start's warning")
+        [warning] = warned()
+        assert (warning["namespace"], warning["upstream"]) == ("aistack_tts.startup", dead)
+        assert "ConnectionRefusedError" in warning["cause"]
+        assert warning["message"].startswith(f"upstream {dead} cannot be reached (")
         status, headers, body, _s = call(gateway.port, "GET", "/v1/audio/voices")
         assert status == 503
         event = gateway.access_for(headers["x-request-id"])
         assert (event["outcome"], event["upstream"]) == ("upstream_unavailable", dead)
+        assert event["level"] == "error"
         assert "ConnectionRefusedError" in event["cause"]
         assert event["bytes_out"] == len(body)
         _s, _h, metrics, _t = call(gateway.port, "GET", "/metrics")
