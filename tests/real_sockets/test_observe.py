@@ -111,8 +111,10 @@ def call(
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[Gateway]:
     """The gateway with the demo upstream, waiting up to 5 s for a busy GPU."""
-    # --demo replaces the upstream with its own.
+    # --demo runs its own upstream: no --upstream with it (the gateway refuses one).
     command = aistack_command("http://127.0.0.1:9", "--demo")
+    at = command.index("--upstream")
+    del command[at : at + 2]
     gateway = Gateway([*command, "--queue-timeout", "5", "--max-body", "4096"], tmp_path)
     try:
         yield gateway
