@@ -22,11 +22,10 @@ from ._errors import (
     UpstreamUnavailable,
 )
 from ._proxy import TTSProxy
+from ._version import __version__
 from .call._slot import GPUSlot, RetryAfter
 from .observe._jsonlog import use_json_lines
 from .server._listen import add_listeners, or_fail, parse_endpoints
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",

@@ -10,7 +10,6 @@ from typing import Any, NoReturn
 from twisted.copyright import version as twisted_version
 from twisted.python import usage
 
-from . import __version__
 from ._config import (
     DEFAULT_CLIENT_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
@@ -23,6 +22,7 @@ from ._config import (
     ConfigError,
     GatewayConfig,
 )
+from ._version import __version__
 from .observe._jsonlog import quiet_port_lines, use_json_lines
 from .server._listen import or_fail
 
