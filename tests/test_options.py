@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 import aistack_tts
@@ -104,3 +109,59 @@ def test_public_names_are_reexported() -> None:
     """Everything in __all__ is importable from the package."""
     for name in aistack_tts.__all__:
         assert hasattr(aistack_tts, name)
+
+
+def test_version_is_the_gateways(capsys: pytest.CaptureFixture[str]) -> None:
+    """``twist aistack-tts --version``: the gateway's version, then Twisted's; status 0."""
+    from twisted.copyright import version as twisted_version
+
+    with pytest.raises(SystemExit) as info:
+        Options(environ={}).parseOptions(["--version"])  # type: ignore[no-untyped-call]
+    assert info.value.code == 0
+    assert capsys.readouterr().out == (
+        f"aistack-tts {aistack_tts.__version__}\nTwisted {twisted_version}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "source"),
+    [
+        (["--demo", "--upstream", "http://10.0.0.5:8091"], {}, "--upstream"),
+        (["--demo"], {"AISTACK_TTS_UPSTREAM": "http://10.0.0.5:8091"}, "AISTACK_TTS_UPSTREAM"),
+    ],
+)
+def test_demo_with_an_upstream_is_refused(
+    argv: list[str], env: dict[str, str], source: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--demo`` runs its own upstream: one given too (option or environment) is refused with
+    one line and status 64, rather than silently ignored."""
+    with pytest.raises(SystemExit) as info:
+        Options(environ=env).parseOptions(argv)  # type: ignore[no-untyped-call]
+    assert info.value.code == 64
+    err = capsys.readouterr().err
+    assert err == f"aistack-tts: error: --demo runs its own upstream: leave out {source}" + (
+        " (or --demo, to use that one)\n"
+    )
+
+
+def test_demo_alone_and_an_upstream_alone_are_fine() -> None:
+    for argv in (["--demo"], ["--upstream", "http://10.0.0.5:8091"]):
+        Options(environ={}).parseOptions(argv)  # type: ignore[no-untyped-call]
+
+
+def test_the_real_twist_prints_the_version_and_refuses_demo_with_an_upstream() -> None:
+    """The same, from a real ``twist aistack-tts`` process (the environment's copy kept out)."""
+    twist = str(Path(sys.executable).with_name("twist"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AISTACK_TTS_")}
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [twist, "aistack-tts", *argv], capture_output=True, text=True, env=env, timeout=60
+        )
+
+    version = run("--version")
+    assert (version.returncode, version.stdout.split("\n")[0]) == (0, "aistack-tts 0.1.0")
+    refused = run("--demo", "--upstream", "http://127.0.0.1:8091", "--listen", "tcp:0")
+    assert refused.returncode == 64
+    assert refused.stderr.startswith("aistack-tts: error: --demo runs its own upstream")
+    assert refused.stderr.count("\n") == 1

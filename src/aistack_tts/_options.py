@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
+from twisted.copyright import version as twisted_version
 from twisted.python import usage
 
 from ._config import (
@@ -20,7 +22,8 @@ from ._config import (
     ConfigError,
     GatewayConfig,
 )
-from .observe._jsonlog import use_json_lines
+from ._version import __version__
+from .observe._jsonlog import quiet_port_lines, use_json_lines
 from .server._listen import or_fail
 
 #: option name -> (environment variable, GatewayConfig field, parser, default, help)
@@ -159,6 +162,11 @@ class Options(usage.Options):
             self[name] = []
         self.config = GatewayConfig()
 
+    def opt_version(self) -> NoReturn:
+        """Print the gateway's version (and Twisted's) and exit"""
+        print(f"aistack-tts {__version__}\nTwisted {twisted_version}")
+        sys.exit(0)
+
     def opt_listen(self, description: str) -> None:
         """Endpoint to serve on (repeatable) [env AISTACK_TTS_LISTEN, space-separated; default tcp:8000:interface=127.0.0.1]"""  # noqa: E501
         self["listen"].append(description)
@@ -174,8 +182,10 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         """Build and check the config; a bad value ends the program with one line."""
         self.config = or_fail("aistack-tts", self.build_config)
-        # Under twist, its JSON log format (the default off a terminal) becomes JSON lines.
+        # Under twist, its JSON log format (the default off a terminal) becomes JSON lines,
+        # and the start-up line alone says where the gateway listens.
         use_json_lines(getattr(self, "parent", None))
+        quiet_port_lines(getattr(self, "parent", None))
 
     def build_config(self) -> GatewayConfig:
         """Command line over environment over defaults; raises ``ConfigError``."""
@@ -196,6 +206,11 @@ class Options(usage.Options):
             if listed:
                 values[field_] = tuple(listed)
         values["demo"] = bool(self["demo"])
+        if values["demo"] and "upstream" in values:
+            source = "--upstream" if self["upstream"] else "AISTACK_TTS_UPSTREAM"
+            raise ConfigError(
+                f"--demo runs its own upstream: leave out {source} (or --demo, to use that one)"
+            )
         for name, env in (("metrics", "AISTACK_TTS_METRICS"), ("health", "AISTACK_TTS_HEALTH")):
             values[name] = not self[f"no-{name}"] and _switch(env, self._environ.get(env, "1"))
         return GatewayConfig(**values)

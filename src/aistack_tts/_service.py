@@ -26,7 +26,7 @@ from ._config import DEFAULT_DRAIN_TIMEOUT, ConfigError, GatewayConfig
 from ._options import Options
 from ._proxy import TTSProxy
 from ._shutdown import FastShutdown
-from .observe._startup import log_startup
+from .observe._startup import log_startup, warn_unreachable
 from .server._listen import Listen, add_listeners, or_fail, parse_endpoints
 
 # What the ``twist aistack-tts`` ServiceMaker loads from this module.
@@ -60,7 +60,9 @@ class GatewayService(MultiService):
     def startService(self) -> None:
         """Listen; once every listener is bound, log the start-up line (``config`` given).
 
-        Logged then, not before, so that it names where the gateway listens (a ``tcp:0``
+        Then each upstream is probed once, with a warning for each that cannot be reached
+        (not for ``--demo``, whose upstream is in this process); the start does not wait for
+        it. Logged then, not before, so that it names where the gateway listens (a ``tcp:0``
         made real); a listener that cannot bind has already ended the program.
         """
         super().startService()  # type: ignore[no-untyped-call]
@@ -69,6 +71,8 @@ class GatewayService(MultiService):
             return
         bound = gatherResults([listener.bound() for listener in self._listeners])
         bound.addCallback(lambda addresses: log_startup(config, __version__, addresses))
+        if not config.demo:
+            bound.addCallback(lambda _: warn_unreachable(self.proxy.readiness))
         bound.addErrback(lambda _: None)  # the listener's own failure ends the program
 
     def stopService(self) -> Deferred[None]:

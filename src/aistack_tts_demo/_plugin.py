@@ -11,7 +11,7 @@ from attrs import frozen
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
-from aistack_tts import ConfigError, add_listeners, or_fail, parse_endpoints
+from aistack_tts import ConfigError, add_listeners, or_fail, parse_endpoints, use_json_lines
 
 from ._app import DemoUpstream
 from ._speech import MODEL_NAME
@@ -124,6 +124,9 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         """Build and check the settings; a bad value ends the program with one line."""
         self.settings = or_fail(_PROGRAM, self.build_settings)
+        # Under twist, its JSON log format (the default off a terminal) becomes the gateway's
+        # JSON lines: one object per line, as jq and log shippers read them.
+        use_json_lines(getattr(self, "parent", None))
 
     def _raw(self, name: str) -> tuple[str, str] | None:
         if self[name] is not None:

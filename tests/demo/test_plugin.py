@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
+import json
 import math
+from typing import Any
 
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import LogLevel
 from twisted.web.server import Site
 
 import aistack_tts_demo
@@ -135,6 +139,25 @@ def test_plugin_bad_values_exit_with_one_line(
     err = capsys.readouterr().err
     assert err.startswith("aistack-tts-demo-upstream: error: ")
     assert err.count("\n") == 1
+
+
+def test_plugin_logs_the_gateways_json_lines() -> None:
+    """Under twist's JSON format (the default off a terminal) the demo writes the gateway's
+    JSON lines, one object a line, not Twisted's raw event JSON."""
+    options = Options(environ={})
+    twist_options: dict[str, Any] = {"logFormat": "json", "fileLogObserverFactory": None}
+    options.parent = twist_options  # type: ignore[assignment]
+    options.parseOptions([])  # type: ignore[no-untyped-call]
+    out = io.StringIO()
+    observer = twist_options["fileLogObserverFactory"](out)
+    observer({"log_namespace": "t", "log_level": LogLevel.info, "log_format": "hi", "n": 1})
+    record = json.loads(out.getvalue())
+    assert (record["level"], record["namespace"], record["message"], record["n"]) == (
+        "info",
+        "t",
+        "hi",
+        1,
+    )
 
 
 def test_plugin_service_listens_where_told() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from typing import Any
 
 from twisted.internet.error import ConnectionRefusedError, TimeoutError
 from twisted.logger import Logger, LogLevel
@@ -11,7 +12,12 @@ from twisted.python.failure import Failure
 
 from aistack_tts._config import GatewayConfig
 from aistack_tts._errors import failure_cause
-from aistack_tts.observe._jsonlog import event_as_json_line, json_lines_observer, use_json_lines
+from aistack_tts.observe._jsonlog import (
+    event_as_json_line,
+    json_lines_observer,
+    quiet_port_lines,
+    use_json_lines,
+)
 from aistack_tts.observe._startup import startup_fields, startup_line
 from aistack_tts.tunnel._frames import FrameBoundary, close_frame
 from support.logs import LogCapture
@@ -61,6 +67,33 @@ def test_twists_json_format_becomes_json_lines_and_text_stays() -> None:
     use_json_lines(text_options)
     assert text_options["fileLogObserverFactory"] is text
     use_json_lines(None)
+
+
+def test_twisteds_port_starting_lines_are_left_out() -> None:
+    """``GatewaySite starting on 8000`` (logged by the port, whatever ``noisy`` says) is left
+    out of either format; other legacy lines, the port's close included, stay."""
+    written: list[str] = []
+    options: dict[str, Any] = {
+        "logFormat": "json",
+        "fileLogObserverFactory": lambda out: lambda event: written.append(event["log_text"]),
+    }
+    quiet_port_lines(options)
+    observer = options["fileLogObserverFactory"](None)
+    for text in (
+        "GatewaySite starting on 8000",
+        "DemoUpstreamSite starting on '/tmp/demo.sock'",
+        "(TCP Port 8000 Closed)",
+        "a plugin starting on Monday, said a plugin",
+    ):
+        observer({"log_namespace": "log_legacy", "log_text": text, "log_level": LogLevel.info})
+    observer({"log_namespace": "x", "log_text": "Site starting on 1", "log_level": LogLevel.info})
+    assert written == [
+        "(TCP Port 8000 Closed)",
+        "a plugin starting on Monday, said a plugin",
+        "Site starting on 1",
+    ]
+    quiet_port_lines(None)
+    quiet_port_lines({})
 
 
 def test_the_first_close_frame_and_its_code_are_noted_across_pieces() -> None:

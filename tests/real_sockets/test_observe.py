@@ -111,8 +111,10 @@ def call(
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[Gateway]:
     """The gateway with the demo upstream, waiting up to 5 s for a busy GPU."""
-    # --demo replaces the upstream with its own.
+    # --demo runs its own upstream: no --upstream with it (the gateway refuses one).
     command = aistack_command("http://127.0.0.1:9", "--demo")
+    at = command.index("--upstream")
+    del command[at : at + 2]
     gateway = Gateway([*command, "--queue-timeout", "5", "--max-body", "4096"], tmp_path)
     try:
         yield gateway
@@ -151,6 +153,8 @@ def test_start_up_line_says_what_runs(demo: Gateway) -> None:
     assert line["listen"] == "tcp:0:interface=127.0.0.1"
     assert line["bound"] == f"127.0.0.1:{demo.port}"
     assert text.endswith(f"listen tcp:0:interface=127.0.0.1 on 127.0.0.1:{demo.port}")
+    # Twisted's own "GatewaySite starting on PORT" (and the demo's) are left out.
+    assert not [e for e in demo.lines() if " starting on " in e["message"]]
 
 
 def test_request_id_comes_back_on_200_envelope_early_answer_and_101(demo: Gateway) -> None:
@@ -274,15 +278,26 @@ def test_readyz_probes_and_the_demo_are_told_apart(demo: Gateway) -> None:
 
 
 def test_a_dead_upstream_is_named_with_its_cause(tmp_path: Path, refused_upstream: str) -> None:
-    """An upstream that refuses: the access event names it and the cause (the exception the
-    client's envelope names), counts the envelope's bytes; the fault is counted by upstream."""
+    """An upstream that refuses: a warning at start names it and the cause; the access event
+    names both (the exception the client's envelope names) at level error, counts the
+    envelope's bytes; the fault is counted by upstream."""
     dead = refused_upstream
     gateway = Gateway(aistack_command(dead), tmp_path)
     try:
+        # At start, once it listens: one warning naming the upstream and why.
+        def warned() -> list[dict[str, Any]]:
+            return [e for e in gateway.lines() if e["level"] == "warn"]
+
+        until(warned, "the start's warning")
+        [warning] = warned()
+        assert (warning["namespace"], warning["upstream"]) == ("aistack_tts.startup", dead)
+        assert "ConnectionRefusedError" in warning["cause"]
+        assert warning["message"].startswith(f"upstream {dead} cannot be reached (")
         status, headers, body, _s = call(gateway.port, "GET", "/v1/audio/voices")
         assert status == 503
         event = gateway.access_for(headers["x-request-id"])
         assert (event["outcome"], event["upstream"]) == ("upstream_unavailable", dead)
+        assert event["level"] == "error"
         assert "ConnectionRefusedError" in event["cause"]
         assert event["bytes_out"] == len(body)
         _s, _h, metrics, _t = call(gateway.port, "GET", "/metrics")
@@ -317,3 +332,42 @@ def test_the_upstreams_own_request_id_and_the_timeout_that_fired(tmp_path: Path)
             assert "--idle-timeout" in event["cause"]
         finally:
             gateway.stop()
+
+
+def test_the_standalone_demo_upstream_writes_the_same_json_lines(tmp_path: Path) -> None:
+    """``twist aistack-tts-demo-upstream`` off a terminal: the gateway's JSON lines (one
+    object a line, ISO time, level, namespace, message), not Twisted's raw event JSON."""
+    command = aistack_command("http://127.0.0.1:9")
+    twist = command[: command.index("aistack-tts")]
+    log_path = tmp_path / "demo.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [*twist, "aistack-tts-demo-upstream", "--listen", "tcp:0:interface=127.0.0.1"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={k: v for k, v in os.environ.items() if not k.startswith("AISTACK_TTS_")},
+        )
+        try:
+            ports: set[int] = set()
+
+            def bound() -> bool:
+                ports.update(listening_ports(process.pid))
+                return bool(ports)
+
+            until(bound, "the demo's port")
+            [port] = ports
+            assert call(port, "GET", "/v1/audio/voices")[0] == 200
+            until(lambda: b"GET /v1/audio/voices" in log_path.read_bytes(), "its access line")
+        finally:
+            stop_process(process)
+    raw = log_path.read_bytes()
+    assert b"\x1e" not in raw
+    lines = [json.loads(line) for line in raw.decode().split("\n")[:-1]]
+    for line in lines:
+        assert {"time", "level", "namespace", "message"} <= line.keys(), line
+        assert "log_format" not in line, line
+        assert datetime.fromisoformat(line["time"]).tzinfo is not None
+    assert [e for e in lines if e["namespace"] == "aistack_tts_demo.access"]
+    # Its only line naming the port it bound: kept.
+    assert any(e["message"] == f"DemoUpstreamSite starting on {port}" for e in lines)

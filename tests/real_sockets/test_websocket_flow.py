@@ -42,8 +42,11 @@ class Flood(Protocol):
 
     CHUNK = bytes(range(256)) * 256  # 64 KiB; payload byte i is i % 256
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, handshakes: list[Flood] | None = None) -> None:
         self.total = total
+        #: Where it puts itself once a handshake comes (a connection without one is the
+        #: gateway's start-up probe).
+        self._handshakes = handshakes
         self.sent = 0
         self.paused = False
         self._head: bytes | None = b""
@@ -63,6 +66,8 @@ class Flood(Protocol):
         )
         accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
         self._head = None
+        if self._handshakes is not None:
+            self._handshakes.append(self)
         transport: Any = self.transport
         transport.write(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -92,14 +97,9 @@ class Flood(Protocol):
 
 
 def flood_factory(total: int, floods: list[Flood]) -> Factory:
-    """A factory of ``Flood``s of ``total`` bytes, each kept in ``floods``."""
-
-    def build() -> Flood:
-        flood = Flood(total)
-        floods.append(flood)
-        return flood
-
-    return Factory.forProtocol(build)
+    """A factory of ``Flood``s of ``total`` bytes, each kept in ``floods`` once its handshake
+    comes (not the gateway's start-up probe, which connects and sends nothing)."""
+    return Factory.forProtocol(lambda: Flood(total, floods))
 
 
 @twisted_test

@@ -90,7 +90,7 @@ def content_length(head: bytes) -> int:
 
 
 class ScriptedUpstream(ThreadedServer):
-    """Runs ``script`` on every connection."""
+    """Runs ``script`` on every connection the gateway sends a request on (``conns``)."""
 
     def __init__(self, script: Script) -> None:
         super().__init__()
@@ -98,13 +98,15 @@ class ScriptedUpstream(ThreadedServer):
         self.conns: list[Conn] = []
 
     def _accepted(self, sock: socket.socket) -> None:
-        conn = Conn(sock, self._stopping)
-        self.conns.append(conn)
-        self._spawn(self._run, conn)
+        self._spawn(self._run, Conn(sock, self._stopping))
 
     def _run(self, conn: Conn) -> None:
         conn.sock.settimeout(10)
         try:
+            if not conn.sock.recv(1, socket.MSG_PEEK):
+                # The gateway's start-up probe: it connects and closes, sending nothing.
+                return
+            self.conns.append(conn)
             self.script(conn)
         except OSError:
             conn.mark_closed()

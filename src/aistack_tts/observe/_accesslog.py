@@ -1,7 +1,8 @@
 """One structured ``twisted.logger`` event per request, and the request metrics that go with it.
 
 Under ``twist`` the events are JSON lines (``observe._jsonlog``) with the fields below at
-the top level, or text lines on a terminal.
+the top level, or text lines on a terminal. Each is logged at its outcome's level
+(``observe._outcome.level_of``): ``info``, ``warn`` or ``error``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from twisted.web.iweb import IRequest
 from aistack_tts._errors import GatewayError
 
 from ._metrics import GatewayMetrics
-from ._outcome import Outcome, upstream_fault
+from ._outcome import Outcome, level_of, upstream_fault
 
 log = Logger(namespace="aistack_tts.access")
 
@@ -183,7 +184,7 @@ class AccessLog:
             fields["gateway_request_id"] = sent
         if bytes_in is not None:
             fields["bytes_in"] = bytes_in
-        log.info("{line}", line=_Line(fields), **fields)
+        log.emit(level_of(outcome), "{line}", line=_Line(fields), **fields)
         m = self.metrics
         # Hostile clients choose methods: keep the label set bounded.
         method = request.method if request.method in _KNOWN_METHODS else b"other"

@@ -11,6 +11,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
 from aistack_tts._config import Origin
+from aistack_tts._errors import failure_cause
 
 
 class _QuietFactory(Factory):
@@ -38,6 +39,8 @@ class ReadinessProbe:
     timeout: float
     cache_seconds: float = CACHE_SECONDS
     _endpoint: IStreamClientEndpoint = field(init=False)
+    #: Why the last probe failed (``ConnectionRefusedError: ...``); ``None`` after a success.
+    cause: str | None = field(default=None, init=False)
     _answer: bool | None = field(default=None, init=False)
     _answered_at: float = field(default=0.0, init=False)
     _waiting: list[Deferred[bool]] | None = field(default=None, init=False)
@@ -62,9 +65,13 @@ class ReadinessProbe:
     def _connected(self, protocol: Protocol) -> None:
         assert protocol.transport is not None
         protocol.transport.loseConnection()
+        self.cause = None
         self._done(True)
 
-    def _failed(self, _: Failure) -> None:
+    def _failed(self, reason: Failure) -> None:
+        self.cause = failure_cause(
+            reason, timed_out=False, idle_timeout=0.0, connect_timeout=self.timeout
+        )
         self._done(False)
 
     def _done(self, ready: bool) -> None:

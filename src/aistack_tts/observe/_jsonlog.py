@@ -14,8 +14,17 @@ import re
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from twisted.logger import FileLogObserver, LogEvent, formatEvent
+from twisted.logger import (
+    FileLogObserver,
+    FilteringLogObserver,
+    ILogFilterPredicate,
+    ILogObserver,
+    LogEvent,
+    PredicateResult,
+    formatEvent,
+)
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 _SCALARS = (str, int, float, bool, type(None))
 #: The keys every line has; an event's own field of that name does not replace them.
@@ -27,6 +36,8 @@ _LEFT_OUT = _RESERVED | _LEGACY
 _ENCODE = json.JSONEncoder(default=str, ensure_ascii=False).encode
 #: A format that is one plain field (``"{line}"``, the access event's): its value, formatted.
 _ONE_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: Twisted's own line as each port starts listening (``GatewaySite starting on 8000``).
+_PORT_STARTING = re.compile(r"\w+ starting on .+")
 
 
 class Preformatted:
@@ -94,6 +105,9 @@ def json_lines_observer(out: IO[Any]) -> FileLogObserver:
 def use_json_lines(twist_options: Any) -> None:
     """Make ``twist``'s JSON log format (its default when stdout is not a terminal) JSON lines.
 
+    Public (``aistack_tts.use_json_lines``): a ``twist`` plugin's ``Options.postOptions``
+    calls it with ``getattr(self, "parent", None)`` (twist's own options), and its log lines
+    are then the gateway's: one JSON object per line, fields as this module's docstring says.
     ``twist`` has settled the format (``--log-format``, or by whether its log file is a tty)
     before it parses the plugin's options; it starts logging only after the service is made.
     Text stays Twisted's own. Nothing changes under other runners (``twistd``).
@@ -102,3 +116,33 @@ def use_json_lines(twist_options: Any) -> None:
         return
     if twist_options.get("logFormat") == "json":
         twist_options["fileLogObserverFactory"] = json_lines_observer
+
+
+@implementer(ILogFilterPredicate)
+class _NoPortStarting:
+    """``no`` for Twisted's "<factory> starting on <port>" line, else ``maybe``."""
+
+    def __call__(self, event: LogEvent) -> Any:  # a PredicateResult (typed Any by Twisted)
+        text = event.get("log_text")
+        if event.get("log_namespace") != "log_legacy" or not isinstance(text, str):
+            return PredicateResult.maybe
+        return PredicateResult.no if _PORT_STARTING.fullmatch(text) else PredicateResult.maybe
+
+
+def quiet_port_lines(twist_options: Any) -> None:
+    """Leave Twisted's "<factory> starting on <port>" lines out of ``twist``'s log.
+
+    The port logs one for each listener whatever its factory's ``noisy`` says; the gateway's
+    start-up line names where it listens (``bound``), and ``--demo``'s line its demo upstream's
+    URL. Both formats, text and JSON lines; nothing changes under other runners.
+    """
+    if getattr(twist_options, "get", None) is None:
+        return
+    make = twist_options.get("fileLogObserverFactory")
+    if make is None:
+        return
+
+    def quiet(out: IO[Any]) -> ILogObserver:
+        return FilteringLogObserver(make(out), [_NoPortStarting()])
+
+    twist_options["fileLogObserverFactory"] = quiet

@@ -2,12 +2,15 @@
 
 The lowest step of the record of a call (``call._record`` writes it). An ``Outcome`` is
 a ``str``, so the access event and the metrics labels carry its value unchanged. An envelope
-the gateway answered itself ends with that error's ``type`` as its outcome.
+the gateway answered itself ends with that error's ``type`` as its outcome. ``level_of``
+says at which log level an outcome's access event is logged.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+
+from twisted.logger import LogLevel
 
 
 class Outcome(StrEnum):
@@ -68,3 +71,63 @@ def upstream_fault(outcome: str) -> str | None:
 def cut_outcome(error_type: str) -> str:
     """The outcome of a call cut short with an error of ``error_type`` (``draining_cut``)."""
     return f"{error_type}_cut"
+
+
+#: Outcomes logged at ``warn``: the gateway turned the call away or cut it for its own
+#: reasons (a busy GPU, shutdown), or a client held the slot without reading.
+_WARN = frozenset(
+    {
+        "gpu_busy",
+        "draining",
+        "not_ready",
+        Outcome.CLIENT_STALLED,
+        Outcome.DRAINING_CUT,
+    }
+)
+#: Outcomes logged at ``error``: an upstream fault, or the gateway's own failure.
+_ERROR = frozenset(
+    {
+        *_FAULTS,
+        Outcome.INTERNAL_ERROR,
+        "local_resource_exhausted",
+    }
+)
+#: Outcomes logged at ``info``: the call went as the client and upstream had it go (an
+#: upstream's own 4xx/5xx passed through is ``ok``), the client left or sent a bad request.
+_INFO = frozenset(
+    {
+        Outcome.OK,
+        Outcome.CLIENT_ABORT,
+        Outcome.CLIENT_ABORT_QUEUED,
+        Outcome.CLIENT_LEFT,
+        Outcome.WS_REJECTED,
+        Outcome.WS_IDLE,
+        Outcome.WS_CLOSED_BY_CLIENT,
+        Outcome.WS_CLOSED_BY_UPSTREAM,
+        "invalid_request",
+        "not_found",
+        "method_not_allowed",
+        "request_timeout",
+        "uri_too_long",
+        "request_header_too_large",
+        "request_too_large",
+    }
+)
+
+#: Each known outcome's access-event level (README's Logs section has the same table).
+LEVELS: dict[str, LogLevel] = {
+    **dict.fromkeys(_INFO, LogLevel.info),
+    **dict.fromkeys(_WARN, LogLevel.warn),
+    **dict.fromkeys(_ERROR, LogLevel.error),
+}
+
+
+def level_of(outcome: str) -> LogLevel:
+    """The log level of an access event that ended with ``outcome``.
+
+    ``info`` for ``ok`` and what clients do (leave, send a bad request), ``warn`` for calls
+    turned away or cut by the gateway (``gpu_busy``, draining), ``error`` for upstream faults
+    and the gateway's own; an outcome not named here (any other ``*_cut``) is ``warn``.
+    """
+    level: LogLevel = LEVELS.get(outcome, LogLevel.warn)
+    return level

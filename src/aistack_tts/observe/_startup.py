@@ -1,14 +1,19 @@
-"""The start-up line: what runs, in one event an operator reads first."""
+"""The start-up line: what runs, in one event an operator reads first.
+
+Then ``warn_unreachable``: one warning for each upstream that cannot be reached.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.logger import Logger
 
 from aistack_tts._config import GatewayConfig
 
+from ._health import ReadinessProbe
 from ._jsonlog import Preformatted
 
 log = Logger(namespace="aistack_tts.startup")
@@ -71,3 +76,28 @@ def log_startup(config: GatewayConfig, version: str, bound: Sequence[str] = ()) 
     """Log the start-up line for ``config``, of the gateway at ``version``, bound there."""
     fields = startup_fields(config, version, bound)
     log.info("{text}", text=Preformatted(startup_line(fields)), **fields)
+
+
+def warn_unreachable(probes: Sequence[ReadinessProbe]) -> Deferred[list[bool]]:
+    """Probe each upstream once; log one warning for each that cannot be reached.
+
+    Never fails and never holds up the start: the gateway already listens, and answers
+    ``503 upstream_unavailable`` for an upstream that is down until it is up. Fires with each
+    probe's answer (``True``: reached).
+    """
+
+    def checked(probe: ReadinessProbe, reached: bool) -> bool:
+        if not reached:
+            upstream = probe.origin.url
+            log.warn(
+                "upstream {upstream} cannot be reached ({cause}): its calls get 503 "
+                "upstream_unavailable until it can; is the Qwen3-TTS server up?",
+                upstream=upstream,
+                cause=probe.cause,
+            )
+        return reached
+
+    def answer(probe: ReadinessProbe) -> Deferred[bool]:
+        return probe.check().addCallback(lambda reached: checked(probe, reached))
+
+    return gatherResults([answer(probe) for probe in probes])
