@@ -25,6 +25,18 @@ DEFAULT_CLIENT_TIMEOUT = 60.0
 #: How long an idle upstream connection is kept for reuse: under uvicorn's (vLLM's server)
 #: 5 s keep-alive, so the gateway closes it before the upstream does.
 DEFAULT_POOL_IDLE_TIMEOUT = 4.0
+#: How long a request may wait for a busy GPU: a typical generation (a sentence to a paragraph,
+#: 1-20 s) ends within it, so a request queued behind one or two is served instead of refused,
+#: and the wait stays under the 60 s after which a proxy in front (nginx's proxy_read_timeout)
+#: or the gateway's own --idle-timeout would give up.
+DEFAULT_QUEUE_TIMEOUT = 30.0
+#: How long an upstream that refused a connection is passed over while another can take the
+#: call.
+DEFAULT_DOWN_COOLDOWN = 5.0
+#: Calls that do no inference: listing voices must not wait for (or be refused by) a generation.
+DEFAULT_SLOT_EXEMPT = ("GET:/v1/audio/voices",)
+#: The ``--slot-exempt`` value that clears the default rules: every call takes the slot.
+NO_SLOT_EXEMPT = "none"
 
 
 class ConfigError(ValueError):
@@ -181,7 +193,18 @@ class ExemptRule:
         return path.startswith(self.path) if self.prefix else path == self.path
 
 
+def _exempt(value: str | Iterable[str]) -> tuple[str, ...]:
+    rules = (value,) if isinstance(value, str) else tuple(value)
+    # ``none`` alone: no rule at all, the default ones included.
+    return () if [r.lower() for r in rules] == [NO_SLOT_EXEMPT] else rules
+
+
 def _check_exempt(_instance: Any, _attribute: Any, value: tuple[str, ...]) -> None:
+    if NO_SLOT_EXEMPT in (rule.lower() for rule in value):
+        raise ConfigError(
+            f"slot-exempt {NO_SLOT_EXEMPT!r} (every call takes the slot) cannot be combined "
+            f"with rules: {' '.join(value)}"
+        )
     for rule in value:
         ExemptRule.parse(rule)
 
@@ -251,12 +274,21 @@ class GatewayConfig:
     #: None: from the descriptor limit (``default_max_connections``).
     max_connections: int | None = field(default=None, validator=_check_max_connections)
     #: 0: a busy GPU is a 503 at once; more: wait that long, first come first served.
-    queue_timeout: float = field(default=0.0, validator=_non_negative_seconds("queue-timeout"))
+    queue_timeout: float = field(
+        default=DEFAULT_QUEUE_TIMEOUT, validator=_non_negative_seconds("queue-timeout")
+    )
+    #: How long an upstream that refused a connection is passed over.
+    down_cooldown: float = field(
+        default=DEFAULT_DOWN_COOLDOWN, validator=_non_negative_seconds("down-cooldown")
+    )
     #: 0: every upstream connection carries one request.
     pool_idle_timeout: float = field(
         default=DEFAULT_POOL_IDLE_TIMEOUT, validator=_non_negative_seconds("pool-idle-timeout")
     )
-    slot_exempt: tuple[str, ...] = field(default=(), converter=_strings, validator=_check_exempt)
+    #: ``("none",)`` clears the default: every call takes the slot.
+    slot_exempt: tuple[str, ...] = field(
+        default=DEFAULT_SLOT_EXEMPT, converter=_exempt, validator=_check_exempt
+    )
     demo: bool = False
     metrics: bool = True
     health: bool = True

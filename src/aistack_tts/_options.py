@@ -13,10 +13,12 @@ from twisted.python import usage
 from ._config import (
     DEFAULT_CLIENT_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DOWN_COOLDOWN,
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_BODY,
     DEFAULT_POOL_IDLE_TIMEOUT,
+    DEFAULT_QUEUE_TIMEOUT,
     DEFAULT_SLOTS,
     DEFAULT_WS_IDLE_TIMEOUT,
     ConfigError,
@@ -33,8 +35,19 @@ _SETTINGS: list[tuple[str, str, str, Callable[[str], Any], object, str]] = [
         "AISTACK_TTS_QUEUE_TIMEOUT",
         "queue_timeout",
         float,
-        0,
-        "Seconds a request may wait for a busy GPU, first come first served (0: 503 at once)",
+        f"{DEFAULT_QUEUE_TIMEOUT:g}",
+        "Seconds a request may wait for a busy GPU, first come first served; 503 gpu_busy at"
+        " once only when the wait is expected to run past it (0: 503 at once). The default"
+        " outlasts a typical generation or two and stays under a front proxy's 60 s",
+    ),
+    (
+        "down-cooldown",
+        "AISTACK_TTS_DOWN_COOLDOWN",
+        "down_cooldown",
+        float,
+        f"{DEFAULT_DOWN_COOLDOWN:g}",
+        "Seconds an upstream that refused a connection is passed over while another is up"
+        " (with none up, a call tries it anyway; an answer ends the cool-down)",
     ),
     (
         "connect-timeout",
@@ -176,7 +189,7 @@ class Options(usage.Options):
         self["upstream"].append(url)
 
     def opt_slot_exempt(self, rule: str) -> None:
-        """METHOD:PATH of a call that needs no GPU slot, e.g. GET:/v1/audio/voices; a * at the end matches a prefix (repeatable) [env AISTACK_TTS_SLOT_EXEMPT, space-separated; default none]"""  # noqa: E501
+        """METHOD:PATH of a call that needs no GPU slot; a * at the end matches a prefix (repeatable; replaces the default; 'none' alone: every call takes the slot) [env AISTACK_TTS_SLOT_EXEMPT, space-separated; default GET:/v1/audio/voices]"""  # noqa: E501
         self["slot-exempt"].append(rule)
 
     def postOptions(self) -> None:

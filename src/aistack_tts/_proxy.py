@@ -18,9 +18,12 @@ from twisted.web.server import Request
 from ._config import (
     DEFAULT_CLIENT_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DOWN_COOLDOWN,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_BODY,
     DEFAULT_POOL_IDLE_TIMEOUT,
+    DEFAULT_QUEUE_TIMEOUT,
+    DEFAULT_SLOT_EXEMPT,
     DEFAULT_SLOTS,
     DEFAULT_UPSTREAM,
     DEFAULT_WS_IDLE_TIMEOUT,
@@ -32,7 +35,7 @@ from .call._admission import Verdict, admit, preflight, refusal
 from .call._context import CallContext, InFlight
 from .call._exchange import _Exchange
 from .call._slot import GPUSlot
-from .call._upstreams import DEFAULT_DOWN_COOLDOWN, Grant, Upstream, UpstreamPool, WaitTimedOut
+from .call._upstreams import Grant, Upstream, UpstreamPool, WaitTimedOut
 from .client._agent import make_agent, make_cooperator
 from .client._pool import ConnectionPool
 from .observe._accesslog import AccessLog
@@ -72,8 +75,10 @@ class TTSProxy:
     503 while it runs (new ones of ``slots`` tokens otherwise). ``reactor`` and ``agent`` are
     injectable; by default the global reactor and the lean client (``client._agent.LeanAgent``)
     with a persistent pool and ``connect_timeout`` are used. ``queue_timeout`` > 0 lets a
-    request wait that long for a busy GPU; ``slot_exempt`` rules (``"GET:/v1/audio/voices"``)
-    name calls that take no slot.
+    request wait that long for a busy GPU (``0``: 503 at once); ``slot_exempt`` rules
+    (``"GET:/v1/audio/voices"``, the default; ``()`` or ``["none"]``: none) name calls that
+    take no slot; an upstream that refused a connection is passed over for ``down_cooldown``
+    seconds while another is up. The defaults are the command line's.
     """
 
     def __init__(
@@ -82,8 +87,8 @@ class TTSProxy:
         *,
         slot: DeferredSemaphore | Sequence[DeferredSemaphore] | None = None,
         slots: int = DEFAULT_SLOTS,
-        queue_timeout: float = 0.0,
-        slot_exempt: Sequence[str] = (),
+        queue_timeout: float = DEFAULT_QUEUE_TIMEOUT,
+        slot_exempt: Sequence[str] = DEFAULT_SLOT_EXEMPT,
         down_cooldown: float = DEFAULT_DOWN_COOLDOWN,
         reactor: Any = None,
         agent: IAgent | None = None,
@@ -112,6 +117,7 @@ class TTSProxy:
             slots=slots,
             queue_timeout=queue_timeout,
             slot_exempt=list(slot_exempt),
+            down_cooldown=down_cooldown,
         )
         semaphores = _semaphores(slot, len(config.upstream), slots)
         if reactor is None:
@@ -134,7 +140,7 @@ class TTSProxy:
                 for origin, semaphore in zip(config.origins, semaphores, strict=True)
             ],
             reactor,
-            cooldown=down_cooldown,
+            cooldown=config.down_cooldown,
         )
         #: The first upstream's slot (the only one, with a single upstream).
         self.slot = self.pool.upstreams[0].slot
@@ -178,6 +184,7 @@ class TTSProxy:
             idle_timeout=config.idle_timeout,
             connect_timeout=config.connect_timeout,
             ws_idle_timeout=config.ws_idle_timeout,
+            queue_timeout=config.queue_timeout,
         )
         #: The client connections of ``site``'s sites (none when mounted in another Site).
         self.connections = ConnectionRegistry()
@@ -209,6 +216,7 @@ class TTSProxy:
             pool_idle_timeout=config.pool_idle_timeout,
             queue_timeout=config.queue_timeout,
             slot_exempt=config.slot_exempt,
+            down_cooldown=config.down_cooldown,
             metrics=config.metrics,
             health=config.health,
             **kwargs,
@@ -328,7 +336,7 @@ class TTSProxy:
             return self._start(request, admission.grant, websocket)
         if admission.verdict is Verdict.QUEUE:
             return self._queue(request, websocket)
-        raise refusal(admission.verdict, self.pool.retry_after())
+        raise refusal(admission.verdict, self.pool.retry_after(self.queue_timeout))
 
     def _start(self, request: Request, grant: Grant, websocket: bool) -> Deferred[None]:
         if websocket:

@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from aistack_tts._errors import (
     Draining,
     GatewayError,
+    GPUBusy,
     UpstreamError,
     UpstreamUnavailable,
     stall_cause,
@@ -51,6 +52,7 @@ from aistack_tts.call._exchange_core import (
     ExchangeMachine,
     MarkDown,
     Phase,
+    Requeue,
     Response,
     Send,
     Start,
@@ -65,6 +67,8 @@ TIMEOUTS: dict[str, Any] = {"idle_timeout": IDLE, "connect_timeout": 5.0}
 UNAVAILABLE = UpstreamUnavailable("cannot reach the Qwen3-TTS upstream")
 REFUSED = CallFailed(True, UNAVAILABLE, "ConnectionRefusedError: refused")
 SPARE = CallFailed(True, UNAVAILABLE, "ConnectionRefusedError: refused", spare=True)
+REQUEUE = CallFailed(True, UNAVAILABLE, "ConnectionRefusedError: refused", requeue=True)
+WAITED_TOO_LONG = CallFailed(False, GPUBusy("the GPU is busy"), "no other GPU freed")
 BROKEN = UpstreamError("ResponseNeverReceived: ConnectionLost")
 FAILED = CallFailed(False, BROKEN, "ResponseNeverReceived: ConnectionLost")
 DRAIN = Draining("the gateway is shutting down")
@@ -76,6 +80,7 @@ EVENTS: dict[str, Event] = {
     "response": Response(200),
     "refused": REFUSED,
     "refused_spare": SPARE,
+    "refused_requeue": REQUEUE,
     "failed": FAILED,
     "body_whole": BodyEnded(),
     "body_broken": BodyEnded(TRUNCATED),
@@ -106,6 +111,7 @@ TABLE: dict[tuple[Phase, str], Cell] = {
     (C, "response"): Then(S),
     (C, "refused"): Then(D, "upstream_unavailable"),
     (C, "refused_spare"): Then(C),  # sent again, to the spare
+    (C, "refused_requeue"): Then(C),  # waits for a slot on a live upstream, then sent again
     (C, "failed"): Then(D, "upstream_error"),
     (C, "body_whole"): UNEXPECTED,
     (C, "body_broken"): UNEXPECTED,
@@ -119,6 +125,7 @@ TABLE: dict[tuple[Phase, str], Cell] = {
     (S, "response"): UNEXPECTED,
     (S, "refused"): UNEXPECTED,
     (S, "refused_spare"): UNEXPECTED,
+    (S, "refused_requeue"): UNEXPECTED,
     (S, "failed"): UNEXPECTED,
     (S, "body_whole"): Then(D, "ok"),
     (S, "body_broken"): Then(D, "upstream_error_mid_body"),
@@ -175,6 +182,19 @@ STORIES: dict[str, tuple[list[Event], Event, Cell]] = {
     ),
     "the_spare_answers": ([Start(), SPARE], Response(201), Then(S)),
     "the_spare_refuses_too": ([Start(), SPARE], REFUSED, Then(D, "upstream_unavailable")),
+    "the_requeued_call_answers": ([Start(), REQUEUE], Response(200), Then(S)),
+    "the_requeued_wait_runs_out": ([Start(), REQUEUE], WAITED_TOO_LONG, Then(D, "gpu_busy")),
+    "leaving_the_second_wait_cancels_it": ([Start(), REQUEUE], ClientLeft(), Then(C)),
+    "the_cancelled_wait_ends_quietly": (
+        [Start(), REQUEUE, ClientLeft()],
+        FAILED,
+        Then(D, "client_abort"),
+    ),
+    "no_requeue_when_the_client_left": (
+        [Start(), ClientLeft()],
+        REQUEUE,
+        Then(D, "client_abort"),
+    ),
     "a_second_stall_cancels_nothing": (
         [Start(), Stalled("upstream")],
         Stalled("upstream"),
@@ -234,6 +254,26 @@ def test_a_refused_call_marks_its_upstream_down_and_goes_to_the_spare() -> None:
     effects = machine.handle(REFUSED)
     assert effects[0] == MarkDown(), "no spare: still marked down"
     assert comparable(effects[1:]) == comparable(answer(UNAVAILABLE, REFUSED.cause))
+
+
+def test_a_refused_call_with_only_busy_live_upstreams_waits_again() -> None:
+    """No spare free, but another upstream is up: down, and back into the queue (no 503)."""
+    machine = machine_after([Start()])
+    assert machine.handle(REQUEUE) == [MarkDown(), Requeue()]
+    assert machine.phase is Phase.CONNECTING
+
+
+def test_classify_asks_for_a_requeue_only_without_a_spare() -> None:
+    """A requeue is asked for a refused call that has no spare; a spare wins."""
+    refused = Failure(ConnectionRefusedError("no"))
+    assert classify(refused, requeue=lambda: True, **TIMEOUTS).requeue
+    both = classify(refused, spare=lambda: True, requeue=lambda: True, **TIMEOUTS)
+    assert (both.spare, both.requeue) == (True, False)
+
+    def asked() -> bool:
+        raise AssertionError("a call that may not fail over is not requeued")
+
+    assert not classify(Failure(CancelledError()), requeue=asked, **TIMEOUTS).requeue
 
 
 def test_what_the_client_is_told_before_the_head() -> None:
@@ -356,8 +396,8 @@ class World:
 
     def apply(self, effects: list[Effect]) -> None:
         for effect in effects:
-            if isinstance(effect, Send):
-                assert not self.out, "one request at a time"
+            if isinstance(effect, Send | Requeue):
+                assert not self.out, "one request (or wait for one) at a time"
                 self.out, self.cancelled = True, False
             elif isinstance(effect, CancelCall):
                 assert self.out, "a cancel needs a request out"
@@ -376,7 +416,11 @@ class World:
             # An exception in a callback of the request's (its answer handled) or the body's.
             events.append(Bug("bug"))
         if self.out:
-            events += [FAILED] if self.cancelled else [Response(200), REFUSED, SPARE, FAILED]
+            events += (
+                [FAILED]
+                if self.cancelled
+                else [Response(200), REFUSED, SPARE, REQUEUE, WAITED_TOO_LONG, FAILED]
+            )
         if self.body:
             events += [BodyEnded(), BodyEnded(TRUNCATED), Stalled("client")]
         return events

@@ -7,7 +7,7 @@ from twisted.internet.defer import DeferredSemaphore
 from twisted.internet.task import Clock
 
 from aistack_tts import GPUSlot
-from aistack_tts.call._slot import estimate_retry_after
+from aistack_tts.call._slot import estimate_retry_after, expected_wait
 
 
 def test_retry_after_without_history_is_one_second() -> None:
@@ -86,3 +86,34 @@ def test_slot_shared_with_other_work() -> None:
     assert slot.in_use == 1
     assert slot.try_take() is not None
     assert slot.try_take() is None
+
+
+@pytest.mark.parametrize(
+    ("average", "elapsed", "ahead", "capacity", "wait"),
+    [
+        (None, None, 3, 1, None),  # no history: nothing to go by
+        (10.0, None, 0, 1, 10.0),  # a holder we know nothing of: a whole call
+        (10.0, 4.0, 0, 1, 6.0),
+        (10.0, 4.0, 2, 1, 26.0),  # two ahead, one slot
+        (10.0, 4.0, 2, 2, 16.0),  # two ahead, two slots
+        (10.0, 30.0, 1, 1, 10.0),  # overdue holder: it may end any moment
+    ],
+)
+def test_expected_wait_in_the_queue(
+    average: float | None, elapsed: float | None, ahead: int, capacity: int, wait: float | None
+) -> None:
+    """The first token at the average call's end, then one per average / capacity."""
+    assert expected_wait(average, elapsed, ahead=ahead, capacity=capacity) == wait
+
+
+def test_a_token_given_back_is_not_counted_as_a_call() -> None:
+    """A refused connect or a passed-on token says nothing of how long generations take."""
+    clock = Clock()
+    slot = GPUSlot(DeferredSemaphore(1), clock)
+    hold = slot.try_take()
+    assert hold is not None
+    clock.advance(0.3)
+    hold.give_back()
+    hold.release()
+    assert slot.average is None
+    assert slot.free

@@ -63,18 +63,21 @@ def test_refused_upstream_fails_over_and_is_skipped_for_a_while() -> None:
     assert h.port() == 8091, "after the cool-down it is tried again"
 
 
-def test_all_upstreams_down_is_503_unavailable_without_connecting() -> None:
-    """When every GPU host refused recently, the client is told at once."""
+def test_all_upstreams_down_and_busy_is_503_unavailable_without_connecting() -> None:
+    """Every GPU host refused recently and none has a slot to try it again (no queue): the
+    client is told at once. (With a free slot the call tries one: ``test_queue``.)"""
     h, slots = two_gpus()
     h.request(SPEECH)
     h.refuse()
     h.refuse()
     attempts = h.connection_attempts
+    for slot in slots:
+        slot.acquire()
     client = h.request(SPEECH)
     error = envelope(client.received())
     assert (error["type"], error["provider"]) == ("upstream_unavailable", "qwen3-tts")
     assert h.connection_attempts == attempts
-    assert [s.tokens for s in slots] == [1, 1]
+    assert [s.tokens for s in slots] == [0, 0], "the other holders keep theirs"
 
 
 def test_slot_exempt_calls_pass_while_the_gpu_is_busy() -> None:

@@ -211,14 +211,24 @@ def test_expect_with_the_gpu_busy_gets_the_503_before_any_100_continue() -> None
 
 
 def test_expect_with_every_upstream_down_gets_503_unavailable_before_100() -> None:
+    """Every upstream down and no slot to try one (nor a queue): refused before the body."""
     h = Harness()
     pool = h.proxy.pool
     pool.mark_down(pool.upstreams[0])
+    h.slot.acquire()
     raw = h.request(expect()).received()
     assert b"100 Continue" not in raw
     status, headers, body = parse_response(raw)
     assert (status, json.loads(body)["error"]["type"]) == (503, "upstream_unavailable")
     assert b"retry-after" in headers
+
+
+def test_expect_with_every_upstream_down_but_a_free_slot_is_invited_to_try() -> None:
+    """A free slot on an upstream marked down is tried (it may be back): 100 Continue."""
+    h = Harness()
+    pool = h.proxy.pool
+    pool.mark_down(pool.upstreams[0])
+    assert b"100 Continue" in h.request(expect()).received()
 
 
 def test_expect_while_draining_gets_503_draining_before_100() -> None:

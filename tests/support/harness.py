@@ -53,9 +53,18 @@ class Peer:
 
 
 class Harness:
-    """A gateway with its slot, site, fake clock and upstream connections."""
+    """A gateway with its slot, site, fake clock and upstream connections.
+
+    Unlike ``TTSProxy``'s defaults, a busy GPU is a 503 at once (``queue_timeout=0``) and
+    every call takes the slot (``slot_exempt=()``, so ``GET /v1/audio/voices`` is a short
+    call that holds it): most tests hold the slot to see the refusal. Tests of the queue or
+    the exempt rules pass them; ``defaults=True`` keeps ``TTSProxy``'s own.
+    """
 
     def __init__(self, upstream: Any = UPSTREAM, **proxy_kwargs: Any) -> None:
+        if not proxy_kwargs.pop("defaults", False):
+            proxy_kwargs.setdefault("queue_timeout", 0)
+            proxy_kwargs.setdefault("slot_exempt", ())
         self.reactor = MemoryReactorClock()
         count = 1 if isinstance(upstream, str) else len(upstream)
         default: Any = DeferredSemaphore(1) if count == 1 else None

@@ -9,7 +9,7 @@ request's body has come (``Expect: 100-continue``), looking at the slots without
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from attrs import frozen
@@ -33,9 +33,13 @@ class Verdict(enum.Enum):
     GRANTED = "granted"
     #: Every slot is taken, and ``--queue-timeout`` lets it wait.
     QUEUE = "queue"
-    #: Every slot is taken: ``503 gpu_busy``.
+    #: Every slot is taken and there is no queue: ``503 gpu_busy``.
     BUSY = "busy"
-    #: Every upstream refused connections recently: ``503 upstream_unavailable``.
+    #: Every slot is taken and the wait is expected to run past ``--queue-timeout``:
+    #: ``503 gpu_busy`` at once, ``Retry-After`` when the queue should have room.
+    FULL = "full"
+    #: Every upstream refused connections recently and none has a free slot to try it
+    #: again, with no queue: ``503 upstream_unavailable``.
     UNAVAILABLE = "unavailable"
 
 
@@ -47,6 +51,12 @@ class Slots(Protocol):
 
     def all_down(self) -> bool:
         """Whether every upstream is in its cool-down after refusing connections."""
+
+    def try_probe(self) -> Grant | None:
+        """With every upstream down, a free slot on one of them, taken to try it; or ``None``."""
+
+    def queue_full(self, queue_timeout: float) -> bool:
+        """Whether a request joining the queue now is expected to wait past the timeout."""
 
     def pick(self) -> Upstream:
         """A reachable upstream for a call that takes no slot."""
@@ -62,21 +72,34 @@ class Admission:
 
 
 def admit(slots: Slots, *, exempt: bool, queue_timeout: float) -> Admission:
-    """Decide for one request; a ``GRANTED`` verdict has taken its slot token."""
+    """Decide for one request; a ``GRANTED`` verdict has taken its slot token.
+
+    With every upstream down, a free slot on one of them is granted all the same: the call
+    tries it (it may be back) rather than be refused on the cool-down's mark alone.
+    """
     if exempt:
         return Admission(Verdict.EXEMPT, upstream=slots.pick())
     grant = slots.try_take()
+    if grant is None and slots.all_down():
+        grant = slots.try_probe()
+        if grant is None:
+            return Admission(Verdict.QUEUE if queue_timeout > 0 else Verdict.UNAVAILABLE)
     if grant is not None:
         return Admission(Verdict.GRANTED, grant=grant)
-    if slots.all_down():
-        return Admission(Verdict.UNAVAILABLE)
-    return Admission(Verdict.QUEUE if queue_timeout > 0 else Verdict.BUSY)
+    return Admission(_busy(queue_timeout, slots.queue_full))
+
+
+def _busy(queue_timeout: float, queue_full: Callable[[float], bool]) -> Verdict:
+    """Every slot taken: wait in the queue, unless there is none or it is full."""
+    if queue_timeout <= 0:
+        return Verdict.BUSY
+    return Verdict.FULL if queue_full(queue_timeout) else Verdict.QUEUE
 
 
 def refusal(
     verdict: Verdict, retry_after: RetryAfter, *, queue_wait: float | None = None
 ) -> GatewayError:
-    """The envelope for a ``BUSY`` or ``UNAVAILABLE`` verdict.
+    """The envelope for a ``BUSY``, ``FULL`` or ``UNAVAILABLE`` verdict.
 
     ``queue_wait``: how long a queued request waited before it was refused (its access event).
     """
@@ -93,17 +116,16 @@ def refusal(
     return busy
 
 
-def peek(upstreams: Sequence[Upstream], now: float, *, queue_timeout: float) -> Verdict:
+def peek(pool: UpstreamPool, *, queue_timeout: float) -> Verdict:
     """The verdict ``admit`` would give a request that takes a slot, with nothing taken.
 
-    ``GRANTED``: a reachable upstream has a free slot now.
+    ``GRANTED``: a reachable upstream has a free slot now (or, every one down, any has).
     """
-    up = [u for u in upstreams if u.is_up(now)]
-    if any(u.slot.semaphore.tokens > 0 for u in up):
+    if pool.spare() is not None or pool.probe_spare() is not None:
         return Verdict.GRANTED
-    if not up:
-        return Verdict.UNAVAILABLE
-    return Verdict.QUEUE if queue_timeout > 0 else Verdict.BUSY
+    if pool.all_down():
+        return Verdict.QUEUE if queue_timeout > 0 else Verdict.UNAVAILABLE
+    return _busy(queue_timeout, pool.queue_full)
 
 
 def draining() -> Draining:
@@ -148,7 +170,7 @@ def preflight(gateway: Gateway, request: Request) -> GatewayError | None:
     if not websocket and any(r.matches(request.method, request.uri) for r in gateway.exempt):
         return None
     pool = gateway.pool
-    verdict = peek(pool.upstreams, pool.clock.seconds(), queue_timeout=gateway.queue_timeout)
-    if verdict in (Verdict.BUSY, Verdict.UNAVAILABLE):
-        return refusal(verdict, pool.retry_after())
+    verdict = peek(pool, queue_timeout=gateway.queue_timeout)
+    if verdict in (Verdict.BUSY, Verdict.FULL, Verdict.UNAVAILABLE):
+        return refusal(verdict, pool.retry_after(gateway.queue_timeout))
     return None

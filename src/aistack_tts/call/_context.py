@@ -87,3 +87,5 @@ class CallContext:
     idle_timeout: float
     connect_timeout: float
     ws_idle_timeout: float
+    #: How long a request may wait for a slot, from its arrival (a refused call waits again).
+    queue_timeout: float = 0.0

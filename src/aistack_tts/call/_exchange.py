@@ -41,6 +41,7 @@ from aistack_tts.wire._http import (
 )
 from aistack_tts.wire._socket_state import unsent
 
+from ._admission import Verdict, refusal
 from ._bridge import StreamBridge
 from ._context import CallContext, IInFlightCall
 from ._events import (
@@ -62,6 +63,7 @@ from ._exchange_core import (
     Event,
     ExchangeMachine,
     MarkDown,
+    Requeue,
     Response,
     Send,
     Start,
@@ -71,7 +73,7 @@ from ._exchange_core import (
 )
 from ._record import CallRecord
 from ._slot import SlotHold
-from ._upstreams import Upstream
+from ._upstreams import Grant, Upstream, WaitTimedOut
 from ._watchdog import Watchdog
 
 _log = Logger()
@@ -83,19 +85,23 @@ def classify(
     idle_timeout: float,
     connect_timeout: float,
     spare: Callable[[], bool] = lambda: False,
+    requeue: Callable[[], bool] = lambda: False,
 ) -> CallFailed:
     """What a request that failed before its head means: may it fail over, what to answer.
 
-    ``spare`` says whether another upstream could take the call; asked only when it may.
+    ``spare`` says whether another upstream could take the call now, ``requeue`` whether it
+    could wait for one; each asked only when it may.
     """
     refused = is_connect_failure(failure)
+    spared = refused and spare()
     return CallFailed(
         refused=refused,
         error=error_for_upstream_failure(failure, timed_out=False, retry_after=RETRY_UNAVAILABLE_S),
         cause=failure_cause(
             failure, timed_out=False, idle_timeout=idle_timeout, connect_timeout=connect_timeout
         ),
-        spare=refused and spare(),
+        spare=spared,
+        requeue=refused and not spared and requeue(),
     )
 
 
@@ -119,7 +125,8 @@ class _Exchange:
         )
         self._upstream = upstream
         self._tried: list[Upstream] = []
-        self._call: Deferred[IResponse] | None = None
+        #: The request that is out, or the wait for a slot before it (``Requeue``).
+        self._call: Deferred[Any] | None = None
         self._response: IResponse | None = None
         self._bridge: StreamBridge | None = None
         #: What writes the envelope of an ``AnswerWith``, for the ``Finish`` after it.
@@ -150,6 +157,8 @@ class _Exchange:
 
     def _got_response(self, response: IResponse) -> None:
         self._response = response
+        # It answered: whatever its cool-down said, it is up.
+        self._context.pool.mark_up(self._upstream)
         self._feed(Response(response.code))
 
     def _call_failed(self, failure: Failure) -> None:
@@ -161,6 +170,7 @@ class _Exchange:
                 idle_timeout=context.idle_timeout,
                 connect_timeout=context.connect_timeout,
                 spare=lambda: self._spare() is not None,
+                requeue=self._may_requeue,
             )
         )
 
@@ -196,6 +206,8 @@ class _Exchange:
                 self._tried.append(self._upstream)
             case TakeSpare():
                 self._take_spare()
+            case Requeue():
+                self._requeue()
             case StopUpstream():
                 if self._bridge is not None:
                     self._bridge.stop_upstream()
@@ -256,6 +268,55 @@ class _Exchange:
         )
         self._upstream = upstream
         self._record.upstream = upstream.url
+
+    def _may_requeue(self) -> bool:
+        """Whether the call holds a slot and another upstream is up: it may wait for one."""
+        if self._record.hold is None:
+            return False
+        return bool(self._context.pool.live(exclude=[*self._tried, self._upstream]))
+
+    def _requeue(self) -> None:
+        """The upstream refused and every other one that is up is busy: wait for a slot there.
+
+        The refused slot token goes back (not counted as a call); the wait is what is left of
+        the queue timeout since the request arrived.
+        """
+        context = self._context
+        hold = self._record.hold
+        assert hold is not None
+        hold.give_back()
+        waited = context.access_log.since_arrival(self._request)
+        waiting = context.pool.wait(max(context.queue_timeout - waited, 0.0))
+        self._call = waiting
+        waiting.addCallbacks(self._regranted, self._requeue_failed)
+        waiting.addErrback(self._unexpected)
+
+    def _regranted(self, grant: Grant) -> None:
+        refused = self._tried[-1]
+        self._record.requeued(grant.hold)
+        _log.info(
+            "upstream {refused} refused the connection; waited for {next}",
+            refused=refused.url,
+            next=grant.upstream.url,
+        )
+        self._upstream = grant.upstream
+        self._record.upstream = grant.upstream.url
+        self._send()
+
+    def _requeue_failed(self, failure: Failure) -> None:
+        if not failure.check(WaitTimedOut):
+            self._call_failed(failure)
+            return
+        pool = self._context.pool
+        refused = self._tried[-1].url
+        self._feed(
+            CallFailed(
+                refused=False,
+                error=refusal(Verdict.BUSY, pool.retry_after()),
+                cause=f"upstream {refused} refused the connection and no other GPU freed "
+                "within --queue-timeout",
+            )
+        )
 
     def _start_response(self) -> None:
         response = self._response

@@ -6,7 +6,9 @@ into ``Event`` values, hands them to ``ExchangeMachine.handle`` and applies the 
 values it returns, in order. No transport, no clock, no Deferred: time arrives as ``Stalled``,
 failures arrive already classified (``CallFailed``, which says whether a spare upstream is
 free), and the upstream pool stays in the shell. Fail-over is decided here, in one step: a
-refused call marks its upstream down and, if there is a spare, moves to it and sends again.
+refused call marks its upstream down and, if there is a spare, moves to it and sends again;
+if every other upstream that is up is busy, it goes back into the queue for one (``Requeue``,
+which the shell answers as it answers a request: a response, or a ``CallFailed``).
 
 Phases: ``connecting`` (a request is out or about to be, no response head yet) →
 ``streaming`` (the head went to the client, the body flows) → ``done``. Exactly one ``Finish``
@@ -81,15 +83,17 @@ class CallFailed:
 
     ``refused``: nothing reached the upstream (refused, DNS, connect timeout), so another
     upstream may take the call; ``spare``: the shell found one that is up, not tried yet and
-    free (with a slot token for a call that holds one). ``error`` and ``cause`` say it to the
-    client and the access event, unless the gateway stopped the call itself (then the machine
-    knows better).
+    free (with a slot token for a call that holds one); ``requeue``: no spare, but the call
+    holds a slot and another upstream is up (busy), so it may wait for one there. ``error``
+    and ``cause`` say it to the client and the access event, unless the gateway stopped the
+    call itself (then the machine knows better).
     """
 
     refused: bool
     error: GatewayError
     cause: str
     spare: bool = False
+    requeue: bool = False
 
 
 @frozen
@@ -133,6 +137,15 @@ class TakeSpare:
 
 
 @frozen
+class Requeue:
+    """Give the slot back and wait in the queue for one on an upstream that is up, then send.
+
+    Answered like ``Send``: a response, or a ``CallFailed`` (a wait past the queue timeout
+    fails as ``gpu_busy``); ``CancelCall`` cancels the wait.
+    """
+
+
+@frozen
 class StopUpstream:
     """Close the upstream body's connection, so the server stops generating."""
 
@@ -143,6 +156,7 @@ Effect = (
     | CancelCall
     | MarkDown
     | TakeSpare
+    | Requeue
     | StopUpstream
     | AbortClient
     | AnswerWith
@@ -208,6 +222,9 @@ class ExchangeMachine:
                     # goes to a spare one if there is one.
                     if event.spare:
                         return [MarkDown(), TakeSpare(), *self._attempt()]
+                    if event.requeue:
+                        self._calling = True
+                        return [MarkDown(), Requeue()]
                     return [MarkDown(), *self._failed(event)]
                 return self._failed(event)
             case ClientLeft() | Stalled() | Cut():

@@ -55,6 +55,11 @@ class CallRecord:
         self.hold.release()
         self.hold = hold
 
+    def requeued(self, hold: SlotHold) -> None:
+        """The call waited in the queue again (its upstream refused): ``hold`` is its slot now."""
+        self.swap_hold(hold)
+        self._queue_wait = self._context.access_log.since_arrival(self._request)
+
     def answered(self, status: int) -> None:
         """The upstream's answer head arrived with ``status``: it is who answers the client."""
         self.status = status

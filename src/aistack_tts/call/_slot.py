@@ -47,9 +47,29 @@ def estimate_retry_after(
         remaining = 1.0
     else:
         remaining = max(average + _SPREADS * spread - (elapsed or 0.0), spread)
+    return retry_in(remaining)
+
+
+def retry_in(remaining: float) -> RetryAfter:
+    """``remaining`` seconds as the two headers say it, clamped to the contract's range."""
     remaining = min(max(remaining, _MIN_MS / 1000), float(_MAX_S))
     seconds = min(max(math.ceil(remaining), _MIN_S), _MAX_S)
     return RetryAfter(seconds=seconds, milliseconds=round(remaining * 1000))
+
+
+def expected_wait(
+    average: float | None, elapsed: float | None, *, ahead: int, capacity: int
+) -> float | None:
+    """How long a request joining the queue behind ``ahead`` others should wait for a slot.
+
+    The first token frees when the longest holder (``elapsed`` so far) reaches the average
+    call duration; then one frees every ``average / capacity`` seconds. ``None`` without a
+    history (``average`` None): nothing to go by.
+    """
+    if average is None:
+        return None
+    first = max(average - (elapsed or 0.0), 0.0)
+    return first + ahead * average / capacity
 
 
 @define
@@ -66,6 +86,17 @@ class SlotHold:
             return
         self.released = True
         self._slot._released(self)
+
+    def give_back(self) -> None:
+        """Give the token back (idempotent) without counting the hold as a call.
+
+        For a token that did no inference: passed on by a waiter that will not use it, or
+        held only while the upstream refused the connection.
+        """
+        if self.released:
+            return
+        self.released = True
+        self._slot._released(self, count=False)
 
 
 @define
@@ -106,22 +137,34 @@ class GPUSlot:
 
     def retry_after(self) -> RetryAfter:
         """The estimate to send with a 503 ``gpu_busy``."""
-        now = self.clock.seconds()
-        elapsed = max((now - h.started for h in self._holds), default=None)
-        return estimate_retry_after(self._average, elapsed, self._spread)
+        return estimate_retry_after(self._average, self.elapsed(), self._spread)
 
     @property
     def in_use(self) -> int:
         """Tokens held by anyone (this gateway or a workload sharing the semaphore)."""
         return self.semaphore.limit - self.semaphore.tokens
 
-    def _released(self, hold: SlotHold) -> None:
+    @property
+    def average(self) -> float | None:
+        """The moving average of recent call durations (``None``: no call yet)."""
+        return self._average
+
+    def elapsed(self) -> float | None:
+        """How long the longest current holder we know of has held a token."""
+        now = self.clock.seconds()
+        return max((now - h.started for h in self._holds), default=None)
+
+    def _released(self, hold: SlotHold, *, count: bool = True) -> None:
         self._holds.remove(hold)
-        duration = self.clock.seconds() - hold.started
+        if count:
+            self._count(self.clock.seconds() - hold.started)
+        self.semaphore.release()
+
+    def _count(self, duration: float) -> None:
+        """Feed one call's duration to the moving averages."""
         if self._average is None:
             self._average = duration
-        else:
-            deviation = abs(duration - self._average)
-            self._spread = _ALPHA * deviation + (1 - _ALPHA) * self._spread
-            self._average = _ALPHA * duration + (1 - _ALPHA) * self._average
-        self.semaphore.release()
+            return
+        deviation = abs(duration - self._average)
+        self._spread = _ALPHA * deviation + (1 - _ALPHA) * self._spread
+        self._average = _ALPHA * duration + (1 - _ALPHA) * self._average
