@@ -151,15 +151,16 @@ def bound_port(log_path: Path, process: subprocess.Popen[Any], timeout: float = 
         time.sleep(0.02)
 
 
-def start_demo_gateway(log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_demo_gateway(log_path: Path, *options: str) -> tuple[subprocess.Popen[bytes], int]:
     """``twist aistack-tts --demo`` on an ephemeral 127.0.0.1 port: the process and its port.
 
-    Its output (JSON lines) goes to ``log_path``; it is returned once it listens.
+    Its output (JSON lines) goes to ``log_path``; it is returned once it listens. ``options``
+    are more options for it.
     """
     twist = str(Path(sys.executable).parent / "twist")
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [twist, "aistack-tts", "--demo", "--listen", "tcp:0:interface=127.0.0.1"],
+            [twist, "aistack-tts", "--demo", "--listen", "tcp:0:interface=127.0.0.1", *options],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -78,9 +78,20 @@ class DemoGateway:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoGateway]:
-    """``twist aistack-tts --demo`` (one slot) on an ephemeral loopback port."""
+    """``twist aistack-tts --demo`` (one slot, its defaults) on an ephemeral loopback port."""
     log_path = tmp_path_factory.mktemp("clients") / "gateway.log"
     process, port = start_demo_gateway(log_path)
+    try:
+        yield DemoGateway(port, log_path)
+    finally:
+        stop_process(process)
+
+
+@pytest.fixture(scope="module")
+def no_queue_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoGateway]:
+    """The same with ``--queue-timeout 0``: a busy GPU answers 503 at once."""
+    log_path = tmp_path_factory.mktemp("clients-no-queue") / "gateway.log"
+    process, port = start_demo_gateway(log_path, "--queue-timeout", "0")
     try:
         yield DemoGateway(port, log_path)
     finally:
@@ -256,11 +267,32 @@ def home_assistant_at_once(gateway: DemoGateway, max_retries: int) -> list[bytes
     return asyncio.run(run())
 
 
-def test_home_assistant_three_sentences_at_once_without_retries(gateway: DemoGateway) -> None:
-    """Three Home Assistant requests at once with ``max_retries=0`` on the one GPU slot: one
-    gets its mp3 (decodes at 24 kHz), the other two ``openai.APIStatusError`` 503 whose body
-    is the gateway's ``gpu_busy`` envelope with ``Retry-After`` — what HA raises as
-    ``HomeAssistantError``. Nothing is queued or lost silently."""
+def test_home_assistant_three_sentences_at_once_queue_by_default(gateway: DemoGateway) -> None:
+    """Three Home Assistant requests at once with ``max_retries=0`` on the one GPU slot and
+    the gateway's defaults: all three get their mp3, no 503 — two waited in the queue, each
+    taking the slot as the one before freed it."""
+    busy_before = sum(1 for e in gateway.access() if e.get("slot") == "busy")
+    results = home_assistant_at_once(gateway, max_retries=0)
+    assert all(isinstance(r, bytes) for r in results), results
+    for data in results:
+        assert isinstance(data, bytes)
+        assert decode(data)[1:] == (SAMPLE_RATE, "MP3")
+    assert sum(1 for e in gateway.access() if e.get("slot") == "busy") == busy_before
+    waits = sorted(
+        e["queue_wait"] for e in gateway.access()[-3:] if e["path"] == "/v1/audio/speech"
+    )
+    assert len(waits) == 3
+    assert waits[0] < 0.1 < waits[1] < waits[2], waits
+
+
+def test_home_assistant_three_sentences_at_once_without_retries(
+    no_queue_gateway: DemoGateway,
+) -> None:
+    """Three Home Assistant requests at once with ``max_retries=0`` on the one GPU slot and
+    ``--queue-timeout 0``: one gets its mp3 (decodes at 24 kHz), the other two
+    ``openai.APIStatusError`` 503 whose body is the gateway's ``gpu_busy`` envelope with
+    ``Retry-After`` — what HA raises as ``HomeAssistantError``. Nothing lost silently."""
+    gateway = no_queue_gateway
     results = home_assistant_at_once(gateway, max_retries=0)
     audio = [r for r in results if isinstance(r, bytes)]
     refused = [r for r in results if isinstance(r, openai.APIStatusError)]
@@ -275,10 +307,18 @@ def test_home_assistant_three_sentences_at_once_without_retries(gateway: DemoGat
         assert 1 <= int(error.response.headers["retry-after"]) <= 60
 
 
-def test_home_assistant_three_sentences_at_once_with_sdk_retries(gateway: DemoGateway) -> None:
-    """The same three requests with the SDK's default two retries (HA's client): all three
-    get their sentence as mp3, each as long as that sentence's pcm, after the gateway refused
-    at least two attempts with 503 and the SDK waited as ``retry-after-ms`` told it."""
+def test_home_assistant_three_sentences_at_once_with_sdk_retries(
+    no_queue_gateway: DemoGateway,
+) -> None:
+    """The same three requests with the SDK's default two retries (HA's client) and
+    ``--queue-timeout 0``: all three get their sentence as mp3, each as long as that
+    sentence's pcm, after the gateway refused at least two attempts with 503 and the SDK
+    waited as ``retry-after-ms`` told it. The gateway has seen each sentence once first, as
+    a gateway that has been serving has: its estimate comes from recent calls."""
+    gateway = no_queue_gateway
+    with OpenAI(api_key="sk-x", base_url=gateway.base_url, timeout=PATIENCE) as client:
+        for sentence in SENTENCES:
+            client.audio.speech.create(model=MODEL, voice="vivian", input=sentence)
     busy_before = sum(1 for e in gateway.access() if e.get("slot") == "busy")
     results = home_assistant_at_once(gateway, max_retries=2)
     assert all(isinstance(r, bytes) for r in results), results

@@ -161,10 +161,12 @@ async def test_idle_timeout_before_headers_gives_504(
 
 @twisted_test
 async def test_second_request_while_first_streams_gets_gpu_busy(
-    upstream: UpstreamProcess, inprocess_gateway: InProcessGateway
+    upstream: UpstreamProcess, inprocess_gateways: Gateways
 ) -> None:
-    """While one call streams, another gets 503 gpu_busy at once with Retry-After (whole
-    seconds, 1..60) and retry-after-ms; the slot is free again after the first call ends."""
+    """With ``queue_timeout=0``, while one call streams another gets 503 gpu_busy at once
+    with Retry-After (whole seconds, 1..60) and retry-after-ms; the slot is free again after
+    the first call ends."""
+    inprocess_gateway = inprocess_gateways(upstream.url, queue_timeout=0)
     first_id = new_id()
     first = await inprocess_gateway.connect(
         http_request(b"GET", b"/v1/audio/stream?bytes=%d&id=%s" % (300 * MiB, first_id.encode()))

@@ -105,6 +105,10 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
                         LISTEN,
                         "--upstream",
                         f"http://127.0.0.1:{demo.port}",
+                        # As deploy/nginx.conf says: a busy GPU answers at once, so nginx
+                        # tries the next gateway.
+                        "--queue-timeout",
+                        "0",
                     ],
                     tmp_path / f"gateway{i}.log",
                     processes,

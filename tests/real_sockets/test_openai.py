@@ -119,11 +119,11 @@ class Stacks:
         self.started: list[Stack] = []
         self._calls_before = set(reactor.getDelayedCalls())
 
-    async def start(self, *, first_chunk_delay: float, rtf: float) -> Stack:
+    async def start(self, *, first_chunk_delay: float, rtf: float, **proxy_kwargs: Any) -> Stack:
         demo = await listen_demo(reactor, first_chunk_delay=first_chunk_delay, rtf=rtf)
         slot = DeferredSemaphore(1)
         base = f"http://127.0.0.1:{demo.getHost().port}"  # type: ignore[attr-defined]
-        proxy = TTSProxy(upstream=base, slot=slot, reactor=reactor)
+        proxy = TTSProxy(upstream=base, slot=slot, reactor=reactor, **proxy_kwargs)
         site = proxy.site()
         listening, channels = listen_tracking(site)
         stack = Stack(demo, listening, proxy, slot, channels)
@@ -153,6 +153,13 @@ def stacks() -> Iterator[Stacks]:
 def fast(stacks: Stacks) -> Stack:
     """A stack whose upstream generates as fast as the reactor runs (timing does not matter)."""
     return blockon(Deferred.fromCoroutine(stacks.start(first_chunk_delay=0.0, rtf=0.0)))
+
+
+@pytest.fixture
+def fast_no_queue(stacks: Stacks) -> Stack:
+    """``fast`` with ``queue_timeout=0``: a busy GPU answers 503 at once."""
+    start = stacks.start(first_chunk_delay=0.0, rtf=0.0, queue_timeout=0)
+    return blockon(Deferred.fromCoroutine(start))
 
 
 @pytest.fixture
@@ -331,13 +338,14 @@ async def test_client_closing_a_stream_aborts_generation_and_frees_the_slot(
 
 @twisted_test
 async def test_busy_slot_gives_503_gpu_busy_and_sdk_retries_succeed(
-    fast: Stack, access_log: Captured
+    fast_no_queue: Stack, access_log: Captured
 ) -> None:
-    """While an in-process workload holds the injected slot, a client with ``max_retries=0``
-    gets ``openai.APIStatusError`` 503 whose body is the gateway's envelope (provider "aistack",
-    type and code "gpu_busy") with ``Retry-After`` and ``retry-after-ms``. With default
-    retries and the slot freed 0.5 s later, the same call succeeds: the SDK waited as told
-    and retried after at least one more 503."""
+    """With ``queue_timeout=0``, while an in-process workload holds the injected slot, a
+    client with ``max_retries=0`` gets ``openai.APIStatusError`` 503 whose body is the
+    gateway's envelope (provider "aistack", type and code "gpu_busy") with ``Retry-After``
+    and ``retry-after-ms``. With default retries and the slot freed 0.5 s later, the same
+    call succeeds: the SDK waited as told and retried after at least one more 503."""
+    fast = fast_no_queue
     slot = fast.slot
     await slot.acquire()  # the in-process ASR/LLM work
     held = True

@@ -83,8 +83,9 @@ async def test_whole_session_through_the_gateway(ws_stacks: Stacks, access_log: 
 
 @twisted_test
 async def test_http_speech_while_a_session_is_open_gets_gpu_busy(ws_stacks: Stacks) -> None:
-    """An open WebSocket session holds the GPU slot: a POST speech gets 503 gpu_busy."""
-    stack = ws_stacks.demo()
+    """An open WebSocket session holds the GPU slot: a POST speech gets 503 gpu_busy (with
+    no queue; with one it waits for the session to end)."""
+    stack = ws_stacks.demo(queue_timeout=0)
     ws = await deferToThread(ws_connect, stack.url())
     await deferToThread(send_json, ws, {"type": "session.config", "voice": "Ryan"})
     assert stack.slot.tokens == 0
@@ -113,8 +114,8 @@ async def test_http_speech_while_a_session_is_open_gets_gpu_busy(ws_stacks: Stac
 @twisted_test
 async def test_second_websocket_gets_503_before_any_upgrade(ws_stacks: Stacks) -> None:
     """While one session holds the slot, a second handshake is refused by the gateway itself:
-    503 gpu_busy with Retry-After, and the upstream never sees it."""
-    stack = ws_stacks.demo()
+    503 gpu_busy with Retry-After, and the upstream never sees it (with no queue)."""
+    stack = ws_stacks.demo(queue_timeout=0)
     first = await deferToThread(ws_connect, stack.url())
     refused = await deferToThread(rejection, stack.url())
     response = refused.response
