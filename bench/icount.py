@@ -34,6 +34,7 @@ from bench.clients import read_head, response_complete, status_of
 from bench.contenders import (
     AGENT_FLOOR,
     AISTACK,
+    BENCH_OPTIONS,
     GATEWAY_SLOTS,
     LEAN_FLOOR,
     TWISTED,
@@ -54,7 +55,7 @@ REQUEST = b"GET /v1/audio/voices HTTP/1.1\r\nHost: bench.test\r\n\r\n"
 def command_for(name: str, upstream_port: int) -> list[str]:
     """The contender's command line, before valgrind."""
     url = f"http://127.0.0.1:{upstream_port}"
-    slots = ("--slots", str(GATEWAY_SLOTS))
+    slots = ("--slots", str(GATEWAY_SLOTS), *BENCH_OPTIONS)
     if name == AISTACK:
         return aistack_command(url, *slots)
     if name == QUIET:

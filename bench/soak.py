@@ -256,8 +256,12 @@ async def run_one(port: int, plan: Plan) -> str:
 
 
 def start_gateway(upstream_port: int, workdir: Path) -> tuple[GatewayProcess, str]:
-    """``twist aistack-tts`` with a short idle timeout on an ephemeral port, and its command."""
-    options = ["--idle-timeout", str(IDLE_TIMEOUT)]
+    """``twist aistack-tts`` with a short idle timeout on an ephemeral port, and its command.
+
+    No queue (``--queue-timeout 0``): a busy GPU is a 503 at once, one of the outcomes the
+    soak checks is reached and allowed (with the default queue, calls would wait instead).
+    """
+    options = ["--idle-timeout", str(IDLE_TIMEOUT), "--queue-timeout", "0"]
     gateway = GatewayProcess.start(AISTACK_TTS, upstream_port, workdir, options=options)
     return gateway, shlex.join(gateway.command)
 
