@@ -279,7 +279,7 @@ def start_contender(name: str, upstream_port: int, workdir: Path, timeout: float
     if name == AISTACK:
         command = aistack_command(
             f"http://127.0.0.1:{upstream_port}",
-            *("--idle-timeout", f"{timeout:g}", "--drain-timeout", "1"),
+            *("--idle-timeout", f"{timeout:g}", "--drain-timeout", "1", "--queue-timeout", "0"),
         )
         process = PROCESSES.spawn(command, log_path)
         port = wait_listening(process, None)

@@ -162,18 +162,26 @@ def test_a_refused_call_waits_for_the_live_busy_gpu() -> None:
         assert first.received() == b"", "back in the queue, not a 503"
         assert third.received() == b""
         assert h.connection_attempts == 2, "nobody went to the dead GPU again"
+        h.reactor.advance(1)
         h.upstream(1).send(OK)
         assert status(second) == 200
         # Next in line on the live GPU: the request queued there first.
         assert h.port() == 8092
+        h.reactor.advance(1)
         h.upstream().send(OK)
         assert status(third) == 200
         assert h.port() == 8092
+        h.reactor.advance(1)
         h.upstream().send(OK)
         assert status(first) == 200
     assert [s.tokens for s in slots] == [1, 1]
     assert h.connection_attempts == 4
-    assert sorted(e["status"] for e in logs.access()) == [200, 200, 200]
+    events = logs.access()
+    assert sorted(e["status"] for e in events) == [200, 200, 200]
+    for event in events:
+        assert event["queue_wait"] + event["slot_held"] == pytest.approx(event["duration"])
+    first_event = next(e for e in events if e["queue_wait"] > 2)
+    assert first_event["slot_held"] == pytest.approx(1.0), "held from the second grant"
     assert any("waited for" in str(e.get("log_format")) for e in logs.events)
 
 

@@ -56,9 +56,14 @@ class CallRecord:
         self.hold = hold
 
     def requeued(self, hold: SlotHold) -> None:
-        """The call waited in the queue again (its upstream refused): ``hold`` is its slot now."""
+        """The call waited in the queue again (its upstream refused): ``hold`` is its slot now.
+
+        Its wait and its hold count from here: the refused attempt is part of the wait, so
+        ``queue_wait`` and ``slot_held`` still add up to the call's duration.
+        """
         self.swap_hold(hold)
         self._queue_wait = self._context.access_log.since_arrival(self._request)
+        self.started = self._context.clock.seconds()
 
     def answered(self, status: int) -> None:
         """The upstream's answer head arrived with ``status``: it is who answers the client."""
