@@ -230,23 +230,15 @@ class GatewayProcess:
         )
         gateway = cls(kind, process, log, log_path)
         gateway.command = command
-        deadline = time.monotonic() + timeout
         try:
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(
-                        f"{kind} exited with {process.returncode}: {log_path.read_text()}"
-                    )
-                ports = listening_ports(process.pid)
-                if ports:
-                    gateway.port = min(ports)
-                    return gateway
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{kind} did not listen in {timeout} s")
-                time.sleep(0.02)
+            gateway.port = wait_listening(process, kind, timeout)
+        except RuntimeError as e:
+            gateway.stop()
+            raise RuntimeError(f"{e}: {log_path.read_text()}") from None
         except BaseException:
             gateway.stop()
             raise
+        return gateway
 
     def rss(self) -> int:
         """The gateway's resident set size in bytes."""
